@@ -1,0 +1,3 @@
+"""Sans-I/O CRDT sync engine. Imports no asyncio, sockets or SQL driver."""
+
+__all__: list[str] = []
