@@ -1,0 +1,55 @@
+"""Where a node keeps its files: --data-dir, else $P2PGATE_HOME, else the user data dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["DataDir", "resolve_data_dir"]
+
+ENV_HOME = "P2PGATE_HOME"
+
+
+class DataDir:
+    """The file layout of one node's data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def create(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @property
+    def device_key(self) -> Path:
+        return self.root / "device.key"
+
+    @property
+    def device_cert(self) -> Path:
+        return self.root / "device.crt"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "p2pgate.db"
+
+    @property
+    def database_key(self) -> Path:
+        return self.root / "db.key"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin.token"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+
+def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> DataDir:
+    if explicit:
+        return DataDir(Path(explicit).expanduser().absolute())
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return DataDir(Path(env).expanduser().absolute())
+    return DataDir(Path(platformdirs.user_data_dir("p2pgate", appauthor=False)))
