@@ -56,3 +56,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fn = getattr(item, "function", None)
         if fn is not None and inspect.iscoroutinefunction(fn):
             item.fixturenames.append("no_leaked_tasks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def allow_blocking(blockbuster: BlockBuster) -> Iterator[None]:
+    """For a test that inspects files from inside the loop on purpose."""
+    blockbuster.deactivate()
+    yield
+    blockbuster.activate()

@@ -1,0 +1,5 @@
+import sys
+
+from p2pgate.cli import main
+
+sys.exit(main())
