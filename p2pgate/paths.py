@@ -53,3 +53,8 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> DataDir:
     if env:
         return DataDir(Path(env).expanduser().absolute())
     return DataDir(Path(platformdirs.user_data_dir("p2pgate", appauthor=False)))
+
+
+def runtime_file(data_dir: DataDir) -> Path:
+    """Written by a running node: its API URL and PID, so CLI commands can find it."""
+    return data_dir.root / "node.json"

@@ -1,0 +1,91 @@
+"""The app event stream: every document change, resumable from a cursor.
+
+The cursor is the store's local change sequence. History comes from the store's
+change feed (one entry per document, its latest change, like CouchDB's `_changes`),
+live changes from `publish()`. A subscriber first registers for live changes, then
+replays history after its cursor, then forwards live changes it has not sent yet:
+no gap and no duplicate. A cursor older than the feed's horizon (its history was
+purged) or newer than the store gets an explicit `reset`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ChangeFeed", "ChangeRecord", "EventHub", "Reset"]
+
+_PAGE = 500
+_QUEUE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    cursor: int
+    collection: str
+    doc_id: str
+    deleted: bool
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    cursor: int
+    reason: str
+
+
+class ChangeFeed(Protocol):
+    @property
+    def cursor(self) -> int: ...
+    @property
+    def horizon(self) -> int: ...
+    async def changes_after(self, cursor: int, limit: int) -> list[ChangeRecord]: ...
+
+
+class _Lagged:
+    """Marker: the subscriber's queue overflowed; it must catch up from history."""
+
+
+class EventHub:
+    def __init__(self, feed: ChangeFeed) -> None:
+        self._feed = feed
+        self._subscribers: set[asyncio.Queue[ChangeRecord | _Lagged]] = set()
+
+    def publish(self, record: ChangeRecord) -> None:
+        for queue in self._subscribers:
+            try:
+                queue.put_nowait(record)
+            except asyncio.QueueFull:
+                queue.get_nowait()
+                queue.put_nowait(_Lagged())
+
+    async def stream(
+        self, after: int | None, visible: Callable[[str], bool]
+    ) -> AsyncIterator[ChangeRecord | Reset]:
+        """Changes after `after` (or from now), then live ones, filtered by `visible`."""
+        queue: asyncio.Queue[ChangeRecord | _Lagged] = asyncio.Queue(_QUEUE)
+        self._subscribers.add(queue)
+        try:
+            last = self._feed.cursor if after is None else after
+            if last < self._feed.horizon or last > self._feed.cursor:
+                reason = "cursor expired" if last < self._feed.horizon else "unknown cursor"
+                last = self._feed.cursor
+                yield Reset(last, reason)
+            while True:
+                while page := await self._feed.changes_after(last, _PAGE):
+                    for record in page:
+                        if visible(record.collection):
+                            yield record
+                        last = record.cursor
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, _Lagged):
+                        break  # catch up from history again
+                    if item.cursor > last:
+                        if visible(item.collection):
+                            yield item
+                        last = item.cursor
+        finally:
+            self._subscribers.discard(queue)

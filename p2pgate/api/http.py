@@ -1,0 +1,241 @@
+"""The API's HTTP plumbing: routes with metadata, middlewares, JSON bodies, OpenAPI.
+
+Every response that is not a success is `{"error": {"code", "message", "request_id"}}`;
+no stack trace ever leaves the node. Middleware order: request ID, error mapping,
+Host allowlist (DNS rebinding), CORS, authentication and rate limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from p2pgate.api.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    TooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+)
+from p2pgate.api.models import ErrorBody, ErrorResponse
+from p2pgate.api.ratelimit import RateLimiter
+from p2pgate.api.tokens import Principal, TokenStore
+
+__all__ = [
+    "Auth", "Route", "build_application", "json_body", "model_body", "principal_of", "respond",
+    "validate",
+]
+
+log = logging.getLogger("p2pgate.api")
+
+Auth = Literal["public", "app", "admin"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint and what the OpenAPI document says about it."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: Auth = "admin"
+    body: type[BaseModel] | Literal["object"] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    tag: str = "node"
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+            ) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json(), status=status, headers=headers,
+        content_type="application/json",
+    )
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge(f"request body exceeds {request.app[MAX_BODY]} bytes") from None
+    if not raw:
+        raise BadRequest("a JSON body is required", code="empty_body")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+async def model_body(request: web.Request, model: type[M]) -> M:
+    return validate(model, await json_body(request))
+
+
+def validate(model: type[M], data: Any) -> M:
+    """`data` as `model`, or 422 naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise Unprocessable(f"{where}: {err['msg']}") from None
+
+
+def _error_response(request_id: str, exc: ApiError) -> web.Response:
+    body = ErrorResponse(error=ErrorBody(code=exc.code, message=str(exc), request_id=request_id))
+    headers = {"X-Request-ID": request_id}
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return respond(body, exc.status, headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return TooLarge("request body too large")
+    err = ApiError(exc.reason, code=exc.reason.lower().replace(" ", "_"))
+    err.status = exc.status
+    return err
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        proto = proto.strip()
+        if proto.startswith("bearer."):
+            return proto.removeprefix("bearer.")
+    return None
+
+
+def build_application(
+    routes: Iterable[Route],
+    tokens: TokenStore,
+    *,
+    max_body: int,
+    rate: RateLimiter,
+    allowed_hosts: Iterable[str] = (),
+    cors_origins: Iterable[str] = (),
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """An aiohttp application serving `routes` behind the API's middlewares."""
+    routes = list(routes)
+    hosts = LOCAL_HOSTS | {h.lower().strip("[]") for h in allowed_hosts}
+    origins = frozenset(cors_origins)
+    auth_of: dict[tuple[str, str], Auth] = {}
+
+    @web.middleware
+    async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = rid
+        started = time.perf_counter()
+        try:
+            response = await _handle(request, handler, rid)
+        finally:
+            log.debug("%s %s %s (%.1f ms)", rid, request.method, request.path,
+                      (time.perf_counter() - started) * 1000)
+        if not response.prepared:
+            response.headers["X-Request-ID"] = rid
+        return response
+
+    async def _handle(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
+        try:
+            _check_host(request)
+            if request.method == "OPTIONS":
+                return _preflight(request)
+            route = request.match_info.route
+            auth = auth_of.get((route.method, getattr(route.resource, "canonical", "")))
+            if auth != "public" and auth is not None:
+                _authenticate(request, auth)
+            response = await handler(request)
+        except ApiError as exc:
+            if exc.status >= 500:
+                log.error("%s %s %s: %s", rid, request.method, request.path, exc)
+            return _with_cors(request, _error_response(rid, exc))
+        except web.HTTPException as exc:
+            return _with_cors(request, _error_response(rid, _from_http_exception(exc)))
+        except Exception:
+            log.exception("%s %s %s failed", rid, request.method, request.path)
+            return _error_response(rid, ApiError("internal error; see the node's log"))
+        return _with_cors(request, response)
+
+    def _check_host(request: web.Request) -> None:
+        host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else (
+            request.host[1:].split("]", 1)[0]
+        )
+        if host.lower() not in hosts:
+            raise Forbidden("this Host is not allowed (DNS rebinding guard)", code="bad_host")
+
+    def _authenticate(request: web.Request, auth: Auth) -> None:
+        token = _bearer(request)
+        if token is None:
+            raise Unauthorized("missing bearer token")
+        principal = tokens.authenticate(token)
+        if principal is None:
+            raise Unauthorized("unknown, revoked or expired token")
+        if auth == "admin" and not principal.admin:
+            raise Forbidden("this needs the admin token")
+        wait = rate.acquire(principal.name, clock())
+        if wait > 0:
+            raise TooManyRequests("too many requests for this token", wait)
+        request[PRINCIPAL] = principal
+
+    def _preflight(request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin not in origins:
+            raise Forbidden("CORS origin not allowed", code="cors_origin")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "GET, PUT, PATCH, DELETE, POST",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+            "Access-Control-Expose-Headers": "ETag, X-Request-ID",
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        })
+
+    def _with_cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin and origin in origins and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    app = web.Application(middlewares=[request_id], client_max_size=max_body)
+    app[MAX_BODY] = max_body
+    for route in routes:
+        resource = app.router.add_resource(route.path)
+        resource.add_route(route.method, route.handler)
+        auth_of[(route.method, resource.canonical)] = route.auth
+    if origins:
+        for any_resource in list(app.router.resources()):
+            any_resource.add_route("OPTIONS", _no_handler)  # type: ignore[attr-defined]
+    return app
+
+
+async def _no_handler(request: web.Request) -> web.Response:  # preflight is middleware's job
+    raise web.HTTPMethodNotAllowed(request.method, [])

@@ -1,0 +1,146 @@
+"""Request and response bodies of the local API; the OpenAPI document is built from them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AppCreate", "AppCreated", "AppInfo", "AppList", "CollectionFields", "Conflict",
+    "Conflicts", "DeviceInfo", "DeviceList", "DeviceRename", "Document", "DocumentList",
+    "ErrorBody", "ErrorResponse", "Event", "FieldType", "Health", "NodeInfo", "PeerList",
+    "Policy", "PolicyList",
+]
+
+FieldType = Literal["lww", "counter", "set", "text"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ErrorBody(_Model):
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="What went wrong, for people.")
+    request_id: str = Field(description="Also in the X-Request-ID header and the node's log.")
+
+
+class ErrorResponse(_Model):
+    error: ErrorBody
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class NodeInfo(_Model):
+    device_id: str
+    short_id: str
+    name: str
+    version: str
+    api_url: str
+    cursor: int = Field(description="The newest event cursor.")
+
+
+class CollectionFields(_Model):
+    fields: dict[str, FieldType] = Field(
+        description="Field types; undeclared fields are `lww`.",
+        examples=[{"likes": "counter", "tags": "set", "body": "text"}],
+    )
+
+
+class Document(_Model):
+    collection: str
+    id: str
+    data: dict[str, Any] = Field(description="The document's current fields.")
+    version: str = Field(description="Opaque version; also the ETag.")
+    deleted: bool = False
+    cursor: int = Field(description="Event cursor of the document's latest change.")
+
+
+class DocumentList(_Model):
+    items: list[Document]
+    next_after: str | None = Field(description="Pass as `after` for the next page.")
+    cursor: int = Field(description="Event cursor at the time of listing; resume events here.")
+
+
+class Conflict(_Model):
+    value: Any = Field(description="The losing concurrent value.")
+    origin: str = Field(description="Device ID that wrote it.")
+
+
+class Conflicts(_Model):
+    collection: str
+    id: str
+    fields: dict[str, Conflict] = Field(description="Each field's last losing concurrent write.")
+
+
+class Event(_Model):
+    """One message of the event WebSocket."""
+
+    type: Literal["change", "reset"]
+    cursor: int
+    collection: str | None = None
+    id: str | None = None
+    deleted: bool = False
+    origin: str | None = Field(None, description="Device ID the change came from.")
+    reason: str | None = Field(None, description="Why a reset was sent.")
+
+
+class AppCreate(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    scopes: list[str] = Field(min_length=1, examples=[["notes:rw", "photos:r"]])
+    ttl: float | None = Field(None, gt=0, description="Lifetime in seconds; none = no expiry.")
+
+
+class AppInfo(_Model):
+    name: str
+    scopes: list[str]
+    created_at: float
+    expires_at: float | None
+
+
+class AppCreated(AppInfo):
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class AppList(_Model):
+    items: list[AppInfo]
+
+
+class DeviceInfo(_Model):
+    device_id: str
+    short_id: str
+    name: str
+    state: Literal["pending", "trusted", "blocked", "revoked"]
+    first_seen: float
+    last_seen: float | None
+    addresses: list[str]
+    relays: list[str]
+
+
+class DeviceList(_Model):
+    items: list[DeviceInfo]
+
+
+class DeviceRename(_Model):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class PeerList(_Model):
+    items: list[dict[str, Any]] = Field(description="Connected peers (none until pairing).")
+
+
+class Policy(_Model):
+    """How one collection syncs with one peer."""
+
+    device_id: str
+    collection: str
+    mode: Literal["both", "send", "receive", "none"] = "both"
+    filter: dict[str, Any] | None = Field(None, description="Optional document filter.")
+
+
+class PolicyList(_Model):
+    items: list[Policy]

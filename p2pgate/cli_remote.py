@@ -1,0 +1,170 @@
+"""CLI commands that talk to the running node through its API with the admin token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from p2pgate.client import Client, ClientError, NodeUnreachable
+from p2pgate.config import load_config
+from p2pgate.errors import P2PGateError
+from p2pgate.paths import DataDir, resolve_data_dir, runtime_file
+
+__all__ = ["add_remote_commands"]
+
+
+class CommandError(P2PGateError):
+    pass
+
+
+def _api_url(data_dir: DataDir) -> str:
+    try:
+        return str(json.loads(runtime_file(data_dir).read_text())["api_url"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return load_config(data_dir.config).api_url
+
+
+def _run(args: argparse.Namespace, action: Callable[[Client], Awaitable[Any]]) -> int:
+    data_dir = resolve_data_dir(args.data_dir)
+    if not data_dir.admin_token.exists():
+        raise CommandError(f"no node data in {data_dir.root} (run `p2pgate init`)")
+
+    async def _go() -> Any:
+        async with Client.for_admin(_api_url(data_dir), data_dir.admin_token) as client:
+            return await action(client)
+
+    try:
+        result = asyncio.run(_go())
+    except NodeUnreachable:
+        raise CommandError("no node is running (start one with `p2pgate node`)") from None
+    except ClientError as exc:
+        raise CommandError(f"{exc} [{exc.code}]") from None
+    if args.json:
+        payload = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+        print(json.dumps(payload, indent=2))
+    elif result is not None:
+        Console().print(result)
+    return 0
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    return table
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        info, peers = await c.node(), await c.peers()
+        if args.json:
+            return {"node": info.model_dump(), "peers": peers.items}
+        lines = [
+            f"[bold]{info.name}[/bold]  {info.device_id}",
+            f"API {info.api_url}   p2pgate {info.version}   cursor {info.cursor}",
+        ]
+        if not peers.items:
+            lines.append("No peers connected.")
+        return "\n".join(lines)
+
+    return _run(args, action)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        if args.action == "list":
+            devices = await c.devices()
+            if args.json:
+                return devices
+            return _table("Devices", ["name", "id", "state", "last seen"], [
+                [d.name, d.short_id, d.state, d.last_seen] for d in devices.items
+            ])
+        if not args.device:
+            raise CommandError(f"devices {args.action} needs a device ID")
+        if args.action == "rename" and not args.name:
+            raise CommandError("devices rename needs a new name")
+        device = await c.device_action(args.device, args.action, args.name)
+        return device if args.json else f"{device.name} ({device.short_id}) is {device.state}"
+
+    return _run(args, action)
+
+
+def _app(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        if args.action == "add":
+            if not args.name or not args.scope:
+                raise CommandError("usage: p2pgate app add NAME --scope COLLECTION:r|rw ...")
+            created = await c.add_app(args.name, args.scope, args.ttl)
+            if args.json:
+                return created
+            return (f"App token for {created.name} ({', '.join(created.scopes)}), "
+                    f"shown once:\n{created.token}")
+        if args.action == "revoke":
+            if not args.name:
+                raise CommandError("usage: p2pgate app revoke NAME")
+            await c.revoke_app(args.name)
+            return {"revoked": args.name} if args.json else f"Revoked {args.name}."
+        apps = await c.apps()
+        if args.json:
+            return apps
+        return _table("Apps", ["name", "scopes", "expires"], [
+            [a.name, " ".join(a.scopes), a.expires_at or "never"] for a in apps.items
+        ])
+
+    return _run(args, action)
+
+
+def _policy(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        if args.action == "set":
+            if not (args.device and args.collection and args.mode):
+                raise CommandError("usage: p2pgate policy set DEVICE COLLECTION MODE")
+            flt = json.loads(args.filter) if args.filter else None
+            return await c.set_policy(args.device, args.collection, args.mode, flt)
+        policies = await c.policies()
+        if args.json:
+            return policies
+        return _table("Policies", ["device", "collection", "mode", "filter"], [
+            [p.device_id[:7], p.collection, p.mode, p.filter] for p in policies.items
+        ])
+
+    return _run(args, action)
+
+
+def add_remote_commands(sub: Any) -> None:
+    def add(name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+            ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    add("status", "show the running node and its peers", _status)
+
+    p = add("devices", "list, rename, block, unblock or revoke devices", _devices)
+    p.add_argument("action", nargs="?", default="list",
+                   choices=["list", "rename", "block", "unblock", "revoke"])
+    p.add_argument("device", nargs="?", help="device ID (forgiving: case, dashes, spaces)")
+    p.add_argument("name", nargs="?", help="new name (rename)")
+
+    p = add("app", "manage app tokens", _app)
+    p.add_argument("action", nargs="?", default="list", choices=["add", "list", "revoke"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--scope", action="append", help="COLLECTION:r or COLLECTION:rw (repeat)")
+    p.add_argument("--ttl", type=float, help="lifetime in seconds")
+
+    p = add("policy", "show or set per-device sync policies", _policy)
+    p.add_argument("action", nargs="?", default="list", choices=["list", "set"])
+    p.add_argument("device", nargs="?")
+    p.add_argument("collection", nargs="?")
+    p.add_argument("mode", nargs="?", choices=["both", "send", "receive", "none"])
+    p.add_argument("--filter", help="document filter as JSON")

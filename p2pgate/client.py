@@ -1,0 +1,208 @@
+"""An async Python client for a node's local API.
+
+    async with Client("http://127.0.0.1:8771", token) as node:
+        await node.put("notes", "n1", {"title": "Hello"})
+        async for event in node.events():
+            ...
+
+Errors from the node raise `ClientError` with its status, code and request ID.
+`events()` reconnects after a dropped connection and resumes from the last cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel
+
+from p2pgate.api import models as m
+from p2pgate.errors import P2PGateError
+
+__all__ = ["Client", "ClientError", "NodeUnreachable"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ClientError(P2PGateError):
+    """The node answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.request_id = status, code, request_id
+
+
+class NodeUnreachable(P2PGateError):
+    """No node answers at the API address."""
+
+
+class Client:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_admin(cls, base_url: str, token_file: Path) -> Client:
+        return cls(base_url, token_file.read_text().strip())
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+            self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+        return self._session
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data = None if body is None else json.dumps(body)
+        hdrs = {"Content-Type": "application/json", **(headers or {})} if data else headers
+        try:
+            async with self.session.request(
+                method, self.base_url + path, data=data, headers=hdrs, params=params
+            ) as resp:
+                raw = await resp.read()
+                payload = json.loads(raw) if raw else None
+                if resp.status >= 400:
+                    err = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
+                    raise ClientError(resp.status, err.get("code", "http_error"),
+                                      err.get("message", resp.reason or ""),
+                                      err.get("request_id"))
+                return resp.status, payload, dict(resp.headers)
+        except aiohttp.ClientConnectionError as exc:
+            raise NodeUnreachable(f"no node answers at {self.base_url} ({exc})") from None
+
+    async def _model(self, model: type[M], method: str, path: str, body: Any = None,
+                     **kw: Any) -> M:
+        _, payload, _ = await self.request(method, path, body, **kw)
+        return model.model_validate(payload)
+
+    # -- node ------------------------------------------------------------------------
+
+    async def health(self) -> m.Health:
+        return await self._model(m.Health, "GET", "/api/v1/health")
+
+    async def node(self) -> m.NodeInfo:
+        return await self._model(m.NodeInfo, "GET", "/api/v1/node")
+
+    # -- documents -------------------------------------------------------------------
+
+    async def declare(self, collection: str, fields: dict[str, str]) -> dict[str, str]:
+        result = await self._model(m.CollectionFields, "PUT", f"/api/v1/collections/{collection}",
+                                   {"fields": fields})
+        return dict(result.fields)
+
+    async def get(self, collection: str, doc_id: str) -> m.Document:
+        return await self._model(m.Document, "GET", _doc(collection, doc_id))
+
+    async def put(self, collection: str, doc_id: str, data: dict[str, Any],
+                  if_match: str | None = None) -> m.Document:
+        return await self._model(m.Document, "PUT", _doc(collection, doc_id), data,
+                                 headers=_match(if_match))
+
+    async def patch(self, collection: str, doc_id: str, patch: dict[str, Any],
+                    if_match: str | None = None) -> m.Document:
+        return await self._model(m.Document, "PATCH", _doc(collection, doc_id), patch,
+                                 headers=_match(if_match))
+
+    async def delete(self, collection: str, doc_id: str, if_match: str | None = None
+                     ) -> m.Document:
+        return await self._model(m.Document, "DELETE", _doc(collection, doc_id),
+                                 headers=_match(if_match))
+
+    async def list_docs(self, collection: str, *, limit: int = 100, after: str | None = None,
+                   since: int | None = None) -> m.DocumentList:
+        params = {"limit": str(limit)}
+        if after is not None:
+            params["after"] = after
+        if since is not None:
+            params["since"] = str(since)
+        return await self._model(m.DocumentList, "GET",
+                                 f"/api/v1/collections/{collection}/docs", params=params)
+
+    async def conflicts(self, collection: str, doc_id: str) -> m.Conflicts:
+        return await self._model(m.Conflicts, "GET", _doc(collection, doc_id) + "/conflicts")
+
+    async def events(self, cursor: int | None = None, *, retry: float = 0.5
+                     ) -> AsyncIterator[m.Event]:
+        """Every change after `cursor` (default: from now), forever; resumes after drops."""
+        while True:
+            try:
+                async with self.session.ws_connect(
+                    self.base_url + "/api/v1/events", protocols=("p2pgate.v1",),
+                    params=None if cursor is None else {"cursor": str(cursor)},
+                    heartbeat=20,
+                ) as ws:
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        event = m.Event.model_validate_json(msg.data)
+                        cursor = event.cursor
+                        yield event
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status in (401, 403):
+                    raise ClientError(exc.status, "unauthorized", exc.message, None) from None
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(retry)
+
+    # -- admin -----------------------------------------------------------------------
+
+    async def add_app(self, name: str, scopes: list[str], ttl: float | None = None
+                      ) -> m.AppCreated:
+        return await self._model(m.AppCreated, "POST", "/api/v1/apps",
+                                 {"name": name, "scopes": scopes, "ttl": ttl})
+
+    async def apps(self) -> m.AppList:
+        return await self._model(m.AppList, "GET", "/api/v1/apps")
+
+    async def revoke_app(self, name: str) -> None:
+        await self.request("DELETE", f"/api/v1/apps/{name}")
+
+    async def devices(self) -> m.DeviceList:
+        return await self._model(m.DeviceList, "GET", "/api/v1/devices")
+
+    async def device_action(self, device_id: str, action: str, name: str | None = None
+                            ) -> m.DeviceInfo:
+        body = {"name": name} if action == "rename" else None
+        return await self._model(m.DeviceInfo, "POST", f"/api/v1/devices/{device_id}/{action}",
+                                 body)
+
+    async def peers(self) -> m.PeerList:
+        return await self._model(m.PeerList, "GET", "/api/v1/peers")
+
+    async def policies(self) -> m.PolicyList:
+        return await self._model(m.PolicyList, "GET", "/api/v1/policies")
+
+    async def set_policy(self, device_id: str, collection: str, mode: str,
+                         filter: dict[str, Any] | None = None) -> m.Policy:
+        return await self._model(m.Policy, "PUT", f"/api/v1/policies/{device_id}/{collection}",
+                                 {"mode": mode, "filter": filter})
+
+
+def _doc(collection: str, doc_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/v1/collections/{quote(collection, safe='')}/docs/{quote(doc_id, safe='')}"
+
+
+def _match(version: str | None) -> dict[str, str] | None:
+    return None if version is None else {"If-Match": f'"{version}"'}

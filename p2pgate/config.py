@@ -1,0 +1,107 @@
+"""Node configuration: `DATA_DIR/config.toml` overlaid by command-line flags.
+
+One frozen pydantic model validates both; a bad value becomes one line naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from p2pgate.errors import LocalProtocolError
+
+__all__ = ["ConfigError", "HostPort", "NodeConfig", "load_config", "parse_host_port"]
+
+
+class ConfigError(LocalProtocolError):
+    """The configuration file or a flag has a bad value."""
+
+
+HostPort = tuple[str, int]
+
+
+def parse_host_port(text: str) -> HostPort:
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all interfaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (explicit ':PORT' means all interfaces)
+    return host, int(port)
+
+
+class NodeConfig(BaseModel):
+    """Everything a node can be told; each field is a key of config.toml."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = Field(None, description="Device name shown to paired devices.")
+    api: HostPort = Field(("127.0.0.1", 8771), description="Local API address, HOST:PORT.")
+    listen: HostPort = Field(("0.0.0.0", 7771), description="P2P listen address, HOST:PORT.")  # noqa: S104
+    relays: tuple[str, ...] = Field((), description="Relay URLs to keep control connections to.")
+    bootstrap: tuple[HostPort, ...] = Field((), description="DHT bootstrap nodes, HOST:PORT.")
+    mdns: bool = Field(True, description="Advertise and browse on the LAN with mDNS.")
+    dht: bool = Field(True, description="Publish and look up private records in the DHT.")
+    log_format: Literal["human", "json"] = Field("human", description="Log line format.")
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="Extra Host header values the API accepts (DNS-rebinding guard)."
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (), description="Browser origins allowed to call the API; CORS is off when empty."
+    )
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
+    rate_limit: float = Field(200.0, gt=0, description="Requests per second per token.")
+    rate_burst: int = Field(400, gt=0, description="Requests a token may burst above the rate.")
+    event_retention: int = Field(
+        100_000, gt=0, description="Events kept for WebSocket resume; older cursors get a reset."
+    )
+
+    @field_validator("api", "listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _host_ports(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(parse_host_port(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @property
+    def api_url(self) -> str:
+        host, port = self.api
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+
+def _one_line(exc: ValidationError, source: str) -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return ConfigError(f"{source}: {key}: {msg}")
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """Read `path` (if it exists), apply non-None `overrides` (flags), validate."""
+    values: dict[str, Any] = {}
+    source = "flags"
+    if path is not None and path.exists():
+        source = str(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        NodeConfig.model_validate(values)
+    except ValidationError as exc:
+        raise _one_line(exc, source) from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return NodeConfig.model_validate(values)
+    except ValidationError as exc:
+        raise _one_line(exc, "flags") from None

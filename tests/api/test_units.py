@@ -1,0 +1,179 @@
+"""Unit tests of the API's parts that need no running node."""
+
+import asyncio
+
+import pytest
+
+from p2pgate.api.events import ChangeRecord, EventHub, Reset
+from p2pgate.api.ratelimit import RateLimiter
+from p2pgate.api.tokens import Scope, TokenError, TokenStore, parse_scope
+from p2pgate.config import ConfigError, load_config, parse_host_port
+from p2pgate.store import Database
+
+# -- config ------------------------------------------------------------------------
+
+
+def test_config_defaults_and_flags_override_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('api = "127.0.0.1:9000"\nrate_limit = 5\n')
+    cfg = load_config(path, {"api": "127.0.0.1:9100", "mdns": None})
+    assert cfg.api == ("127.0.0.1", 9100)
+    assert cfg.rate_limit == 5
+    assert cfg.mdns is True
+    assert cfg.listen == ("0.0.0.0", 7771)
+    assert cfg.api_url == "http://127.0.0.1:9100"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('api = "nope"\n', "config.toml: api: expected HOST:PORT, got 'nope'"),
+        ("apx = 1\n", "config.toml: apx: unknown key"),
+        ("rate_limit = -1\n", "config.toml: rate_limit: Input should be greater than 0"),
+        ('log_format = "xml"\n', "config.toml: log_format: Input should be 'human' or 'json'"),
+        ("api = [\n", "config.toml: not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, content, message):
+    path = tmp_path / "config.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_flag_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="^flags: listen: expected HOST:PORT"):
+        load_config(None, {"listen": "7771"})
+
+
+def test_host_port_forms():
+    assert parse_host_port("[::1]:8771") == ("::1", 8771)
+    assert parse_host_port(":7771") == ("0.0.0.0", 7771)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_host_port("host:99999")
+
+
+# -- rate limit --------------------------------------------------------------------
+
+
+def test_rate_limiter_allows_burst_then_paces():
+    limiter = RateLimiter(rate=10, burst=3)
+    assert [limiter.acquire("a", 0.0) for _ in range(3)] == [0, 0, 0]
+    assert limiter.acquire("a", 0.0) == pytest.approx(0.1)
+    assert limiter.acquire("b", 0.0) == 0  # per key
+    assert limiter.acquire("a", 0.1) == 0
+    assert limiter.acquire("a", 0.1) > 0
+
+
+# -- tokens ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tokens(tmp_path):
+    db = await Database.open(tmp_path / "t.db", "k" * 32)
+    now = [1000.0]
+    store = TokenStore(db, "the-admin-token", clock=lambda: now[0])
+    await store.load()
+    yield store, db, now
+    await db.close()
+
+
+def test_scopes_parse_strictly():
+    assert parse_scope("notes:rw") == Scope("notes", True)
+    assert parse_scope("*:r") == Scope("*", False)
+    for bad in ("notes", "notes:w", ":r", "no/slash:r"):
+        with pytest.raises(TokenError):
+            parse_scope(bad)
+
+
+async def test_admin_and_app_tokens(tokens):
+    store, db, now = tokens
+    admin = store.authenticate("the-admin-token")
+    assert admin is not None and admin.admin
+    app, token = await store.add("notes-app", ["notes:rw", "photos:r"], ttl=60)
+    principal = store.authenticate(token)
+    assert principal is not None and not principal.admin
+    assert principal.can_write("notes") and principal.can_read("photos")
+    assert not principal.can_write("photos") and not principal.can_read("other")
+    assert store.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert store.authenticate("garbage") is None
+    # stored hashed: the secret part never reaches the database
+    secret = token.rsplit("_", 1)[1]
+    rows = await db.read(lambda c: c.execute("SELECT * FROM app_tokens").fetchall())
+    assert secret not in repr(rows)
+    # survives a reload
+    again = TokenStore(db, "the-admin-token", clock=lambda: now[0])
+    await again.load()
+    assert again.authenticate(token) == principal
+    now[0] += 61
+    assert store.authenticate(token) is None  # expired
+    await store.revoke("notes-app")
+    with pytest.raises(TokenError):
+        await store.revoke("notes-app")
+
+
+async def test_duplicate_and_scopeless_apps_refused(tokens):
+    store, _, _ = tokens
+    await store.add("a", ["x:r"])
+    with pytest.raises(TokenError, match="exists"):
+        await store.add("a", ["x:r"])
+    with pytest.raises(TokenError, match="at least one scope"):
+        await store.add("b", [])
+
+
+# -- event hub ---------------------------------------------------------------------
+
+
+class ListFeed:
+    """A change feed over a list (the node's feed is the libSQL store's)."""
+
+    def __init__(self):
+        self.records: list[ChangeRecord] = []
+        self.horizon = 0
+
+    @property
+    def cursor(self):
+        return self.records[-1].cursor if self.records else 0
+
+    def add(self, collection, doc_id):
+        rec = ChangeRecord(self.cursor + 1, collection, doc_id, False, "me")
+        self.records = [r for r in self.records if r.doc_id != doc_id] + [rec]
+        return rec
+
+    async def changes_after(self, cursor, limit):
+        return [r for r in self.records if r.cursor > cursor][:limit]
+
+
+async def _take(stream, n):
+    return [await asyncio.wait_for(anext(stream), 5) for _ in range(n)]
+
+
+async def test_hub_replays_history_then_live_without_gap_or_duplicate():
+    feed = ListFeed()
+    hub = EventHub(feed)
+    for i in range(5):
+        feed.add("notes", f"d{i}")
+    stream = hub.stream(2, lambda c: c == "notes")
+    got = await _take(stream, 3)
+    assert [r.cursor for r in got] == [3, 4, 5]
+    hub.publish(feed.add("hidden", "h"))
+    hub.publish(feed.add("notes", "d9"))
+    assert [r.doc_id for r in await _take(stream, 1)] == ["d9"]
+    await stream.aclose()
+
+
+async def test_hub_resets_expired_and_unknown_cursors():
+    feed = ListFeed()
+    hub = EventHub(feed)
+    for i in range(3):
+        feed.add("notes", f"d{i}")
+    feed.horizon = 2
+    stream = hub.stream(1, lambda c: True)
+    first = await _take(stream, 1)
+    assert first == [Reset(3, "cursor expired")]
+    await stream.aclose()
+    stream = hub.stream(99, lambda c: True)
+    assert await _take(stream, 1) == [Reset(3, "unknown cursor")]
+    await stream.aclose()
