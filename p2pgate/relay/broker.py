@@ -1,0 +1,135 @@
+"""The relay's matchmaking core, sans-I/O: who is here, who asked for whom.
+
+A device attaches with one control connection. `request(a, b)` invites b if b is
+attached, within its invitation rate and both session limits; the invitation lives
+until the *answer deadline* (`unavailable_delay` after the request). b accepts or
+refuses. Accepting makes the session `ready` at once and both sides get a one-time
+splice key; refusing, absence, rate limits and the deadline all look the same to
+a: one `unavailable` at the deadline, never earlier. A ready session lives until
+its splice closes (`close_session`).
+
+States of a session: inviting → ready → (closed), or inviting → (unavailable).
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from dataclasses import dataclass, field
+
+from p2pgate.api.ratelimit import RateLimiter
+from p2pgate.deviceid import DeviceID
+
+__all__ = ["Broker", "Send", "Session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `message` on the control connection of `to`."""
+
+    to: DeviceID
+    message: dict[str, object]
+
+
+@dataclass(slots=True)
+class Session:
+    sid: str
+    requester: DeviceID
+    target: DeviceID
+    req: int
+    deadline: float
+    keys: dict[str, DeviceID] = field(default_factory=dict)  # splice key -> side
+    ready: bool = False
+    refused: bool = False
+
+
+class Broker:
+    def __init__(self, *, unavailable_delay: float, invite_rate: float,
+                 max_sessions_per_device: int) -> None:
+        self.unavailable_delay = unavailable_delay
+        self.max_sessions = max_sessions_per_device
+        self._invites = RateLimiter(invite_rate, max(1, int(invite_rate * 2)))
+        self._attached: set[DeviceID] = set()
+        self._sessions: dict[str, Session] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._count: dict[DeviceID, int] = {}
+
+    @property
+    def attached(self) -> int:
+        return len(self._attached)
+
+    @property
+    def sessions(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.ready)
+
+    def is_attached(self, device: DeviceID) -> bool:
+        return device in self._attached
+
+    def attach(self, device: DeviceID) -> None:
+        self._attached.add(device)
+
+    def detach(self, device: DeviceID) -> None:
+        self._attached.discard(device)
+
+    def request(self, requester: DeviceID, target: DeviceID, req: int, now: float) -> list[Send]:
+        sid = secrets.token_urlsafe(12)
+        session = Session(sid, requester, target, req, now + self.unavailable_delay)
+        self._sessions[sid] = session
+        heapq.heappush(self._deadlines, (session.deadline, sid))
+        if (
+            target == requester
+            or target not in self._attached
+            or self._count.get(requester, 0) >= self.max_sessions
+            or self._count.get(target, 0) >= self.max_sessions
+            or self._invites.acquire(str(target), now) > 0
+        ):
+            session.refused = True  # answered at the deadline like any refusal
+            return []
+        return [Send(target, {"t": "invite", "sid": sid, "from": str(requester)})]
+
+    def answer(self, target: DeviceID, sid: str, accept: bool) -> list[Send]:
+        session = self._sessions.get(sid)
+        if session is None or session.target != target or session.ready or session.refused:
+            return []
+        if not accept:
+            session.refused = True
+            return []
+        session.ready = True
+        for side in (session.requester, session.target):
+            self._count[side] = self._count.get(side, 0) + 1
+        key_a, key_b = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        session.keys = {key_a: session.requester, key_b: session.target}
+        return [
+            Send(session.requester, {"t": "ready", "req": session.req, "sid": sid,
+                                     "key": key_a, "peer": str(target)}),
+            Send(session.target, {"t": "ready", "sid": sid, "key": key_b,
+                                  "peer": str(session.requester)}),
+        ]
+
+    def claim(self, sid: str, key: str) -> DeviceID | None:
+        """The side a splice key belongs to (each key works once), or None."""
+        session = self._sessions.get(sid)
+        if session is None or not session.ready:
+            return None
+        return session.keys.pop(key, None)
+
+    def close_session(self, sid: str) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is not None and session.ready:
+            for side in (session.requester, session.target):
+                self._count[side] -= 1
+
+    def get_timer(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def handle_timer(self, now: float) -> list[Send]:
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, sid = heapq.heappop(self._deadlines)
+            session = self._sessions.get(sid)
+            if session is None or session.ready:
+                continue
+            del self._sessions[sid]
+            if session.requester in self._attached:
+                out.append(Send(session.requester, {"t": "unavailable", "req": session.req}))
+        return out

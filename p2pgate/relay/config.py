@@ -1,0 +1,86 @@
+"""Relay operator configuration: a TOML file plus flags, one frozen pydantic model."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from p2pgate.config import ConfigError, HostPort, parse_host_port
+
+__all__ = ["RelayConfig", "load_relay_config"]
+
+
+class RelayConfig(BaseModel):
+    """Everything a relay operator can set; each field is a key of the config file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    listen: HostPort = Field(("0.0.0.0", 8443), description="HOST:PORT to serve on.")  # noqa: S104
+    public_url: str | None = Field(
+        None, description="URL devices use (ws:// or wss://); device auth is bound to it. "
+        "Default: derived from each request's Host header."
+    )
+    dht_port: int | None = Field(None, ge=0, le=65535, description="UDP port of the DHT "
+                                 "bootstrap node; none = no DHT node.")
+    access: Literal["open", "allowlist", "token"] = Field(
+        "open", description="Who may use the relay."
+    )
+    allowlist: tuple[str, ...] = Field((), description="Device IDs allowed (access=allowlist).")
+    token_keys: dict[str, str] = Field(
+        {}, description="kid -> base64url Ed25519 public key of token signers (access=token)."
+    )
+    audience: str = Field("p2pgate", description="The fleet name tokens must carry as aud.")
+    session_rate: int = Field(4 << 20, gt=0, description="Bytes/s per session and direction.")
+    global_rate: int = Field(256 << 20, gt=0, description="Bytes/s over all sessions.")
+    max_sessions_per_device: int = Field(32, gt=0, description="Concurrent relayed sessions.")
+    max_connections_per_ip: int = Field(64, gt=0, description="Open connections per client IP.")
+    accept_rate_per_ip: float = Field(20.0, gt=0, description="New connections/s per IP.")
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="Proxy networks whose X-Forwarded-For is believed (CIDR)."
+    )
+    idle_timeout: float = Field(300.0, gt=0, description="Seconds before an idle splice closes.")
+    max_frame: int = Field(256 << 10, gt=0, description="Largest WebSocket frame accepted.")
+    invite_rate: float = Field(2.0, gt=0, description="Invitations/s one device may receive.")
+    unavailable_delay: float = Field(
+        1.0, gt=0, description="Seconds before 'unavailable' (same for absent and refusing)."
+    )
+    auth_skew: float = Field(86_400.0, gt=0, description="Allowed clock skew of device auth.")
+    drain_timeout: float = Field(30.0, ge=0, description="Seconds SIGTERM waits for sessions.")
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+
+def load_relay_config(path: Path | None, overrides: dict[str, Any] | None = None
+                      ) -> RelayConfig:
+    values: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        source = str(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return RelayConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{source}: {key}: {msg.removeprefix('Value error, ')}") from None
