@@ -1,0 +1,1 @@
+"""WAN discovery: private, per-pair records in a hardened Kademlia DHT."""
