@@ -16,6 +16,7 @@ from p2pgate import __version__
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
 from p2pgate.paths import resolve_data_dir
+from p2pgate.relay.cli import add_relay_command
 from p2pgate.setup import initialise
 
 __all__ = ["main"]
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("node", help="run the node in the foreground")
     p.set_defaults(func=_cmd_node)
+
+    add_relay_command(sub)
     return parser
 
 

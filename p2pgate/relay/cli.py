@@ -1,0 +1,127 @@
+"""`p2pgate relay`: run a relay, make a token-signing key, issue access tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pgate.deviceid import DeviceID
+from p2pgate.errors import LocalProtocolError
+from p2pgate.files import read_secret, write_secret
+from p2pgate.logs import setup_logging
+from p2pgate.relay.access_tokens import MAX_TTL, issue_token, key_id, public_key_text
+from p2pgate.relay.config import load_relay_config
+from p2pgate.relay.server import RelayServer
+
+__all__ = ["add_relay_command"]
+
+log = logging.getLogger("p2pgate.relay")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise LocalProtocolError(f"bad duration {text!r}; use e.g. 3600, 90m, 12h or 7d")
+    seconds = int(match[1]) * _UNITS[match[2] or "s"]
+    if not 0 < seconds <= MAX_TTL:
+        raise LocalProtocolError("a token lives at most 30 days")
+    return seconds
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    path = Path(args.key)
+    if path.exists():
+        raise LocalProtocolError(f"{path} exists; refusing to overwrite a signing key")
+    key = Ed25519PrivateKey.generate()
+    write_secret(path, key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    pub = key.public_key()
+    print(f"Signing key written to {path} (keep it off the relays).")
+    print("Add this to every relay's config:")
+    print('access = "token"')
+    print(f'token_keys = {{ "{key_id(pub)}" = "{public_key_text(pub)}" }}')
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    if not args.device:
+        raise LocalProtocolError("relay token needs --device ID")
+    loaded = serialization.load_pem_private_key(read_secret(Path(args.key)), None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise LocalProtocolError(f"{args.key} is not an Ed25519 key")
+    device = DeviceID.parse(args.device)
+    print(issue_token(loaded, device, args.audience, parse_duration(args.ttl), time.time()))
+    return 0
+
+
+async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
+    config = load_relay_config(config_path, overrides)
+    server = RelayServer(config)
+    runner = web.AppRunner(server.application(), access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    host, port = config.listen
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def _reload() -> None:
+        try:
+            server.reload(load_relay_config(config_path, overrides))
+        except LocalProtocolError as exc:
+            log.error("config reload failed, keeping the old one: %s", exc)
+
+    loop.add_signal_handler(signal.SIGHUP, _reload)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("draining (up to %.0f s)", server.config.drain_timeout)
+        await server.drain()
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("relay stopped")
+
+
+def _relay(args: argparse.Namespace) -> int:
+    if args.action == "keygen":
+        return _keygen(args)
+    if args.action == "token":
+        return _token(args)
+    config_path = Path(args.config) if args.config else None
+    overrides = {"listen": args.listen}
+    load_relay_config(config_path, overrides)  # a bad config fails before anything starts
+    setup_logging("json" if args.log_json else "human", args.debug)
+    asyncio.run(_serve(config_path, overrides))
+    return 0
+
+
+def add_relay_command(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "relay", help="run a relay server, or make relay signing keys and access tokens")
+    p.add_argument("action", nargs="?", default="serve", choices=["serve", "keygen", "token"])
+    p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8443)")
+    p.add_argument("--config", help="relay config file (TOML)")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines")
+    p.add_argument("--key", default="relay-signing.key",
+                   help="signing key file (keygen, token)")
+    p.add_argument("--device", help="device ID the token is for (token)")
+    p.add_argument("--ttl", default="7d", help="token lifetime, e.g. 12h or 30d (token)")
+    p.add_argument("--audience", default="p2pgate", help="fleet name (token)")
+    p.set_defaults(func=_relay)
