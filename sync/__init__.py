@@ -1,3 +1,72 @@
-"""Sans-I/O CRDT sync engine. Imports no asyncio, sockets or SQL driver."""
+"""Sans-I/O CRDT sync engine. Imports no asyncio, sockets or SQL driver.
 
-__all__: list[str] = []
+A `Replica` is one device's copy of every collection. Local operations (put,
+patch, delete, increment, add, remove, splice) return the new document; peers
+sync through one `PeerSession` per connection (`Replica.connect`), which takes
+and returns encoded messages; what happened comes out of `Replica.next_event()`.
+Time is always passed in as Unix seconds.
+"""
+
+from sync.clock import HybridClock
+from sync.codec import (
+    MAX_MESSAGE_SIZE,
+    WIRE_VERSION,
+    Ack,
+    ChangesMessage,
+    Close,
+    Hello,
+    Message,
+    decode,
+    encode,
+)
+from sync.errors import LocalProtocolError, RemoteProtocolError, SyncError
+from sync.events import (
+    ClockSkewDetected,
+    DocumentChanged,
+    Event,
+    PeerSynced,
+    ProtocolErrorOccurred,
+    QuarantineReleased,
+    SessionClosed,
+)
+from sync.model import Change, DocState, Edit
+from sync.policy import AllowAll, SyncPolicy
+from sync.replica import DocumentNotFound, Replica
+from sync.session import PeerSession, SessionState
+from sync.storage import Batch, MemoryStorage, Storage, StoredState
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "WIRE_VERSION",
+    "Ack",
+    "AllowAll",
+    "Batch",
+    "Change",
+    "ChangesMessage",
+    "ClockSkewDetected",
+    "Close",
+    "DocState",
+    "DocumentChanged",
+    "DocumentNotFound",
+    "Edit",
+    "Event",
+    "Hello",
+    "HybridClock",
+    "LocalProtocolError",
+    "MemoryStorage",
+    "Message",
+    "PeerSession",
+    "PeerSynced",
+    "ProtocolErrorOccurred",
+    "QuarantineReleased",
+    "RemoteProtocolError",
+    "Replica",
+    "SessionClosed",
+    "SessionState",
+    "Storage",
+    "StoredState",
+    "SyncError",
+    "SyncPolicy",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,524 @@
+"""Wire codec: a compact, versioned, size-bounded binary format.
+
+Why binary and not JSON: a change is mostly small integers (sequence numbers,
+HLCs) and a few repeated strings (device IDs, collection and field names). Varints
+with per-message string tables and delta-coded stamps make a one-field edit about
+25 bytes, where JSON would repeat a 60-character device ID in every change.
+
+    message  = version:u8 type:u8 body            (at most MAX_MESSAGE_SIZE bytes)
+    HELLO    = need_reply:u8 device:str vv
+    CHANGES  = strings:count str* count change*
+    change   = origin:ref dseq:uv dhlc:zz signature:bytes count edit*
+    edit     = collection:ref doc:str flags:u8 count op*
+    op       = kind:u8 field:ref payload             (see `_write_op`)
+    ACK      = vv
+    CLOSE    = code:uv reason:str
+    vv       = count (origin:str seq:uv)*
+    value    = tag:u8 ...  null false true int(zz) float(f64) str list dict
+
+`uv` is an unsigned LEB128 varint, `zz` a zigzag varint, `ref` an index into the
+message's string table; `dseq` and `dhlc` are deltas from the previous change of
+the message. Any input either decodes or raises RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sync.clock import MAX_HLC
+from sync.errors import LocalProtocolError, RemoteProtocolError
+from sync.fields import TEXT
+from sync.model import (
+    K_ADD,
+    K_CLEAR,
+    K_INC,
+    K_LWW,
+    K_REMOVE,
+    K_RESET,
+    K_TEXT,
+    K_TEXT_QUIET,
+    K_UNSET,
+    Change,
+    Edit,
+    FieldOp,
+)
+
+__all__ = [
+    "CLOSE_BAD_MESSAGE",
+    "CLOSE_NORMAL",
+    "CLOSE_REPLACED",
+    "CLOSE_UNEXPECTED",
+    "CLOSE_VERSION",
+    "CLOSE_WRONG_PEER",
+    "MAX_MESSAGE_SIZE",
+    "WIRE_VERSION",
+    "Ack",
+    "ChangesEncoder",
+    "ChangesMessage",
+    "Close",
+    "Hello",
+    "Message",
+    "decode",
+    "encode",
+]
+
+WIRE_VERSION = 1
+MAX_MESSAGE_SIZE = 4 << 20
+MAX_STRING = 1 << 20
+MAX_DEPTH = 32
+
+CLOSE_NORMAL = 0
+CLOSE_BAD_MESSAGE = 1
+CLOSE_UNEXPECTED = 2
+CLOSE_VERSION = 3
+CLOSE_WRONG_PEER = 4
+CLOSE_REPLACED = 5
+
+T_HELLO, T_CHANGES, T_ACK, T_CLOSE = 1, 2, 3, 4
+V_NULL, V_FALSE, V_TRUE, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT = range(8)
+_F64 = struct.Struct(">d")
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    device_id: str
+    version_vector: dict[str, int]
+    need_reply: bool = True
+    version: int = WIRE_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesMessage:
+    changes: list[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    version_vector: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str = ""
+
+
+Message = Hello | ChangesMessage | Ack | Close
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _uv(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _zz(out: bytearray, n: int) -> None:
+    _uv(out, (n << 1) if n >= 0 else ((-n) << 1) - 1)
+
+
+def _str(out: bytearray, s: str) -> None:
+    b = s.encode()
+    _uv(out, len(b))
+    out += b
+
+
+def _bytes(out: bytearray, b: bytes) -> None:
+    _uv(out, len(b))
+    out += b
+
+
+def _value(out: bytearray, v: Any) -> None:
+    kind = type(v)
+    if kind is str:
+        out.append(V_STR)
+        _str(out, v)
+    elif v is None:
+        out.append(V_NULL)
+    elif kind is bool:
+        out.append(V_TRUE if v else V_FALSE)
+    elif kind is int:
+        out.append(V_INT)
+        _zz(out, v)
+    elif kind is float:
+        out.append(V_FLOAT)
+        out += _F64.pack(v)
+    elif kind is list:
+        out.append(V_LIST)
+        _uv(out, len(v))
+        for item in v:
+            _value(out, item)
+    elif kind is dict:
+        out.append(V_DICT)
+        _uv(out, len(v))
+        for k, item in v.items():
+            _str(out, k)
+            _value(out, item)
+    else:
+        raise LocalProtocolError(f"cannot encode {kind.__name__}")
+
+
+def _vv(out: bytearray, vv: dict[str, int]) -> None:
+    _uv(out, len(vv))
+    for origin, seq in vv.items():
+        _str(out, origin)
+        _uv(out, seq)
+
+
+class ChangesEncoder:
+    """Builds one CHANGES message incrementally, under a size target."""
+
+    __slots__ = ("_body", "_count", "_hlc", "_seqs", "_strings", "_table")
+
+    def __init__(self) -> None:
+        self._body = bytearray()
+        self._table: list[str] = []
+        self._strings: dict[str, int] = {}
+        self._seqs: dict[str, int] = {}
+        self._hlc = 0
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _ref(self, s: str) -> None:
+        idx = self._strings.get(s)
+        if idx is None:
+            idx = self._strings[s] = len(self._table)
+            self._table.append(s)
+        _uv(self._body, idx)
+
+    def size(self) -> int:
+        return len(self._body) + sum(len(s) + 2 for s in self._table) + 8
+
+    def add(self, change: Change, limit: int = MAX_MESSAGE_SIZE) -> bool:
+        """Append a change unless the message would then exceed `limit` bytes.
+
+        The first change is always taken (it is at most MAX_CHANGE_BYTES).
+        """
+        body = self._body
+        mark = (len(body), len(self._table), dict(self._seqs) if self._count else {}, self._hlc)
+        self._ref(change.origin)
+        _uv(body, change.seq - self._seqs.get(change.origin, 0))
+        self._seqs[change.origin] = change.seq
+        _zz(body, change.hlc - self._hlc)
+        self._hlc = change.hlc
+        _bytes(body, change.signature)
+        _uv(body, len(change.edits))
+        for edit in change.edits:
+            self._ref(edit.collection)
+            _str(body, edit.doc_id)
+            body.append(edit.flags)
+            _uv(body, len(edit.ops))
+            for op in edit.ops:
+                self._op(op, change.hlc)
+        if self._count and self.size() > limit:
+            del body[mark[0] :]
+            for s in self._table[mark[1] :]:
+                del self._strings[s]
+            del self._table[mark[1] :]
+            self._seqs, self._hlc = mark[2], mark[3]
+            return False
+        self._count += 1
+        return True
+
+    def _op(self, op: FieldOp, hlc: int) -> None:
+        body = self._body
+        kind, name, a, b = op
+        body.append(kind)
+        self._ref(name)
+        if kind == K_LWW:
+            if not 0 <= a < hlc:
+                raise LocalProtocolError("an lww write must be newer than what it saw")
+            _uv(body, 0 if a == 0 else hlc - a)
+            _value(body, b)
+        elif kind == K_INC:
+            _uv(body, a)
+            _uv(body, b)
+        elif kind == K_CLEAR:
+            body.append(a)
+        elif kind == K_RESET:
+            _uv(body, len(a))
+            for origin, (p, n) in a.items():
+                self._ref(origin)
+                _uv(body, p)
+                _uv(body, n)
+        elif kind == K_ADD:
+            _uv(body, len(a))
+            for v in a:
+                _value(body, v)
+        elif kind in (K_REMOVE, K_UNSET):
+            _uv(body, len(a))
+            for tag_hlc, origin in sorted(a):
+                _uv(body, tag_hlc)
+                self._ref(origin)
+        elif kind in (K_TEXT, K_TEXT_QUIET):
+            _bytes(body, a)
+        else:
+            raise LocalProtocolError(f"unknown op kind {kind}")
+
+    def to_bytes(self) -> bytes:
+        out = bytearray((WIRE_VERSION, T_CHANGES))
+        _uv(out, len(self._table))
+        for s in self._table:
+            _str(out, s)
+        _uv(out, self._count)
+        out += self._body
+        if len(out) > MAX_MESSAGE_SIZE:
+            raise LocalProtocolError("message too large")
+        return bytes(out)
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message; raises LocalProtocolError if it cannot be sent."""
+    if isinstance(msg, ChangesMessage):
+        enc = ChangesEncoder()
+        for change in msg.changes:
+            enc.add(change, limit=1 << 62)
+        return enc.to_bytes()
+    out = bytearray((WIRE_VERSION,))
+    if isinstance(msg, Hello):
+        out.append(T_HELLO)
+        out.append(1 if msg.need_reply else 0)
+        _str(out, msg.device_id)
+        _vv(out, msg.version_vector)
+    elif isinstance(msg, Ack):
+        out.append(T_ACK)
+        _vv(out, msg.version_vector)
+    else:
+        out.append(T_CLOSE)
+        _uv(out, msg.code)
+        _str(out, msg.reason[:200])
+    if len(out) > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError("message too large")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def fail(self, what: str) -> RemoteProtocolError:
+        return RemoteProtocolError(f"bad message at byte {self.pos}: {what}")
+
+    def u8(self) -> int:
+        pos = self.pos
+        if pos >= len(self.data):
+            raise self.fail("truncated")
+        self.pos = pos + 1
+        return self.data[pos]
+
+    def uv(self, bound: int = 2**64) -> int:
+        data, pos, shift, n = self.data, self.pos, 0, 0
+        end = len(data)
+        while True:
+            if pos >= end:
+                raise self.fail("truncated varint")
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise self.fail("varint too long")
+        self.pos = pos
+        if n >= bound:
+            raise self.fail("number out of range")
+        return n
+
+    def zz(self) -> int:
+        n = self.uv()
+        return (n >> 1) if not n & 1 else -((n + 1) >> 1)
+
+    def count(self) -> int:
+        n = self.uv()
+        if n > len(self.data) - self.pos:
+            raise self.fail("count exceeds message")
+        return n
+
+    def raw(self, limit: int = MAX_STRING) -> bytes:
+        n = self.uv()
+        if n > limit or n > len(self.data) - self.pos:
+            raise self.fail("length out of range")
+        pos = self.pos
+        self.pos = pos + n
+        return self.data[pos : pos + n]
+
+    def text(self, limit: int = MAX_STRING) -> str:
+        try:
+            return self.raw(limit).decode()
+        except UnicodeDecodeError:
+            raise self.fail("invalid UTF-8") from None
+
+    def name(self) -> str:
+        s = self.text(256)
+        if not s:
+            raise self.fail("empty name")
+        return s
+
+    def value(self, depth: int = 0) -> Any:
+        tag = self.u8()
+        if tag == V_STR:
+            return self.text()
+        if tag == V_INT:
+            n = self.zz()
+            if not _INT_MIN <= n <= _INT_MAX:
+                raise self.fail("integer out of range")
+            return n
+        if tag == V_NULL:
+            return None
+        if tag == V_FALSE:
+            return False
+        if tag == V_TRUE:
+            return True
+        if tag == V_FLOAT:
+            if len(self.data) - self.pos < 8:
+                raise self.fail("truncated float")
+            (f,) = _F64.unpack_from(self.data, self.pos)
+            self.pos += 8
+            if not math.isfinite(f):
+                raise self.fail("non-finite number")
+            return f
+        if depth >= MAX_DEPTH:
+            raise self.fail("value nested too deeply")
+        if tag == V_LIST:
+            return [self.value(depth + 1) for _ in range(self.count())]
+        if tag == V_DICT:
+            out = {}
+            for _ in range(self.count()):
+                key = self.text()
+                out[key] = self.value(depth + 1)
+            return out
+        raise self.fail(f"unknown value tag {tag}")
+
+    def vv(self) -> dict[str, int]:
+        out = {}
+        for _ in range(self.count()):
+            origin = self.name()
+            if origin in out:
+                raise self.fail("repeated origin")
+            out[origin] = self.uv(MAX_HLC)
+        return out
+
+
+def _read_changes(r: _Reader) -> ChangesMessage:
+    table = [r.name() for _ in range(r.count())]
+    ntable = len(table)
+
+    def ref() -> str:
+        i = r.uv()
+        if i >= ntable:
+            raise r.fail("string reference out of range")
+        return table[i]
+
+    seqs: dict[str, int] = {}
+    hlc = 0
+    changes = []
+    for _ in range(r.count()):
+        origin = ref()
+        seq = seqs.get(origin, 0) + r.uv(MAX_HLC)
+        if seq == seqs.get(origin, 0) or seq > MAX_HLC:
+            raise r.fail("sequence numbers must increase")
+        seqs[origin] = seq
+        hlc += r.zz()
+        if not 0 < hlc <= MAX_HLC:
+            raise r.fail("HLC out of range")
+        signature = r.raw(1024)
+        edits = []
+        for _ in range(r.count()):
+            collection = ref()
+            doc_id = r.name()
+            flags = r.u8()
+            if flags > 3:
+                raise r.fail("bad edit flags")
+            ops = tuple(_read_op(r, ref, hlc) for _ in range(r.count()))
+            edits.append(Edit(collection, doc_id, flags, ops))
+        changes.append(Change(origin, seq, hlc, tuple(edits), signature))
+    return ChangesMessage(changes)
+
+
+def _read_op(r: _Reader, ref: Callable[[], str], hlc: int) -> FieldOp:
+    kind = r.u8()
+    name = ref()
+    if kind == K_LWW:
+        d = r.uv()
+        if d >= hlc:
+            raise r.fail("bad seen stamp")
+        return (K_LWW, name, 0 if d == 0 else hlc - d, r.value())
+    if kind == K_INC:
+        return (K_INC, name, r.uv(_INT_MAX + 1), r.uv(_INT_MAX + 1))
+    if kind == K_CLEAR:
+        rank = r.u8()
+        if rank > TEXT:
+            raise r.fail("bad field type")
+        return (K_CLEAR, name, rank, None)
+    if kind == K_RESET:
+        base = {}
+        for _ in range(r.count()):
+            origin = ref()
+            base[origin] = (r.uv(_INT_MAX + 1), r.uv(_INT_MAX + 1))
+        return (K_RESET, name, base, None)
+    if kind == K_ADD:
+        return (K_ADD, name, tuple(r.value() for _ in range(r.count())), None)
+    if kind in (K_REMOVE, K_UNSET):
+        tags = []
+        for _ in range(r.count()):
+            tag_hlc = r.uv(MAX_HLC + 1)
+            tags.append((tag_hlc, ref()))
+        return (kind, name, frozenset(tags), None)
+    if kind in (K_TEXT, K_TEXT_QUIET):
+        from sync.text import validate_update
+
+        update = r.raw()
+        validate_update(update)
+        return (kind, name, update, None)
+    raise r.fail(f"unknown op kind {kind}")
+
+
+def decode(data: bytes) -> Message:
+    """Decode one message. Raises RemoteProtocolError, and nothing else, on bad input."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise LocalProtocolError("decode takes bytes")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise RemoteProtocolError("message too large")
+    r = _Reader(bytes(data))
+    try:
+        version = r.u8()
+        if version != WIRE_VERSION:
+            raise RemoteProtocolError(f"unsupported wire version {version}", CLOSE_VERSION)
+        kind = r.u8()
+        msg: Message
+        if kind == T_CHANGES:
+            msg = _read_changes(r)
+        elif kind == T_HELLO:
+            need = r.u8()
+            if need > 1:
+                raise r.fail("bad flag")
+            msg = Hello(r.name(), r.vv(), bool(need))
+        elif kind == T_ACK:
+            msg = Ack(r.vv())
+        elif kind == T_CLOSE:
+            msg = Close(r.uv(2**32), r.text(1024))
+        else:
+            raise r.fail(f"unknown message type {kind}")
+    except RecursionError:
+        raise RemoteProtocolError("value nested too deeply") from None
+    if r.pos != len(r.data):
+        raise r.fail("trailing bytes")
+    return msg
+

@@ -1,0 +1,367 @@
+"""One device's replica: local operations, applying remote changes, the quarantine.
+
+The replica owns one storage and one hybrid logical clock. Peers are driven
+through one `PeerSession` per connection (`connect`); every session feeds
+received changes here and reads the change log to send.
+
+Remote changes of one origin are applied strictly in sequence order; a change
+whose sequence is a duplicate or leaves a gap is ignored and not acknowledged,
+so the sender's retransmission repairs it. Quarantine states per origin:
+
+    clear --(change > max_skew ahead)--> held --(clock caught up | accepted)--> clear
+
+While an origin is held, its later changes queue behind the held one (bounded by
+`quarantine_limit` changes in all; past that they are dropped, unacknowledged).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sync.clock import COUNTER_BITS, HybridClock
+from sync.errors import LocalProtocolError
+from sync.events import (
+    ClockSkewDetected,
+    DocumentChanged,
+    Event,
+    QuarantineReleased,
+)
+from sync.fields import FIELD_TYPES
+from sync.model import (
+    Change,
+    DocState,
+    Edit,
+    FieldOp,
+    apply_edit,
+    doc_conflicts,
+    doc_visible,
+    render_doc,
+)
+from sync.ops import check_name, delete_ops, patch_ops, put_ops
+from sync.policy import AllowAll, SyncPolicy
+from sync.session import PeerSession
+from sync.storage import Batch, MemoryStorage, Storage
+
+__all__ = ["DocumentNotFound", "Replica"]
+
+DEFAULT_MAX_SKEW = 300.0
+
+
+class DocumentNotFound(LocalProtocolError):
+    """The document does not exist (or is deleted)."""
+
+
+class Replica:
+    """A device's replica of every collection, driven by its caller (sans-I/O).
+
+    `now` is always Unix time in seconds. Local operations return the document as
+    it now is; `next_event()` reports what happened (document changes for apps,
+    clock skew, session events).
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        storage: Storage | None = None,
+        *,
+        max_skew: float = DEFAULT_MAX_SKEW,
+        quarantine_limit: int = 10_000,
+        retransmit_after: float = 15.0,
+        policy: SyncPolicy | None = None,
+    ) -> None:
+        self.device_id = check_name("device ID", device_id)
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.max_skew = max_skew
+        self.quarantine_limit = quarantine_limit
+        self.retransmit_after = retransmit_after
+        self.policy: SyncPolicy = policy if policy is not None else AllowAll()
+        stored = self.storage.load()
+        self.clock = HybridClock(stored.clock)
+        self._vv: dict[str, int] = dict(stored.version_vector)
+        self._held: dict[str, list[Change]] = {o: list(cs) for o, cs in stored.quarantine.items()}
+        self._types: dict[str, dict[str, int]] = {}
+        self._events: deque[Event] = deque()
+        self._sessions: dict[str, PeerSession] = {}
+
+    # ------------------------------------------------------------ schema
+
+    def declare(self, collection: str, fields: Mapping[str, str]) -> None:
+        """Declare field types of a collection: "lww", "counter", "set" or "text"."""
+        check_name("collection", collection)
+        types = {}
+        for name, kind in fields.items():
+            check_name("field name", name)
+            if kind not in FIELD_TYPES:
+                raise LocalProtocolError(f"unknown field type {kind!r}")
+            types[name] = FIELD_TYPES[kind]
+        self._types[collection] = types
+
+    def field_types(self, collection: str) -> dict[str, str]:
+        names = {v: k for k, v in FIELD_TYPES.items()}
+        return {f: names[t] for f, t in self._types.get(collection, {}).items()}
+
+    # ------------------------------------------------------------ local operations
+
+    def _local(
+        self,
+        collection: str,
+        doc_id: str,
+        now: float,
+        build: Callable[[DocState | None], tuple[int, tuple[FieldOp, ...]]],
+    ) -> DocState:
+        doc = self.storage.get_doc(collection, doc_id)
+        flags, ops = build(doc)
+        me = self.device_id
+        hlc = self.clock.tick(now)
+        seq = self._vv.get(me, 0) + 1
+        edit = Edit(collection, doc_id, flags, ops)
+        new = apply_edit(doc, edit, (hlc, me))
+        self.storage.apply_batch(
+            Batch([Change(me, seq, hlc, (edit,))], {(collection, doc_id): new}, hlc)
+        )
+        self._vv[me] = seq
+        self._events.append(
+            DocumentChanged(collection, doc_id, me, seq, hlc, not doc_visible(new))
+        )
+        return new
+
+    def _checked(self, collection: str, doc_id: str) -> dict[str, int]:
+        if type(collection) is not str or not 0 < len(collection) <= 256:
+            check_name("collection", collection)
+        if type(doc_id) is not str or not 0 < len(doc_id) <= 256:
+            check_name("document ID", doc_id)
+        return self._types.get(collection, {})
+
+    def put(
+        self, collection: str, doc_id: str, doc: Mapping[str, Any], now: float
+    ) -> dict[str, Any]:
+        """Create or replace a document."""
+        types = self._checked(collection, doc_id)
+        state = self._local(
+            collection, doc_id, now, lambda d: put_ops(self.device_id, d, types, doc)
+        )
+        return render_doc(state) or {}
+
+    def patch(
+        self, collection: str, doc_id: str, patch: Mapping[str, Any], now: float
+    ) -> dict[str, Any]:
+        """Merge-patch a document (creating it if needed): values set fields, null clears
+        one, `{"$inc": n}`, `{"$add": [..]}`, `{"$remove": [..]}`, `{"$splice": [pos, n, s]}`
+        edit counter, set and text fields."""
+        types = self._checked(collection, doc_id)
+        state = self._local(
+            collection, doc_id, now, lambda d: patch_ops(self.device_id, d, types, patch)
+        )
+        return render_doc(state) or {}
+
+    def delete(self, collection: str, doc_id: str, now: float) -> None:
+        """Delete a document (a tombstone; see `sync.model` for the rule)."""
+        self._checked(collection, doc_id)
+
+        def build(d: DocState | None) -> tuple[int, tuple[FieldOp, ...]]:
+            if not doc_visible(d):
+                raise DocumentNotFound(f"no document {collection}/{doc_id}")
+            return delete_ops(self.device_id, d)
+
+        self._local(collection, doc_id, now, build)
+
+    def increment(
+        self, collection: str, doc_id: str, field: str, by: int, now: float
+    ) -> dict[str, Any]:
+        return self.patch(collection, doc_id, {field: {"$inc": by}}, now)
+
+    def add(
+        self, collection: str, doc_id: str, field: str, values: list[Any], now: float
+    ) -> dict[str, Any]:
+        return self.patch(collection, doc_id, {field: {"$add": values}}, now)
+
+    def remove(
+        self, collection: str, doc_id: str, field: str, values: list[Any], now: float
+    ) -> dict[str, Any]:
+        return self.patch(collection, doc_id, {field: {"$remove": values}}, now)
+
+    def splice(
+        self,
+        collection: str,
+        doc_id: str,
+        field: str,
+        pos: int,
+        delete: int,
+        insert: str,
+        now: float,
+    ) -> dict[str, Any]:
+        return self.patch(collection, doc_id, {field: {"$splice": [pos, delete, insert]}}, now)
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """The document, or None if it does not exist or is deleted."""
+        return render_doc(self.storage.get_doc(collection, doc_id))
+
+    def list_docs(
+        self, collection: str, *, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Up to `limit` visible documents with id > `after`, ordered by id."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        while len(out) < limit:
+            page = self.storage.list_docs(collection, after, limit)
+            for doc_id, state in page:
+                doc = render_doc(state)
+                if doc is not None:
+                    out.append((doc_id, doc))
+                    if len(out) >= limit:
+                        break
+            if len(page) < limit:
+                break
+            after = page[-1][0]
+        return out
+
+    def conflicts(self, collection: str, doc_id: str) -> dict[str, dict[str, Any]]:
+        """Per `lww` field, the last concurrent write that lost (value, hlc, device)."""
+        return doc_conflicts(self.storage.get_doc(collection, doc_id))
+
+    def version_vector(self) -> dict[str, int]:
+        """Per origin, the highest sequence applied (all before it are applied too)."""
+        return dict(self._vv)
+
+    # ------------------------------------------------------------ peers
+
+    def connect(self, peer_id: str, now: float) -> PeerSession:
+        """Start a session with a peer over a new connection; replaces an older one."""
+        check_name("peer ID", peer_id)
+        old = self._sessions.get(peer_id)
+        if old is not None and not old.closed:
+            old.close(now, reason="replaced by a new session", notify_peer=False, code=5)
+        session = PeerSession(self, peer_id, now)
+        self._sessions[peer_id] = session
+        return session
+
+    def sessions(self) -> dict[str, PeerSession]:
+        return {p: s for p, s in self._sessions.items() if not s.closed}
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
+        return self._events.popleft() if self._events else None
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    # ------------------------------------------------------------ remote changes
+
+    def _known(self, origin: str) -> int:
+        return self._vv.get(origin, 0) + len(self._held.get(origin, ()))
+
+    def _too_far_ahead(self, hlc: int, now: float) -> bool:
+        return (hlc >> COUNTER_BITS) > int(now * 1000) + int(self.max_skew * 1000)
+
+    def _receive(self, peer_id: str, changes: list[Change], now: float) -> None:
+        """Apply (or hold) changes a session received, as one atomic batch."""
+        self._release(now)
+        batch = Batch()
+        vv = dict(self._vv)
+        held = {o: list(cs) for o, cs in self._held.items()}
+        nheld = sum(len(cs) for cs in held.values())
+        events: list[Event] = []
+        for change in changes:
+            origin = change.origin
+            queue = held.get(origin)
+            if change.seq != vv.get(origin, 0) + (len(queue) if queue else 0) + 1:
+                continue
+            change = self.policy.incoming(peer_id, change)
+            if queue or self._too_far_ahead(change.hlc, now):
+                if nheld >= self.quarantine_limit:
+                    continue
+                if not queue:
+                    ahead = self.clock.ahead_by(change.hlc, now)
+                    events.append(ClockSkewDetected(peer_id, origin, change.seq, change.hlc, ahead))
+                held.setdefault(origin, []).append(change)
+                batch.hold.append(change)
+                nheld += 1
+                continue
+            self._apply(change, batch, events, now)
+            vv[origin] = change.seq
+        if not batch.changes and not batch.hold:
+            return
+        batch.clock = self.clock.last
+        self.storage.apply_batch(batch)
+        self._vv = vv
+        self._held = {o: cs for o, cs in held.items() if cs}
+        self._events.extend(events)
+
+    def _apply(self, change: Change, batch: Batch, events: list[Event], now: float) -> None:
+        stamp = (change.hlc, change.origin)
+        docs = batch.docs
+        for edit in change.edits:
+            key = (edit.collection, edit.doc_id)
+            doc = docs.get(key)
+            if doc is None:
+                doc = self.storage.get_doc(*key)
+            new = docs[key] = apply_edit(doc, edit, stamp)
+            events.append(
+                DocumentChanged(
+                    edit.collection,
+                    edit.doc_id,
+                    change.origin,
+                    change.seq,
+                    change.hlc,
+                    not doc_visible(new),
+                )
+            )
+        self.clock.observe(change.hlc, now)
+        batch.changes.append(change)
+
+    def _release(self, now: float, accept: str | None = None) -> None:
+        if not self._held:
+            return
+        batch = Batch()
+        events: list[Event] = []
+        vv = dict(self._vv)
+        held = {o: list(cs) for o, cs in self._held.items()}
+        for origin, queue in held.items():
+            forced = origin == accept
+            first = queue[0]
+            while queue:
+                change = queue[0]
+                if not forced and self._too_far_ahead(change.hlc, now):
+                    if change is not first:
+                        ahead = self.clock.ahead_by(change.hlc, now)
+                        events.append(ClockSkewDetected("", origin, change.seq, change.hlc, ahead))
+                    break
+                queue.pop(0)
+                events.append(QuarantineReleased(origin, change.seq, forced))
+                forced = False
+                batch.release.append((origin, change.seq))
+                self._apply(change, batch, events, now)
+                vv[origin] = change.seq
+        if not batch.release:
+            return
+        batch.clock = self.clock.last
+        self.storage.apply_batch(batch)
+        self._vv = vv
+        self._held = {o: cs for o, cs in held.items() if cs}
+        self._events.extend(events)
+
+    # ------------------------------------------------------------ quarantine
+
+    def quarantined(self) -> dict[str, list[Change]]:
+        """Held changes per origin, oldest first."""
+        return {o: list(cs) for o, cs in self._held.items()}
+
+    def accept_quarantined(self, origin: str, now: float) -> None:
+        """Apply the held change of `origin` despite its clock (an admin's decision)."""
+        if origin not in self._held:
+            raise LocalProtocolError(f"nothing held from {origin}")
+        self._release(now, accept=origin)
+
+    def get_timer(self) -> float | None:
+        """When the next held change becomes applicable (Unix seconds), or None."""
+        heads = [cs[0].hlc >> COUNTER_BITS for cs in self._held.values() if cs]
+        if not heads:
+            return None
+        return (min(heads) - int(self.max_skew * 1000) + 1) / 1000
+
+    def handle_timer(self, now: float) -> None:
+        """Apply held changes whose time has come."""
+        self._release(now)
