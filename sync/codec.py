@@ -257,9 +257,10 @@ class ChangesEncoder:
                 _value(body, v)
         elif kind in (K_REMOVE, K_UNSET):
             _uv(body, len(a))
-            for tag_hlc, origin in sorted(a):
+            for tag_hlc, origin, key in sorted(a):
                 _uv(body, tag_hlc)
                 self._ref(origin)
+                _str(body, key)
         elif kind in (K_TEXT, K_TEXT_QUIET):
             _bytes(body, a)
         else:
@@ -479,7 +480,8 @@ def _read_op(r: _Reader, ref: Callable[[], str], hlc: int) -> FieldOp:
         tags = []
         for _ in range(r.count()):
             tag_hlc = r.uv(MAX_HLC + 1)
-            tags.append((tag_hlc, ref()))
+            origin = ref()
+            tags.append((tag_hlc, origin, r.text()))
         return (kind, name, frozenset(tags), None)
     if kind in (K_TEXT, K_TEXT_QUIET):
         from sync.text import validate_update

@@ -15,8 +15,8 @@ Stamps are `(hlc, origin device ID)` tuples; tuple order is "HLC, then device ID
   moves the baseline up to the totals it observed, so increments it had not seen
   survive it.
 - `set`: an add-wins observed-remove set. Each add is tagged with its change's
-  stamp; a remove (or reset) tombstones the tags it observed, so a concurrent add
-  survives.
+  stamp; a remove (or reset) tombstones the (stamp, element) tags it observed, so a
+  concurrent add survives.
 - `text`: a Yjs document (pycrdt, imported lazily) held as update bytes; a reset
   deletes the characters it observed, so concurrent insertions survive.
 
@@ -47,6 +47,7 @@ __all__ = [
     "SetState",
     "Stamp",
     "TextState",
+    "Tomb",
     "empty_state",
     "field_conflict",
     "field_value",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 Stamp = tuple[int, str]
+Tomb = tuple[int, str, str]  # (hlc, origin, element key): one removed add
 LwwEntry = tuple[int, str, int, Any]  # (hlc, origin, seen, value)
 
 LWW, COUNTER, SET, TEXT = 0, 1, 2, 3
@@ -105,7 +107,7 @@ class CounterState:
 @dataclass(slots=True)
 class SetState:
     adds: dict[str, tuple[Any, frozenset[Stamp]]] = field(default_factory=dict)
-    removed: frozenset[Stamp] = frozenset()
+    removed: frozenset[Tomb] = frozenset()
     last: Stamp | None = None
     cleared: Stamp | None = None
     rank = SET
@@ -181,7 +183,16 @@ def _merge_set(a: SetState, b: SetState) -> SetState:
             old = adds.get(key)
             adds[key] = (value, tags if old is None else old[1] | tags)
     if removed:
-        adds = {k: (v, t - removed) for k, (v, t) in adds.items() if not t <= removed}
+        dead: dict[str, set[Stamp]] = {}
+        for hlc, origin, key in removed:
+            if key in adds:
+                dead.setdefault(key, set()).add((hlc, origin))
+        for key, stamps in dead.items():
+            value, tags = adds[key]
+            if tags <= stamps:
+                del adds[key]
+            else:
+                adds[key] = (value, tags - stamps)
     return SetState(adds, removed, max_stamp(a.last, b.last), max_stamp(a.cleared, b.cleared))
 
 

@@ -80,8 +80,8 @@ K_CLEAR = 2  # a = field type rank: hide what was written before this stamp
 K_INC = 3  # a, b = origin's new cumulative (increments, decrements)
 K_RESET = 4  # a = {origin: (p, n)} baseline observed
 K_ADD = 5  # a = tuple of values, tagged with the change stamp
-K_REMOVE = 6  # a = frozenset of tags removed (a write: updates `last`)
-K_UNSET = 7  # a = frozenset of tags removed by a reset (does not update `last`)
+K_REMOVE = 6  # a = frozenset of (hlc, origin, element key) removed (a write: updates `last`)
+K_UNSET = 7  # a = the same, removed by a reset (does not update `last`)
 K_TEXT = 8  # a = Yjs update (a write)
 K_TEXT_QUIET = 9  # a = Yjs update of a reset (does not update `last`)
 

@@ -125,8 +125,8 @@ class _Builder:
         if isinstance(state, CounterState) and state.totals:
             self.add((K_RESET, name, dict(state.totals), None), 24 * len(state.totals))
         elif isinstance(state, SetState) and state.adds:
-            tags = frozenset(t for _, ts in state.adds.values() for t in ts)
-            self.add((K_UNSET, name, tags, None), 16 * len(tags))
+            tags = frozenset((h, o, k) for k, (_, ts) in state.adds.items() for h, o in ts)
+            self.add((K_UNSET, name, tags, None), sum(16 + 4 * len(t[2]) for t in tags))
         elif isinstance(state, TextState) and state.update:
             from sync.text import merge_updates, splice, text_of
 
@@ -210,8 +210,9 @@ class _Builder:
                 raise LocalProtocolError("$remove takes a non-empty list")
             _json_size(arg)
             adds = state.adds if isinstance(state, SetState) and not hidden else {}
-            tags = frozenset(t for v in arg if (e := adds.get(set_key(v))) for t in e[1])
-            self.add((K_REMOVE, name, tags, None), 16 * len(tags))
+            keys = [set_key(v) for v in arg]
+            tags = frozenset((h, o, k) for k in keys if (e := adds.get(k)) for h, o in e[1])
+            self.add((K_REMOVE, name, tags, None), sum(16 + 4 * len(t[2]) for t in tags))
         else:
             if (
                 type(arg) is not list

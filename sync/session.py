@@ -13,7 +13,9 @@ SYNCING: complete replicas reconcile with version vectors. We send, per origin,
   Changes message with an Ack of our whole version vector. When no Ack progress
   arrives within `retransmit_after`, we go back to the last acknowledged point
   and send again: duplicates are ignored by sequence number, so re-delivery after
-  a loss is safe. `PeerSynced` is reported each time both vectors become equal.
+  a loss is safe. Our vector also goes out in an Ack when it grew by changes the
+  peer has not heard of through us (e.g. released from quarantine). `PeerSynced`
+  is reported each time both vectors become equal.
 CLOSED: nothing is received; only a pending Close message is still sent.
 
 The network layer feeds each received message (one framed byte string) to
@@ -70,6 +72,7 @@ class PeerSession:
         self._sent: dict[str, int] = {}
         self._hello_due = True
         self._ack_due = False
+        self._told: dict[str, int] = {}  # our vector as the peer last heard it
         self._progress_at = now
         self._synced = False
         self._outbox: list[bytes] = []
@@ -167,14 +170,16 @@ class PeerSession:
         if self._hello_due:
             self._hello_due = False
             need = self.state is SessionState.AWAITING_HELLO
-            out.append(encode(Hello(replica.device_id, dict(replica._vv), need)))
+            self._told = dict(replica._vv)
+            out.append(encode(Hello(replica.device_id, self._told, need)))
             if need:
                 self._progress_at = now
         if self.state is SessionState.SYNCING:
             self._send_changes(out, now)
-            if self._ack_due:
+            if self._ack_due or self._told != replica._vv:
                 self._ack_due = False
-                out.append(encode(Ack(dict(replica._vv))))
+                self._told = dict(replica._vv)
+                out.append(encode(Ack(self._told)))
             self._check_synced()
         self.bytes_sent += sum(map(len, out))
         return out
@@ -204,6 +209,8 @@ class PeerSession:
                     enc.add(change, MESSAGE_TARGET)
                 sent[origin] = change.seq
                 budget -= 1
+            if self._told.get(origin, 0) < sent.get(origin, 0):
+                self._told[origin] = sent[origin]
         if len(enc):
             out.append(enc.to_bytes())
             if was_idle:

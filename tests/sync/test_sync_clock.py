@@ -1,10 +1,9 @@
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.clock import MAX_HLC, HybridClock, hlc_millis
 from sync.errors import LocalProtocolError
-
-import pytest
 
 T0 = 1_700_000_000.0
 

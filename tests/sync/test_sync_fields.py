@@ -44,7 +44,7 @@ ELEMENTS = st.sampled_from(["x", 1, [1, 2], {"k": None}])
 
 def set_states():
     def build(adds, removed, last, cleared):
-        state = SetState({}, frozenset(removed), last, cleared)
+        state = SetState({}, frozenset((h, o, set_key(v)) for (h, o), v in removed), last, cleared)
         for value, tags in adds:
             state = merge_field(state, SetState({set_key(value): (value, frozenset(tags))}))
         return state
@@ -52,7 +52,7 @@ def set_states():
     return st.builds(
         build,
         st.lists(st.tuples(ELEMENTS, st.sets(STAMPS, min_size=1, max_size=3)), max_size=4),
-        st.sets(STAMPS, max_size=4),
+        st.lists(st.tuples(STAMPS, ELEMENTS), max_size=4),
         OPT_STAMP,
         OPT_STAMP,
     )
@@ -134,7 +134,7 @@ def test_counter_value_counts_only_beyond_baseline():
 def test_set_is_add_wins():
     tag_a, tag_b = (1, "A"), (2, "B")
     added = SetState({set_key("x"): ("x", frozenset({tag_a}))}, frozenset(), tag_a)
-    removed_a = SetState({}, frozenset({tag_a}), (3, "C"))
+    removed_a = SetState({}, frozenset({(*tag_a, set_key("x"))}), (3, "C"))
     concurrent_add = SetState({set_key("x"): ("x", frozenset({tag_b}))}, frozenset(), tag_b)
     assert field_value(merge_field(added, removed_a)) == []
     assert field_value(reduce(merge_field, [added, removed_a, concurrent_add])) == ["x"]
@@ -145,7 +145,8 @@ def test_set_is_add_wins():
 def test_document_merge_laws(edits):
     def doc(edit):
         name, stamp, delete = edit
-        field = lww_delta(stamp) if name == "a" else CounterState({stamp[1]: (stamp[0], 0)}, {}, stamp)
+        counter = CounterState({stamp[1]: (stamp[0], 0)}, {}, stamp)
+        field = lww_delta(stamp) if name == "a" else counter
         return DocState(stamp if delete else None, None if delete else stamp, {name: field})
 
     docs = [doc(e) for e in edits] or [DocState()]
