@@ -8,13 +8,16 @@ exit status; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import logging
+import asyncio
 import sys
 from collections.abc import Sequence
 
 from p2pgate import __version__
+from p2pgate.cli_remote import add_remote_commands
+from p2pgate.config import load_config
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
+from p2pgate.logs import setup_logging
 from p2pgate.paths import resolve_data_dir
 from p2pgate.relay.cli import add_relay_command
 from p2pgate.setup import initialise
@@ -38,15 +41,28 @@ def _cmd_id(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    from p2pgate.node import Node
+
     data_dir = resolve_data_dir(args.data_dir)
-    result = initialise(data_dir)
-    print(f"Device ID: {result.identity.device_id}")
-    print(f"Name:      {result.name}")
-    print(f"Data dir:  {data_dir.root} (identity and encrypted store ready)")
-    print(
-        "Not built yet: the local API, peer sessions, pairing, discovery and relays. "
-        "This node has nothing to serve, so it stops here."
-    )
+    config = load_config(data_dir.config, {
+        "api": args.api, "listen": args.listen, "relays": args.relay or None,
+        "bootstrap": args.bootstrap or None, "mdns": False if args.no_mdns else None,
+        "dht": False if args.no_dht else None, "log_format": "json" if args.log_json else None,
+    })
+    setup_logging(config.log_format, args.debug)
+    result = initialise(data_dir, config.name)
+    node = Node(data_dir, config, result.identity, result.name)
+
+    async def _serve() -> None:
+        await node.start()
+        print(f"p2pgate node {result.name!r} is running.", flush=True)
+        print(f"  Device ID: {result.identity.device_id}")
+        print(f"  API:       {node.api_url}  (admin token in {data_dir.admin_token})")
+        print("  Next: give an app a token with "
+              "`p2pgate app add NAME --scope COLLECTION:rw`; stop with Ctrl-C.", flush=True)
+        await node.serve_until_stopped()
+
+    asyncio.run(_serve())
     return 0
 
 
@@ -67,18 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_id)
 
     p = sub.add_parser("node", help="run the node in the foreground")
+    p.add_argument("--api", help="local API address HOST:PORT (default 127.0.0.1:8771)")
+    p.add_argument("--listen", help="P2P listen address HOST:PORT (default 0.0.0.0:7771)")
+    p.add_argument("--relay", action="append", metavar="URL", help="relay URL (repeatable)")
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT",
+                   help="DHT bootstrap node (repeatable)")
+    p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
+    p.add_argument("--no-dht", action="store_true", help="no DHT")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines")
     p.set_defaults(func=_cmd_node)
 
     add_relay_command(sub)
+    add_remote_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         return int(args.func(args))
     except P2PGateError as exc:

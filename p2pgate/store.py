@@ -85,6 +85,39 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at INTEGER
     );
     """,
+    # 3: sync storage, collection declarations, the app event log
+    """
+    CREATE TABLE sync_docs (
+        collection TEXT NOT NULL,
+        doc_id     TEXT NOT NULL,
+        state      BLOB NOT NULL,
+        cursor     INTEGER NOT NULL,
+        deleted    INTEGER NOT NULL,
+        PRIMARY KEY (collection, doc_id)
+    );
+    CREATE INDEX sync_docs_by_cursor ON sync_docs (collection, cursor);
+    CREATE TABLE sync_changes (
+        origin TEXT NOT NULL,
+        seq    INTEGER NOT NULL,
+        change BLOB NOT NULL,
+        PRIMARY KEY (origin, seq)
+    );
+    CREATE TABLE sync_vv (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+    CREATE TABLE sync_quarantine (
+        origin TEXT NOT NULL,
+        seq    INTEGER NOT NULL,
+        change BLOB NOT NULL,
+        PRIMARY KEY (origin, seq)
+    );
+    CREATE TABLE collections (name TEXT PRIMARY KEY, fields TEXT NOT NULL);
+    CREATE TABLE events (
+        cursor     INTEGER PRIMARY KEY,
+        collection TEXT NOT NULL,
+        doc_id     TEXT NOT NULL,
+        deleted    INTEGER NOT NULL,
+        origin     TEXT NOT NULL
+    );
+    """,
 )
 
 

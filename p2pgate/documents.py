@@ -1,0 +1,180 @@
+"""The node's documents: a `sync.Replica` on the libSQL store, driven from asyncio.
+
+The replica and its storage live on the database thread: every call runs there
+through `Database.read`, one at a time, so a check (If-Match) and the write it
+guards happen together. After each call the events the storage committed are
+published to subscribers (the API's event hub) on the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from p2pgate.api.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
+from p2pgate.api.events import ChangeRecord
+from p2pgate.api.routes import DocumentView
+from p2pgate.deviceid import DeviceID
+from p2pgate.store import Connection, Database
+from p2pgate.syncstore import EventRow, LibsqlStorage
+from sync.errors import LocalProtocolError
+from sync.model import DocState, doc_conflicts, render_doc
+from sync.ops import OPERATORS
+from sync.replica import DocumentNotFound, Replica
+
+__all__ = ["Documents"]
+
+Listener = Callable[[ChangeRecord], None]
+
+
+def _view(collection: str, doc_id: str, state: DocState | None, cursor: int) -> DocumentView:
+    data = render_doc(state)
+    return DocumentView(collection, doc_id, data or {}, str(cursor), data is None, cursor)
+
+
+class Documents:
+    def __init__(self, db: Database, replica: Replica, storage: LibsqlStorage,
+                 clock: Callable[[], float]) -> None:
+        self._db = db
+        self.replica = replica
+        self._storage = storage
+        self._clock = clock
+        self._listeners: list[Listener] = []
+
+    @classmethod
+    async def open(cls, db: Database, device_id: DeviceID, *, event_retention: int = 100_000,
+                   clock: Callable[[], float] = time.time) -> Documents:
+        def _open(conn: Connection) -> tuple[Replica, LibsqlStorage]:
+            storage = LibsqlStorage(conn, event_retention)
+            replica = Replica(str(device_id), storage)
+            for collection, fields in storage.declarations().items():
+                replica.declare(collection, fields)
+            return replica, storage
+
+        replica, storage = await db.read(_open)
+        return cls(db, replica, storage, clock)
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_change(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def cursor(self) -> int:
+        return self._storage.cursor
+
+    @property
+    def horizon(self) -> int:
+        return self._storage.horizon
+
+    async def changes_after(self, cursor: int, limit: int) -> list[ChangeRecord]:
+        rows = await self._db.read(lambda _: self._storage.events_after(cursor, limit))
+        return [_record(r) for r in rows]
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the database thread, then publish what it committed."""
+
+        def _run(_: Connection) -> Any:
+            try:
+                return fn()
+            except DocumentNotFound as exc:
+                raise NotFound(str(exc)) from None
+            except LocalProtocolError as exc:
+                raise Unprocessable(str(exc)) from None
+
+        try:
+            return await self._db.read(_run)
+        finally:
+            events, self._storage.new_events = self._storage.new_events, []
+            for event in events:
+                record = _record(event)
+                for listener in self._listeners:
+                    listener(record)
+
+    # -- the DocumentService the API uses ------------------------------------------------
+
+    async def declare(self, collection: str, fields: dict[str, str]) -> dict[str, str]:
+        def _declare() -> dict[str, str]:
+            current = self.replica.field_types(collection)
+            changed = {f for f, t in fields.items() if f in current and current[f] != t}
+            if changed:
+                raise Conflict(f"field types are fixed once declared: {sorted(changed)}")
+            merged = {**current, **fields}
+            self.replica.declare(collection, merged)
+            self._storage.save_declaration(collection, merged)
+            return merged
+
+        result: dict[str, str] = await self._call(_declare)
+        return result
+
+    async def fields(self, collection: str) -> dict[str, str]:
+        return await self._call(lambda: self.replica.field_types(collection))  # type: ignore[no-any-return]
+
+    def _row(self, collection: str, doc_id: str) -> tuple[DocState | None, int]:
+        row = self._storage.doc_row(collection, doc_id)
+        return (None, 0) if row is None else row
+
+    def _guarded(self, collection: str, doc_id: str, if_match: str | None,
+                 write: Callable[[], object], must_exist: bool) -> DocumentView:
+        state, cursor = self._row(collection, doc_id)
+        exists = render_doc(state) is not None
+        if must_exist and not exists:
+            raise NotFound(f"no document {doc_id!r} in {collection!r}")
+        if if_match is not None and (not exists or if_match not in (str(cursor), "*")):
+            raise PreconditionFailed("the document changed (If-Match does not match)")
+        write()
+        state, cursor = self._row(collection, doc_id)
+        return _view(collection, doc_id, state, cursor)
+
+    async def get(self, collection: str, doc_id: str) -> DocumentView | None:
+        def _get() -> DocumentView | None:
+            state, cursor = self._row(collection, doc_id)
+            return None if state is None else _view(collection, doc_id, state, cursor)
+
+        return await self._call(_get)  # type: ignore[no-any-return]
+
+    async def put(self, collection: str, doc_id: str, data: dict[str, Any],
+                  if_match: str | None) -> DocumentView:
+        return await self._call(lambda: self._guarded(  # type: ignore[no-any-return]
+            collection, doc_id, if_match,
+            lambda: self.replica.put(collection, doc_id, data, self._clock()), False))
+
+    async def patch(self, collection: str, doc_id: str, patch: dict[str, Any],
+                    if_match: str | None) -> DocumentView:
+        for name, value in patch.items():
+            if type(value) is dict and len(value) == 1:
+                (key,) = value
+                if key.startswith("$") and key not in OPERATORS:
+                    raise Unprocessable(f"{name}: unknown operator {key} "
+                                        f"(one of {', '.join(OPERATORS)})")
+        return await self._call(lambda: self._guarded(  # type: ignore[no-any-return]
+            collection, doc_id, if_match,
+            lambda: self.replica.patch(collection, doc_id, patch, self._clock()), True))
+
+    async def delete(self, collection: str, doc_id: str, if_match: str | None) -> DocumentView:
+        return await self._call(lambda: self._guarded(  # type: ignore[no-any-return]
+            collection, doc_id, if_match,
+            lambda: self.replica.delete(collection, doc_id, self._clock()), True))
+
+    async def list_docs(self, collection: str, limit: int, after: str | None,
+                        since: int | None) -> tuple[list[DocumentView], int]:
+        def _list() -> tuple[list[DocumentView], int]:
+            rows = self._storage.visible_docs(collection, after, since, limit)
+            return [_view(collection, d, s, c) for d, s, c in rows], self._storage.cursor
+
+        return await self._call(_list)  # type: ignore[no-any-return]
+
+    async def conflicts(self, collection: str, doc_id: str) -> dict[str, tuple[Any, str]]:
+        def _conflicts() -> dict[str, tuple[Any, str]]:
+            state, _ = self._row(collection, doc_id)
+            if render_doc(state) is None:
+                raise NotFound(f"no document {doc_id!r} in {collection!r}")
+            return {f: (c["value"], str(c["device"]))
+                    for f, c in doc_conflicts(state).items()}
+
+        return await self._call(_conflicts)  # type: ignore[no-any-return]
+
+
+def _record(row: EventRow) -> ChangeRecord:
+    return ChangeRecord(row.cursor, row.collection, row.doc_id, row.deleted, row.origin)

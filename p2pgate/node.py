@@ -1,0 +1,121 @@
+"""The node: the one composition root that owns and wires every component.
+
+Start-up order: store → registry → tokens → documents → API. Shutdown runs it
+backwards: stop accepting requests, let in-flight ones finish, close WebSockets,
+flush and close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from p2pgate.api.events import EventHub
+from p2pgate.api.http import build_application
+from p2pgate.api.openapi import openapi_document
+from p2pgate.api.ratelimit import RateLimiter
+from p2pgate.api.routes import ApiServices, api_routes
+from p2pgate.api.tokens import TokenStore
+from p2pgate.config import NodeConfig
+from p2pgate.documents import Documents
+from p2pgate.errors import P2PGateError
+from p2pgate.files import read_secret, write_file
+from p2pgate.identity import Identity
+from p2pgate.paths import DataDir, runtime_file
+from p2pgate.registry import DeviceRegistry
+from p2pgate.store import Database, load_key
+
+__all__ = ["Node", "NodeError"]
+
+log = logging.getLogger("p2pgate.node")
+
+
+class NodeError(P2PGateError):
+    """The node could not start (e.g. its API port is taken)."""
+
+
+class Node:
+    def __init__(self, data_dir: DataDir, config: NodeConfig, identity: Identity, name: str):
+        self.data_dir = data_dir
+        self.config = config
+        self.identity = identity
+        self.name = name
+        self._runner: web.AppRunner | None = None
+        self._db: Database | None = None
+        self._stopped = asyncio.Event()
+        self.api_url = config.api_url
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._db = db = await Database.open(
+            self.data_dir.database, load_key(self.data_dir.database_key)
+        )
+        registry = DeviceRegistry(db)
+        admin_token = read_secret(self.data_dir.admin_token).decode().strip()
+        tokens = TokenStore(db, admin_token)
+        await tokens.load()
+        documents = await Documents.open(db, self.identity.device_id,
+                                         event_retention=cfg.event_retention)
+        events = EventHub(documents)
+        documents.on_change(events.publish)
+        services = ApiServices(
+            device_id=self.identity.device_id, name=lambda: self.name, api_url=self.api_url,
+            tokens=tokens, registry=registry, documents=documents, events=events,
+            cursor=lambda: documents.cursor, peers=list,
+        )
+        routes: list[Any] = []
+        routes.extend(api_routes(services, lambda: openapi_document(routes)))
+        app = build_application(
+            routes, tokens, max_body=cfg.max_body_bytes,
+            rate=RateLimiter(cfg.rate_limit, cfg.rate_burst),
+            allowed_hosts=(cfg.api[0], *cfg.allowed_hosts), cors_origins=cfg.cors_origins,
+        )
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        await self._runner.setup()
+        host, port = cfg.api
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise NodeError(f"cannot listen on {host}:{port} for the API: {exc.strerror}") from None
+        if port == 0:  # tests ask for any free port
+            server = site._server  # noqa: SLF001 (aiohttp exposes no public accessor)
+            port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            shown = f"[{host}]" if ":" in host else host
+            self.api_url = f"http://{shown}:{port}"
+        write_file(runtime_file(self.data_dir),
+                   json.dumps({"api_url": self.api_url, "pid": os.getpid()}).encode())
+        log.info("API listening on %s", self.api_url)
+
+    async def stop(self) -> None:
+        runtime_file(self.data_dir).unlink(missing_ok=True)
+        if self._runner is not None:
+            await self._runner.cleanup()  # waits for in-flight requests, closes WebSockets
+            self._runner = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+        log.info("node stopped")
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def serve_until_stopped(self) -> None:
+        """Serve until SIGINT or SIGTERM (or `request_stop()`), then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stopped.wait()
+            log.info("stopping")
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()

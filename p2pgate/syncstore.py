@@ -1,0 +1,254 @@
+"""The sync engine's storage on the encrypted libSQL database.
+
+Implements `sync.storage.Storage` with tables for documents (one state blob per
+document), the change log by (origin, seq), the version vector, and the
+quarantine. Every `apply_batch` is one transaction. On top of the protocol it
+keeps what the node's API needs, in the same transaction: a local *cursor* that
+counts document updates (each document row carries the cursor of its latest
+update, which is also its version), and a bounded `events` log for the app event
+stream. All methods run on the database thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from p2pgate.store import Connection
+from sync.codec import ChangesMessage, decode, encode
+from sync.errors import LocalProtocolError
+from sync.fields import CounterState, FieldState, LwwState, SetState, TextState
+from sync.model import Change, DocState, doc_visible
+from sync.storage import Batch, StoredState
+
+__all__ = ["EventRow", "LibsqlStorage", "decode_state", "encode_state"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    cursor: int
+    collection: str
+    doc_id: str
+    deleted: bool
+    origin: str
+
+
+# -- document states as compact JSON -------------------------------------------------
+
+def _stamp(s: tuple[int, str] | None) -> list[Any] | None:
+    return None if s is None else [s[0], s[1]]
+
+
+def _unstamp(s: list[Any] | None) -> tuple[int, str] | None:
+    return None if s is None else (int(s[0]), str(s[1]))
+
+
+def _field(state: FieldState) -> list[Any]:
+    if isinstance(state, LwwState):
+        return ["l", [list(e) for e in state.entries], _stamp(state.cleared)]
+    if isinstance(state, CounterState):
+        return ["c", {k: list(v) for k, v in state.totals.items()},
+                {k: list(v) for k, v in state.base.items()}, _stamp(state.last),
+                _stamp(state.cleared)]
+    if isinstance(state, SetState):
+        return ["s", {k: [v, sorted(map(list, tags))] for k, (v, tags) in state.adds.items()},
+                sorted(map(list, state.removed)), _stamp(state.last), _stamp(state.cleared)]
+    return ["t", base64.b64encode(state.update).decode(), _stamp(state.last),
+            _stamp(state.cleared)]
+
+
+def _tags(items: Iterable[list[Any]]) -> frozenset[Any]:
+    """Stamps (hlc, origin) and tombstones (hlc, origin, key) back to tuples."""
+    return frozenset(tuple(item) for item in items)
+
+
+def _unfield(data: list[Any]) -> FieldState:
+    kind = data[0]
+    if kind == "l":
+        return LwwState(tuple((e[0], e[1], e[2], e[3]) for e in data[1]), _unstamp(data[2]))
+    if kind == "c":
+        return CounterState({k: (v[0], v[1]) for k, v in data[1].items()},
+                            {k: (v[0], v[1]) for k, v in data[2].items()},
+                            _unstamp(data[3]), _unstamp(data[4]))
+    if kind == "s":
+        return SetState({k: (v, _tags(tags)) for k, (v, tags) in data[1].items()},
+                        _tags(data[2]), _unstamp(data[3]), _unstamp(data[4]))
+    return TextState(base64.b64decode(data[1]), _unstamp(data[2]), _unstamp(data[3]))
+
+
+def encode_state(doc: DocState) -> bytes:
+    return json.dumps(
+        [_stamp(doc.deleted), _stamp(doc.touched),
+         {name: _field(state) for name, state in doc.fields.items()}],
+        separators=(",", ":"), ensure_ascii=False,
+    ).encode()
+
+
+def decode_state(blob: bytes) -> DocState:
+    deleted, touched, fields = json.loads(blob)
+    return DocState(_unstamp(deleted), _unstamp(touched),
+                    {name: _unfield(f) for name, f in fields.items()})
+
+
+def _encode_change(change: Change) -> bytes:
+    return encode(ChangesMessage([change]))
+
+
+def _decode_change(blob: bytes) -> Change:
+    msg = decode(bytes(blob))
+    assert isinstance(msg, ChangesMessage)  # noqa: S101 (we wrote it)
+    return msg.changes[0]
+
+
+# -- the storage ------------------------------------------------------------------------
+
+class LibsqlStorage:
+    """`sync.storage.Storage` on one libSQL connection (used from its one thread)."""
+
+    def __init__(self, conn: Connection, event_retention: int = 100_000) -> None:
+        self._conn = conn
+        self.event_retention = event_retention
+        self.cursor = self._meta_int("cursor")
+        self.horizon = self._meta_int("event_horizon")
+        self.new_events: list[EventRow] = []
+
+    def _meta_int(self, key: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, str(value)))
+
+    # Storage protocol ----------------------------------------------------------------
+
+    def load(self) -> StoredState:
+        conn = self._conn
+        vv = {o: int(s) for o, s in conn.execute("SELECT origin, seq FROM sync_vv").fetchall()}
+        held: dict[str, list[Change]] = {}
+        for origin, _seq, blob in conn.execute(
+            "SELECT origin, seq, change FROM sync_quarantine ORDER BY origin, seq"
+        ).fetchall():
+            held.setdefault(origin, []).append(_decode_change(blob))
+        return StoredState(self._meta_int("sync_clock"), vv, held)
+
+    def get_doc(self, collection: str, doc_id: str) -> DocState | None:
+        row = self._conn.execute(
+            "SELECT state FROM sync_docs WHERE collection = ? AND doc_id = ?",
+            (collection, doc_id)).fetchone()
+        return None if row is None else decode_state(row[0])
+
+    def list_docs(self, collection: str, after: str | None, limit: int
+                  ) -> list[tuple[str, DocState]]:
+        rows = self._conn.execute(
+            "SELECT doc_id, state FROM sync_docs WHERE collection = ? AND doc_id > ? "
+            "ORDER BY doc_id LIMIT ?", (collection, after or "", limit)).fetchall()
+        return [(doc_id, decode_state(state)) for doc_id, state in rows]
+
+    def changes_since(self, origin: str, after_seq: int, limit: int) -> list[Change]:
+        rows = self._conn.execute(
+            "SELECT change FROM sync_changes WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (origin, after_seq, limit)).fetchall()
+        return [_decode_change(r[0]) for r in rows]
+
+    def apply_batch(self, batch: Batch) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            events = self._write_batch(batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self.cursor = self._meta_int("cursor")
+            self.horizon = self._meta_int("event_horizon")
+            raise
+        self.new_events.extend(events)
+
+    def _write_batch(self, batch: Batch) -> list[EventRow]:
+        conn = self._conn
+        seqs: dict[str, int] = {}
+        origin_of: dict[tuple[str, str], str] = {}
+        for change in batch.changes:
+            if change.origin not in seqs:
+                row = conn.execute("SELECT seq FROM sync_vv WHERE origin = ?",
+                                   (change.origin,)).fetchone()
+                seqs[change.origin] = 0 if row is None else int(row[0])
+            if change.seq != seqs[change.origin] + 1:
+                raise LocalProtocolError(
+                    f"change {change.origin}/{change.seq} does not continue the log")
+            seqs[change.origin] = change.seq
+            conn.execute("INSERT INTO sync_changes (origin, seq, change) VALUES (?, ?, ?)",
+                         (change.origin, change.seq, _encode_change(change)))
+            for edit in change.edits:
+                origin_of[(edit.collection, edit.doc_id)] = change.origin
+        for origin, seq in seqs.items():
+            conn.execute("INSERT INTO sync_vv (origin, seq) VALUES (?, ?) "
+                         "ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq", (origin, seq))
+        events = []
+        for (collection, doc_id), state in batch.docs.items():
+            self.cursor += 1
+            deleted = not doc_visible(state)
+            conn.execute(
+                "INSERT INTO sync_docs (collection, doc_id, state, cursor, deleted) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection, doc_id) DO UPDATE SET "
+                "state = excluded.state, cursor = excluded.cursor, deleted = excluded.deleted",
+                (collection, doc_id, encode_state(state), self.cursor, int(deleted)))
+            event = EventRow(self.cursor, collection, doc_id, deleted,
+                             origin_of.get((collection, doc_id), ""))
+            conn.execute("INSERT INTO events (cursor, collection, doc_id, deleted, origin) "
+                         "VALUES (?, ?, ?, ?, ?)", (event.cursor, collection, doc_id,
+                                                    int(deleted), event.origin))
+            events.append(event)
+        for origin, seq in batch.release:
+            gone = conn.execute("DELETE FROM sync_quarantine WHERE origin = ? AND seq = ?",
+                                (origin, seq))
+            if getattr(gone, "rowcount", 1) == 0:
+                raise LocalProtocolError(f"change {origin}/{seq} is not in quarantine")
+        for change in batch.hold:
+            conn.execute("INSERT INTO sync_quarantine (origin, seq, change) VALUES (?, ?, ?)",
+                         (change.origin, change.seq, _encode_change(change)))
+        if batch.clock > self._meta_int("sync_clock"):
+            self._set_meta("sync_clock", batch.clock)
+        self._set_meta("cursor", self.cursor)
+        horizon = self.cursor - self.event_retention
+        if horizon > self.horizon:
+            conn.execute("DELETE FROM events WHERE cursor <= ?", (horizon,))
+            self.horizon = horizon
+            self._set_meta("event_horizon", horizon)
+        return events
+
+    # What the node's API needs ----------------------------------------------------------
+
+    def doc_row(self, collection: str, doc_id: str) -> tuple[DocState, int] | None:
+        row = self._conn.execute(
+            "SELECT state, cursor FROM sync_docs WHERE collection = ? AND doc_id = ?",
+            (collection, doc_id)).fetchone()
+        return None if row is None else (decode_state(row[0]), int(row[1]))
+
+    def visible_docs(self, collection: str, after: str | None, since: int | None, limit: int
+                     ) -> list[tuple[str, DocState, int]]:
+        """Visible documents by id (changed after cursor `since`, if given)."""
+        rows = self._conn.execute(
+            "SELECT doc_id, state, cursor FROM sync_docs WHERE collection = ? AND doc_id > ? "
+            "AND cursor > ? AND deleted = 0 ORDER BY doc_id LIMIT ?",
+            (collection, after or "", since or 0, limit)).fetchall()
+        return [(d, decode_state(s), int(c)) for d, s, c in rows]
+
+    def events_after(self, cursor: int, limit: int) -> list[EventRow]:
+        rows = self._conn.execute(
+            "SELECT cursor, collection, doc_id, deleted, origin FROM events WHERE cursor > ? "
+            "ORDER BY cursor LIMIT ?", (cursor, limit)).fetchall()
+        return [EventRow(int(c), col, d, bool(dl), o) for c, col, d, dl, o in rows]
+
+    def declarations(self) -> dict[str, dict[str, str]]:
+        return {name: json.loads(fields) for name, fields in
+                self._conn.execute("SELECT name, fields FROM collections").fetchall()}
+
+    def save_declaration(self, collection: str, fields: dict[str, str]) -> None:
+        self._conn.execute(
+            "INSERT INTO collections (name, fields) VALUES (?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET fields = excluded.fields", (collection, json.dumps(fields)))
