@@ -65,7 +65,8 @@ class Node:
         events = EventHub(documents)
         documents.on_change(events.publish)
         services = ApiServices(
-            device_id=self.identity.device_id, name=lambda: self.name, api_url=self.api_url,
+            device_id=self.identity.device_id, name=lambda: self.name,
+            api_url=lambda: self.api_url,
             tokens=tokens, registry=registry, documents=documents, events=events,
             cursor=lambda: documents.cursor, peers=list,
         )

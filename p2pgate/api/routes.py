@@ -60,7 +60,7 @@ class ApiServices:
 
     device_id: DeviceID
     name: Callable[[], str]
-    api_url: str
+    api_url: Callable[[], str]
     tokens: TokenStore
     registry: DeviceRegistry
     documents: DocumentService
@@ -142,7 +142,7 @@ def api_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[Ro
     async def node(request: web.Request) -> web.Response:
         return respond(m.NodeInfo(
             device_id=str(s.device_id), short_id=s.device_id.short, name=s.name(),
-            version=__version__, api_url=s.api_url, cursor=s.cursor(),
+            version=__version__, api_url=s.api_url(), cursor=s.cursor(),
         ))
 
     async def put_collection(request: web.Request) -> web.Response:
