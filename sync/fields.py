@@ -140,6 +140,20 @@ def _merge_lww(a: LwwState, b: LwwState) -> LwwState:
         return LwwState(a.entries, cleared)
     if not a.entries:
         return LwwState(b.entries, cleared)
+    if len(b.entries) == 1:  # a single write: the common case, without sorting
+        new = b.entries[0]
+        key = (new[0], new[1])
+        first = a.entries[0]
+        if key > (first[0], first[1]):
+            return LwwState((new, first), cleared)
+        if key == (first[0], first[1]):
+            return LwwState(a.entries, cleared)
+        if len(a.entries) == 1:
+            return LwwState((first, new), cleared)
+        second = a.entries[1]
+        if key > (second[0], second[1]):
+            return LwwState((first, new), cleared)
+        return LwwState(a.entries, cleared)
     by_stamp = {(e[0], e[1]): e for e in a.entries}
     for e in b.entries:
         by_stamp[(e[0], e[1])] = e

@@ -187,6 +187,11 @@ def render_doc(doc: DocState | None) -> dict[str, Any] | None:
     deleted = doc.deleted
     out = {}
     for name, state in doc.fields.items():
+        if type(state) is LwwState and state.cleared is None and state.entries:
+            best = state.entries[0]  # the common case, inlined
+            if deleted is None or (best[0], best[1]) >= deleted:
+                out[name] = best[3]
+            continue
         value = field_value(state, deleted)
         if value is not ABSENT:
             out[name] = value

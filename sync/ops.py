@@ -270,8 +270,17 @@ def patch_ops(
     if not isinstance(patch, Mapping):
         raise LocalProtocolError("a patch must be a JSON object")
     b = _Builder(device, doc, types)
+    fields = None if doc is None else doc.fields
     for name, value in patch.items():
-        if value is None:
+        kind = type(value)
+        if (kind is int or kind is float or kind is bool or kind is str) and name not in types:
+            # an undeclared (lww) field set to a scalar: the common case, inlined
+            if type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS:
+                check_name("field name", name)
+            state = None if fields is None else fields.get(name)
+            seen = state.entries[0][0] if type(state) is LwwState and state.entries else 0
+            b.add((K_LWW, name, seen, value), _json_size(value))
+        elif value is None:
             b.clear(name)
         elif type(value) is dict and len(value) == 1 and next(iter(value)) in OPERATORS:
             op, arg = next(iter(value.items()))

@@ -47,6 +47,7 @@ from sync.storage import Batch, MemoryStorage, Storage
 __all__ = ["DocumentNotFound", "Replica"]
 
 DEFAULT_MAX_SKEW = 300.0
+_NO_TYPES: dict[str, int] = {}
 
 
 class DocumentNotFound(LocalProtocolError):
@@ -132,7 +133,7 @@ class Replica:
             check_name("collection", collection)
         if type(doc_id) is not str or not 0 < len(doc_id) <= 256:
             check_name("document ID", doc_id)
-        return self._types.get(collection, {})
+        return self._types.get(collection, _NO_TYPES)
 
     def put(
         self, collection: str, doc_id: str, doc: Mapping[str, Any], now: float

@@ -108,10 +108,30 @@ class MemoryStorage:
                 break
         return out
 
+    def _apply_one(self, batch: Batch) -> None:
+        change = batch.changes[0]
+        log = self.log.get(change.origin)
+        if log is None:
+            log = self.log[change.origin] = []
+        if change.seq != len(log) + 1:
+            raise LocalProtocolError(
+                f"change {change.origin}/{change.seq} does not continue the log at {len(log) + 1}"
+            )
+        docs = self.docs
+        if self._sorted_ids is not None and any(k not in docs for k in batch.docs):
+            self._sorted_ids = None
+        log.append(change)
+        docs.update(batch.docs)
+        if batch.clock > self.clock:
+            self.clock = batch.clock
+
     def changes_since(self, origin: str, after_seq: int, limit: int) -> list[Change]:
         return self.log.get(origin, [])[after_seq : after_seq + limit]
 
     def apply_batch(self, batch: Batch) -> None:
+        if len(batch.changes) == 1 and not batch.hold and not batch.release:
+            self._apply_one(batch)
+            return
         next_seq: dict[str, int] = {}
         for change in batch.changes:
             expected = next_seq.get(change.origin)
