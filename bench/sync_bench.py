@@ -40,13 +40,12 @@ FIELDS = [f"f{i}" for i in range(7)]
 def ours_local(writes: int, docs: int) -> float:
     replica = Replica("bench-device-a")
     ids = [f"doc{i}" for i in range(docs)]
+    patch, next_event = replica.patch, replica.next_event
     start = time.perf_counter()
     for k in range(writes):
-        replica.patch("c", ids[k % docs], {FIELDS[k % 7]: k}, T0 + k / 1000)
-    elapsed = time.perf_counter() - start
-    while replica.next_event() is not None:
-        pass
-    return elapsed
+        patch("c", ids[k % docs], {FIELDS[k % 7]: k}, T0 + k / 1000)
+        next_event()  # the node hands each DocumentChanged to apps as it comes
+    return time.perf_counter() - start
 
 
 def pycrdt_local(writes: int, docs: int) -> float:
