@@ -8,6 +8,8 @@ published to subscribers (the API's event hub) on the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,16 +43,15 @@ class Documents:
         self._storage = storage
         self._clock = clock
         self._listeners: list[Listener] = []
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, db: Database, device_id: DeviceID, *, event_retention: int = 100_000,
                    clock: Callable[[], float] = time.time) -> Documents:
         def _open(conn: Connection) -> tuple[Replica, LibsqlStorage]:
             storage = LibsqlStorage(conn, event_retention)
-            replica = Replica(str(device_id), storage)
-            for collection, fields in storage.declarations().items():
-                replica.declare(collection, fields)
-            return replica, storage
+            return _make_replica(storage, str(device_id)), storage
 
         replica, storage = await db.read(_open)
         return cls(db, replica, storage, clock)
@@ -74,23 +75,60 @@ class Documents:
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the database thread, then publish what it committed."""
-
-        def _run(_: Connection) -> Any:
-            try:
-                return fn()
-            except DocumentNotFound as exc:
-                raise NotFound(str(exc)) from None
-            except LocalProtocolError as exc:
-                raise Unprocessable(str(exc)) from None
-
         try:
-            return await self._db.read(_run)
+            return await self._db.read(lambda _: _mapped(fn))
         finally:
-            events, self._storage.new_events = self._storage.new_events, []
-            for event in events:
-                record = _record(event)
-                for listener in self._listeners:
-                    listener(record)
+            self._publish()
+
+    def _publish(self) -> None:
+        events, self._storage.new_events = self._storage.new_events, []
+        for event in events:
+            record = _record(event)
+            for listener in self._listeners:
+                listener(record)
+
+    async def _write(self, fn: Callable[[], Any]) -> Any:
+        """Like `_call`, but writes queued meanwhile share one transaction (group
+        commit); each is acknowledged only after that transaction is durable."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    outcomes = await self._db.read(functools.partial(self._run_group, group))
+                except Exception as exc:  # the commit failed: nothing of the group landed
+                    await self._db.read(lambda _: self._reload())
+                    outcomes = [exc] * len(group)
+                self._publish()
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._flusher = None
+
+    def _run_group(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
+                   conn: Connection) -> list[Any]:
+        outcomes: list[Any] = []
+        with self._storage.group():
+            for fn, _future in group:
+                try:
+                    outcomes.append(_mapped(fn))
+                except Exception as exc:
+                    outcomes.append(exc)
+        return outcomes
+
+    def _reload(self) -> None:
+        self.replica = _make_replica(self._storage, str(self.replica.device_id))
 
     # -- the DocumentService the API uses ------------------------------------------------
 
@@ -116,16 +154,19 @@ class Documents:
         return (None, 0) if row is None else row
 
     def _guarded(self, collection: str, doc_id: str, if_match: str | None,
-                 write: Callable[[], object], must_exist: bool) -> DocumentView:
-        state, cursor = self._row(collection, doc_id)
-        exists = render_doc(state) is not None
+                 write: Callable[[], dict[str, Any] | None], must_exist: bool) -> DocumentView:
+        status = self._storage.doc_status(collection, doc_id)
+        exists = status is not None and not status[1]
         if must_exist and not exists:
             raise NotFound(f"no document {doc_id!r} in {collection!r}")
-        if if_match is not None and (not exists or if_match not in (str(cursor), "*")):
+        if if_match is not None and (
+            status is None or not exists or if_match not in (str(status[0]), "*")
+        ):
             raise PreconditionFailed("the document changed (If-Match does not match)")
-        write()
-        state, cursor = self._row(collection, doc_id)
-        return _view(collection, doc_id, state, cursor)
+        data = write()
+        cursor = self._storage.cursor  # the write's batch was the latest
+        return DocumentView(collection, doc_id, data or {}, str(cursor), data is None, cursor,
+                            created=not exists)
 
     async def get(self, collection: str, doc_id: str) -> DocumentView | None:
         def _get() -> DocumentView | None:
@@ -136,7 +177,7 @@ class Documents:
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
                   if_match: str | None) -> DocumentView:
-        return await self._call(lambda: self._guarded(  # type: ignore[no-any-return]
+        return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
             lambda: self.replica.put(collection, doc_id, data, self._clock()), False))
 
@@ -148,12 +189,12 @@ class Documents:
                 if key.startswith("$") and key not in OPERATORS:
                     raise Unprocessable(f"{name}: unknown operator {key} "
                                         f"(one of {', '.join(OPERATORS)})")
-        return await self._call(lambda: self._guarded(  # type: ignore[no-any-return]
+        return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
             lambda: self.replica.patch(collection, doc_id, patch, self._clock()), True))
 
     async def delete(self, collection: str, doc_id: str, if_match: str | None) -> DocumentView:
-        return await self._call(lambda: self._guarded(  # type: ignore[no-any-return]
+        return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
             lambda: self.replica.delete(collection, doc_id, self._clock()), True))
 
@@ -174,6 +215,23 @@ class Documents:
                     for f, c in doc_conflicts(state).items()}
 
         return await self._call(_conflicts)  # type: ignore[no-any-return]
+
+
+def _make_replica(storage: LibsqlStorage, device_id: str) -> Replica:
+    replica = Replica(device_id, storage)
+    for collection, fields in storage.declarations().items():
+        replica.declare(collection, fields)
+    return replica
+
+
+def _mapped(fn: Callable[[], Any]) -> Any:
+    """Run `fn`, turning the sync engine's errors into API errors."""
+    try:
+        return fn()
+    except DocumentNotFound as exc:
+        raise NotFound(str(exc)) from None
+    except LocalProtocolError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 def _record(row: EventRow) -> ChangeRecord:

@@ -12,8 +12,9 @@ stream. All methods run on the database thread.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,8 @@ class LibsqlStorage:
         self.cursor = self._meta_int("cursor")
         self.horizon = self._meta_int("event_horizon")
         self.new_events: list[EventRow] = []
+        self._grouped = False
+        self._clock = self._meta_int("sync_clock")
 
     def _meta_int(self, key: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -134,7 +137,8 @@ class LibsqlStorage:
             "SELECT origin, seq, change FROM sync_quarantine ORDER BY origin, seq"
         ).fetchall():
             held.setdefault(origin, []).append(_decode_change(blob))
-        return StoredState(self._meta_int("sync_clock"), vv, held)
+        self._clock = self._meta_int("sync_clock")
+        return StoredState(self._clock, vv, held)
 
     def get_doc(self, collection: str, doc_id: str) -> DocState | None:
         row = self._conn.execute(
@@ -156,17 +160,47 @@ class LibsqlStorage:
         return [_decode_change(r[0]) for r in rows]
 
     def apply_batch(self, batch: Batch) -> None:
+        """One transaction, or one savepoint inside the caller's `group()`."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        begin, commit, undo = (
+            ("SAVEPOINT batch", "RELEASE batch", ("ROLLBACK TO batch", "RELEASE batch"))
+            if self._grouped else ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
+        )
+        saved = self.cursor, self.horizon, self._clock
+        conn.execute(begin)
         try:
             events = self._write_batch(batch)
+            conn.execute(commit)
+        except BaseException:
+            for statement in undo:
+                conn.execute(statement)
+            self.cursor, self.horizon, self._clock = saved
+            raise
+        self.new_events.extend(events)
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """Apply several batches in one transaction (one fsync: group commit).
+
+        Each batch still succeeds or fails alone (a savepoint); if the final commit
+        fails, none of them happened and the caller must reload its replica.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._grouped = True
+        mark = len(self.new_events)
+        try:
+            yield
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            del self.new_events[mark:]
             self.cursor = self._meta_int("cursor")
             self.horizon = self._meta_int("event_horizon")
+            self._clock = self._meta_int("sync_clock")
             raise
-        self.new_events.extend(events)
+        finally:
+            self._grouped = False
 
     def _write_batch(self, batch: Batch) -> list[EventRow]:
         conn = self._conn
@@ -211,8 +245,9 @@ class LibsqlStorage:
         for change in batch.hold:
             conn.execute("INSERT INTO sync_quarantine (origin, seq, change) VALUES (?, ?, ?)",
                          (change.origin, change.seq, _encode_change(change)))
-        if batch.clock > self._meta_int("sync_clock"):
+        if batch.clock > self._clock:
             self._set_meta("sync_clock", batch.clock)
+            self._clock = batch.clock
         self._set_meta("cursor", self.cursor)
         horizon = self.cursor - self.event_retention
         if horizon > self.horizon:
@@ -222,6 +257,13 @@ class LibsqlStorage:
         return events
 
     # What the node's API needs ----------------------------------------------------------
+
+    def doc_status(self, collection: str, doc_id: str) -> tuple[int, bool] | None:
+        """(cursor, deleted) of a document, without decoding its state."""
+        row = self._conn.execute(
+            "SELECT cursor, deleted FROM sync_docs WHERE collection = ? AND doc_id = ?",
+            (collection, doc_id)).fetchone()
+        return None if row is None else (int(row[0]), bool(row[1]))
 
     def doc_row(self, collection: str, doc_id: str) -> tuple[DocState, int] | None:
         row = self._conn.execute(

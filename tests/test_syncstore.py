@@ -72,3 +72,29 @@ def test_a_bad_batch_writes_nothing(conn):
     assert storage.get_doc("notes", "zzz") is None
     assert storage.load().version_vector == {"dev-a": 1}
     assert storage.cursor == 1
+
+
+def test_group_commit_keeps_each_batch_atomic(conn):
+    storage = LibsqlStorage(conn)
+    r = Replica("dev-a", storage)
+    with storage.group():
+        r.put("notes", "a", {"v": 1}, 1000.0)
+        with pytest.raises(LocalProtocolError):
+            r.patch("notes", "b", {"v": {"$inc": "not a number"}}, 1001.0)
+        r.put("notes", "c", {"v": 3}, 1002.0)
+    assert [e.doc_id for e in storage.events_after(0, 10)] == ["a", "c"]
+    again = Replica("dev-a", LibsqlStorage(conn))
+    assert again.get("notes", "a") == {"v": 1}
+    assert again.get("notes", "c") == {"v": 3}
+    assert again.version_vector() == {"dev-a": 2}
+
+
+def test_failed_group_commit_leaves_nothing(conn):
+    storage = LibsqlStorage(conn)
+    r = Replica("dev-a", storage)
+    with pytest.raises(RuntimeError), storage.group():
+        r.put("notes", "a", {"v": 1}, 1000.0)
+        raise RuntimeError("crash before commit")
+    assert storage.cursor == 0
+    assert storage.new_events == []
+    assert Replica("dev-a", LibsqlStorage(conn)).get("notes", "a") is None

@@ -35,6 +35,7 @@ class DocumentView:
     version: str
     deleted: bool
     cursor: int
+    created: bool = False
 
 
 class DocumentService(Protocol):
@@ -170,9 +171,8 @@ def api_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[Ro
         data = await json_body(request)
         if not isinstance(data, dict):
             raise BadRequest("a document is a JSON object", code="not_an_object")
-        existed = await s.documents.get(collection, doc_id)
         view = await s.documents.put(collection, doc_id, data, _if_match(request))
-        return _doc_response(view, 201 if existed is None or existed.deleted else 200)
+        return _doc_response(view, 201 if view.created else 200)
 
     async def patch_doc(request: web.Request) -> web.Response:
         collection, doc_id = _collection(request, write=True), _doc_id(request)
