@@ -54,6 +54,10 @@ class NodeConfig(BaseModel):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     rate_limit: float = Field(200.0, gt=0, description="Requests per second per token.")
     rate_burst: int = Field(400, gt=0, description="Requests a token may burst above the rate.")
+    durability: Literal["full", "normal"] = Field(
+        "full", description="full: every acknowledged write is on disk (survives power loss); "
+        "normal: survives a crashed or killed node, may lose the last writes on power loss."
+    )
     event_retention: int = Field(
         100_000, gt=0, description="Events kept for WebSocket resume; older cursors get a reset."
     )

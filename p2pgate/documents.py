@@ -2,8 +2,10 @@
 
 The replica and its storage live on the database thread: every call runs there
 through `Database.read`, one at a time, so a check (If-Match) and the write it
-guards happen together. After each call the events the storage committed are
-published to subscribers (the API's event hub) on the event loop.
+guards happen together. Writes queued while a transaction commits share the next
+one (group commit). After each call the events the storage committed are
+published to subscribers (the API's event hub) on the event loop, and drop the
+documents they name from the read cache (this process is the store's only writer).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,8 @@ __all__ = ["Documents"]
 
 Listener = Callable[[ChangeRecord], None]
 
+CACHE_SIZE = 10_000  # rendered documents kept for reads; every write invalidates its own
+
 
 def _view(collection: str, doc_id: str, state: DocState | None, cursor: int) -> DocumentView:
     data = render_doc(state)
@@ -44,6 +49,7 @@ class Documents:
         self._clock = clock
         self._listeners: list[Listener] = []
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._cache: OrderedDict[tuple[str, str], DocumentView] = OrderedDict()
         self._flusher: asyncio.Future[None] | None = None
 
     @classmethod
@@ -83,6 +89,7 @@ class Documents:
     def _publish(self) -> None:
         events, self._storage.new_events = self._storage.new_events, []
         for event in events:
+            self._cache.pop((event.collection, event.doc_id), None)
             record = _record(event)
             for listener in self._listeners:
                 listener(record)
@@ -128,6 +135,7 @@ class Documents:
         return outcomes
 
     def _reload(self) -> None:
+        self._cache.clear()
         self.replica = _make_replica(self._storage, str(self.replica.device_id))
 
     # -- the DocumentService the API uses ------------------------------------------------
@@ -169,11 +177,23 @@ class Documents:
                             created=not exists)
 
     async def get(self, collection: str, doc_id: str) -> DocumentView | None:
-        def _get() -> DocumentView | None:
-            state, cursor = self._row(collection, doc_id)
-            return None if state is None else _view(collection, doc_id, state, cursor)
+        key = (collection, doc_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
 
-        return await self._call(_get)  # type: ignore[no-any-return]
+        def _get() -> tuple[DocumentView | None, int]:
+            state, cursor = self._row(collection, doc_id)
+            view = None if state is None else _view(collection, doc_id, state, cursor)
+            return view, self._storage.cursor
+
+        view, read_at = await self._call(_get)
+        if view is not None and read_at == self._storage.cursor:  # no write since the read
+            self._cache[key] = view
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return view  # type: ignore[no-any-return]
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
                   if_match: str | None) -> DocumentView:

@@ -54,7 +54,8 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         self._db = db = await Database.open(
-            self.data_dir.database, load_key(self.data_dir.database_key)
+            self.data_dir.database, load_key(self.data_dir.database_key),
+            durability=cfg.durability,
         )
         registry = DeviceRegistry(db)
         admin_token = read_secret(self.data_dir.admin_token).decode().strip()

@@ -167,14 +167,19 @@ def migrate(conn: Connection, target: int = len(MIGRATIONS)) -> int:
     return max(current, target)
 
 
-def connect(path: Path, key: str) -> Connection:
-    """Open (creating if needed) the encrypted database and check the key."""
+def connect(path: Path, key: str, durability: str = "full") -> Connection:
+    """Open (creating if needed) the encrypted database and check the key.
+
+    `durability` "full" syncs every commit to disk (survives power loss); "normal"
+    syncs at WAL checkpoints (survives a crashed or killed process, not power loss).
+    """
+    synchronous = {"full": "FULL", "normal": "NORMAL"}[durability]
     if not key:
         raise StoreError("empty database key")
     try:
         conn: Connection = libsql.connect(str(path), encryption_key=key, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except ValueError as exc:
@@ -196,13 +201,14 @@ class Database:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, key: str, *, target_version: int | None = None) -> Database:
+    async def open(cls, path: Path, key: str, *, target_version: int | None = None,
+                   durability: str = "full") -> Database:
         """Open the database on a fresh writer thread and run pending migrations."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pgate-db")
         loop = asyncio.get_running_loop()
 
         def _open() -> Connection:
-            conn = connect(path, key)
+            conn = connect(path, key, durability)
             try:
                 migrate(conn, len(MIGRATIONS) if target_version is None else target_version)
             except BaseException:

@@ -7,11 +7,12 @@ Host allowlist (DNS rebinding), CORS, authentication and rate limit.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -144,13 +145,14 @@ def build_application(
 ) -> web.Application:
     """An aiohttp application serving `routes` behind the API's middlewares."""
     routes = list(routes)
+    prefix, counter = secrets.token_hex(4), itertools.count(1)  # request IDs
     hosts = LOCAL_HOSTS | {h.lower().strip("[]") for h in allowed_hosts}
     origins = frozenset(cors_origins)
     auth_of: dict[tuple[str, str], Auth] = {}
 
     @web.middleware
     async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = uuid.uuid4().hex[:16]
+        rid = f"{prefix}-{next(counter):x}"
         request[REQUEST_ID] = rid
         started = time.perf_counter()
         try:
