@@ -92,9 +92,14 @@ def test_group_commit_keeps_each_batch_atomic(conn):
 def test_failed_group_commit_leaves_nothing(conn):
     storage = LibsqlStorage(conn)
     r = Replica("dev-a", storage)
-    with pytest.raises(RuntimeError), storage.group():
-        r.put("notes", "a", {"v": 1}, 1000.0)
-        raise RuntimeError("crash before commit")
+
+    def write_then_crash():
+        with storage.group():
+            r.put("notes", "a", {"v": 1}, 1000.0)
+            raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        write_then_crash()
     assert storage.cursor == 0
     assert storage.new_events == []
     assert Replica("dev-a", LibsqlStorage(conn)).get("notes", "a") is None

@@ -1,0 +1,232 @@
+"""Who we talk to: current trust, the P2P listener, and dialing a peer.
+
+`Trust` mirrors the registry: the pair secrets used for admission, the pinned TLS
+contexts, and the live sessions. Every registry change rebuilds the contexts,
+and a device that is no longer trusted has its sessions closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from p2pgate.deviceid import DeviceID
+from p2pgate.errors import P2PGateError, RemoteProtocolError
+from p2pgate.net.admission import (
+    AdmissionListener,
+    Admitted,
+    Challenge,
+    NeedMore,
+    Pairing,
+    Refused,
+    admission_hello,
+    admission_tag,
+)
+from p2pgate.net.frames import Hello
+from p2pgate.net.session import Session, SessionClosed, SessionOptions
+from p2pgate.net.tls import TlsStream, make_context
+from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
+from p2pgate.stream import Stream, StreamClosed, TcpStream
+
+__all__ = ["DialFailed", "Listener", "PairingHandler", "Trust", "dial"]
+
+log = logging.getLogger("p2pgate.net")
+
+ADMISSION_TIMEOUT = 5.0
+PairingHandler = Callable[[Stream, bytes], Awaitable[None]]
+
+
+class DialFailed(P2PGateError):
+    """We could not open a session to that peer at that address."""
+
+
+class Trust:
+    def __init__(self, registry: DeviceRegistry, cert_file: Path, key_file: Path) -> None:
+        self.registry = registry
+        self._cert_file, self._key_file = cert_file, key_file
+        self._certs: dict[DeviceID, bytes] = {}
+        self._keys: dict[DeviceID, bytes] = {}
+        self.server_context: ssl.SSLContext | None = None
+        self.client_context: ssl.SSLContext | None = None
+        self.sessions: dict[DeviceID, set[Session]] = {}
+        self._reload_task: asyncio.Task[None] | None = None
+        self._unsubscribe = registry.subscribe(self._on_change)
+
+    async def load(self) -> None:
+        devices = await self.registry.trusted()
+        self._certs = {d.device_id: d.cert_der for d in devices}
+        self._keys = {d.device_id: d.k_pair for d in devices if d.k_pair}
+        ders = list(self._certs.values())
+        # contexts load the key and certificate files: off the event loop
+        self.server_context = await asyncio.to_thread(
+            make_context, True, self._cert_file, self._key_file, ders)
+        self.client_context = await asyncio.to_thread(
+            make_context, False, self._cert_file, self._key_file, ders)
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+
+    def keys(self) -> list[tuple[DeviceID, bytes]]:
+        return list(self._keys.items())
+
+    def key_of(self, device: DeviceID) -> bytes | None:
+        return self._keys.get(device)
+
+    def is_trusted(self, der: bytes) -> bool:
+        return self._certs.get(DeviceID.from_certificate(der)) == der
+
+    def _on_change(self, change: DeviceChanged) -> None:
+        if change.new_state is not DeviceState.TRUSTED:
+            self._certs.pop(change.device_id, None)
+            self._keys.pop(change.device_id, None)
+            for session in list(self.sessions.get(change.device_id, ())):
+                log.info("closing session with %s: device is %s", change.device_id.short,
+                         change.new_state or "removed")
+                asyncio.ensure_future(session.close(f"device {change.new_state or 'removed'}"))
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.ensure_future(self.load())
+
+    def track(self, session: Session) -> None:
+        self.sessions.setdefault(session.peer, set()).add(session)
+        session.on_close(self._forget)
+
+    def _forget(self, session: Session) -> None:
+        live = self.sessions.get(session.peer)
+        if live is not None:
+            live.discard(session)
+            if not live:
+                del self.sessions[session.peer]
+
+
+async def _admit(stream: Stream, trust: Trust) -> Admitted | Pairing | None:
+    """Run admission on an accepted stream; None means: close it silently."""
+    listener = AdmissionListener(trust.keys())
+    async with asyncio.timeout(ADMISSION_TIMEOUT):
+        while True:
+            data = await stream.read(64)
+            if not data:
+                return None
+            outcome = listener.receive(data)
+            if isinstance(outcome, NeedMore):
+                continue
+            if isinstance(outcome, Challenge):
+                await stream.write(outcome.data)
+                continue
+            if isinstance(outcome, Refused):
+                log.debug("admission refused from %s: %s", stream.remote_address,
+                          outcome.reason)
+                return None
+            return outcome
+
+
+class Listener:
+    """Accepts P2P connections: admission, pinned TLS, Hello, then `on_session`."""
+
+    def __init__(self, trust: Trust, hello: Callable[[], Hello],
+                 on_session: Callable[[Session], Awaitable[None]],
+                 pairing: PairingHandler | None = None,
+                 options: SessionOptions = SessionOptions()) -> None:  # noqa: B008
+        self._trust = trust
+        self._hello = hello
+        self._on_session = on_session
+        self._pairing = pairing
+        self._options = options
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._accept, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._handlers):
+            task.cancel()
+        for task in list(self._handlers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101
+        self._handlers.add(task)
+        try:
+            await self.handle(TcpStream(reader, writer))
+        finally:
+            self._handlers.discard(task)
+
+    async def handle(self, stream: Stream) -> None:
+        """Serve one incoming connection on any stream (TCP, relay splice)."""
+        try:
+            outcome = await _admit(stream, self._trust)
+            if isinstance(outcome, Pairing):
+                if self._pairing is None:
+                    await stream.close()
+                else:
+                    await self._pairing(stream, outcome.data)
+                return
+            if outcome is None:
+                await stream.close()
+                return
+            if self._trust.server_context is None:
+                raise StreamClosed("trust not loaded")
+            tls = await TlsStream.handshake(
+                stream, self._trust.server_context, server_side=True,
+                expected=outcome.device_id, is_trusted=self._trust.is_trusted,
+                initial=outcome.rest)
+            session = await Session.establish(tls, self._hello(), self._options)
+        except (TimeoutError, StreamClosed, RemoteProtocolError, SessionClosed) as exc:
+            log.info("incoming connection from %s failed: %s", stream.remote_address, exc)
+            await stream.close()
+            return
+        except asyncio.CancelledError:  # the listener is stopping
+            await stream.close()
+            raise
+        self._trust.track(session)
+        await self._on_session(session)
+
+
+async def dial(trust: Trust, hello: Hello, peer: DeviceID, host: str, port: int, *,
+               stream: Stream | None = None,
+               options: SessionOptions = SessionOptions()) -> Session:  # noqa: B008
+    """Open a session to `peer` at host:port (or over `stream`, e.g. a relay splice)."""
+    k_pair = trust.key_of(peer)
+    if k_pair is None or trust.client_context is None:
+        raise DialFailed(f"device {peer.short} is not trusted")
+    try:
+        if stream is None:
+            stream = await TcpStream.connect(host, port)
+        first, nonce = admission_hello()
+        await stream.write(first)
+        async with asyncio.timeout(ADMISSION_TIMEOUT):
+            challenge = b""
+            while len(challenge) < 16:
+                data = await stream.read(16 - len(challenge))
+                if not data:
+                    raise DialFailed(f"{host}:{port} refused admission")
+                challenge += data
+        await stream.write(admission_tag(k_pair, challenge, nonce))
+        tls = await TlsStream.handshake(stream, trust.client_context, server_side=False,
+                                        expected=peer, is_trusted=trust.is_trusted)
+        session = await Session.establish(tls, hello, options)
+    except (TimeoutError, StreamClosed, RemoteProtocolError, SessionClosed) as exc:
+        if stream is not None:
+            await stream.close()
+        raise DialFailed(f"no session with {peer.short} at {host}:{port}: {exc}") from None
+    except (DialFailed, asyncio.CancelledError):
+        if stream is not None:
+            await stream.close()
+        raise
+    trust.track(session)
+    return session

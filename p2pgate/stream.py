@@ -1,0 +1,172 @@
+"""The one byte-pipe interface every transport implements (a leaf module).
+
+A `Stream` moves bytes in order between two ends: a TCP connection, a relay
+splice, later a WebRTC data channel, or an in-memory pair in tests. Errors are
+our own `StreamClosed`, never a raw `OSError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from p2pgate.errors import P2PGateError
+
+__all__ = [
+    "FailingStream", "SlowStream", "Stream", "StreamClosed", "TcpStream", "map_errors",
+    "memory_pair",
+]
+
+
+class StreamClosed(P2PGateError):
+    """The other end closed, the connection broke, or we closed it."""
+
+
+class Stream(Protocol):
+    path: str  # "direct", "relay", "webrtc", "memory"
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Up to `max_bytes` bytes; b"" once the other end has closed."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def remote_address(self) -> str | None: ...
+
+
+@contextlib.contextmanager
+def map_errors() -> Iterator[None]:
+    """Socket and OS errors at the boundary become `StreamClosed`."""
+    try:
+        yield
+    except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+        raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+
+class TcpStream:
+    path = "direct"
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        peer = writer.get_extra_info("peername")
+        self._remote = None if peer is None else f"{peer[0]}:{peer[1]}"
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> TcpStream:
+        with map_errors():
+            reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    @property
+    def remote_address(self) -> str | None:
+        return self._remote
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        with map_errors():
+            return await self._reader.read(max_bytes)
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise StreamClosed("stream closed")
+        with map_errors():
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+
+class _MemoryEnd:
+    path = "memory"
+    remote_address = "memory"
+
+    def __init__(self) -> None:
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.peer: _MemoryEnd | None = None
+        self.closed = False
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if self.closed:
+            return b""
+        data = await self._inbox.get()
+        if len(data) > max_bytes:
+            self._inbox._queue.appendleft(data[max_bytes:])  # type: ignore[attr-defined]  # noqa: SLF001
+            data = data[:max_bytes]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.peer is None or self.peer.closed:
+            raise StreamClosed("memory stream closed")
+        if data:
+            self.peer._inbox.put_nowait(bytes(data))  # noqa: SLF001
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._inbox.put_nowait(b"")
+            if self.peer is not None and not self.peer.closed:
+                self.peer._inbox.put_nowait(b"")  # noqa: SLF001 (end of stream for the peer)
+
+
+def memory_pair() -> tuple[_MemoryEnd, _MemoryEnd]:
+    """Two connected in-memory stream ends."""
+    a, b = _MemoryEnd(), _MemoryEnd()
+    a.peer, b.peer = b, a
+    return a, b
+
+
+class SlowStream:
+    """Wraps a stream, delaying every read and write (for cancellation tests)."""
+
+    def __init__(self, inner: Stream, delay: float) -> None:
+        self._inner, self._delay = inner, delay
+        self.path = inner.path
+
+    @property
+    def remote_address(self) -> str | None:
+        return self._inner.remote_address
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        await asyncio.sleep(self._delay)
+        return await self._inner.read(max_bytes)
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.sleep(self._delay)
+        await self._inner.write(data)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class FailingStream:
+    """Wraps a stream and breaks after `fail_after` bytes have been written."""
+
+    def __init__(self, inner: Stream, fail_after: int) -> None:
+        self._inner, self._left = inner, fail_after
+        self.path = inner.path
+
+    @property
+    def remote_address(self) -> str | None:
+        return self._inner.remote_address
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        return await self._inner.read(max_bytes)
+
+    async def write(self, data: bytes) -> None:
+        if len(data) > self._left:
+            await self._inner.write(data[: self._left])
+            self._left = 0
+            await self._inner.close()
+            raise StreamClosed("connection reset (FailingStream)")
+        self._left -= len(data)
+        await self._inner.write(data)
+
+    async def close(self) -> None:
+        await self._inner.close()
