@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,11 +25,14 @@ from p2pgate.deviceid import DeviceID
 from p2pgate.store import Connection, Database
 from p2pgate.syncstore import EventRow, LibsqlStorage
 from sync.errors import LocalProtocolError
+from sync.events import ClockSkewDetected, PeerSynced, ProtocolErrorOccurred
 from sync.model import DocState, doc_conflicts, render_doc
 from sync.ops import OPERATORS
 from sync.replica import DocumentNotFound, Replica
 
 __all__ = ["Documents"]
+
+log = logging.getLogger("p2pgate.sync")
 
 Listener = Callable[[ChangeRecord], None]
 
@@ -50,6 +54,7 @@ class Documents:
         self._listeners: list[Listener] = []
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._cache: OrderedDict[tuple[str, str], DocumentView] = OrderedDict()
+        self.last_synced: dict[str, float] = {}
         self._flusher: asyncio.Future[None] | None = None
 
     @classmethod
@@ -86,7 +91,48 @@ class Documents:
         finally:
             self._publish()
 
+    # -- sync with peers (the connection manager drives one PeerSession per session) ----
+
+    async def peer_open(self, peer: str) -> None:
+        await self._call(lambda: self.replica.connect(peer, self._clock()))
+
+    async def peer_step(self, peer: str, received: list[bytes]) -> tuple[list[bytes], bool,
+                                                                          float | None]:
+        """Feed what `peer` sent, run timers; returns (to send, closed, next timer)."""
+
+        def _step() -> tuple[list[bytes], bool, float | None]:
+            now = self._clock()
+            session = self.replica.sessions().get(peer)
+            if session is None:
+                return [], True, None
+            for data in received:
+                session.receive(data, now)
+            timer = session.get_timer()
+            if timer is not None and timer <= now:
+                session.handle_timer(now)
+            held = self.replica.get_timer()
+            if held is not None and held <= now:
+                self.replica.handle_timer(now)
+            out = session.messages_to_send(now)
+            timers = [t for t in (session.get_timer(), self.replica.get_timer()) if t]
+            return out, session.closed, min(timers) if timers else None
+
+        return await self._call(_step)  # type: ignore[no-any-return]
+
+    async def peer_close(self, peer: str, reason: str) -> None:
+        def _close() -> None:
+            session = self.replica.sessions().get(peer)
+            if session is not None:
+                session.close(self._clock(), reason=reason, notify_peer=False)
+
+        await self._call(_close)
+
     def _publish(self) -> None:
+        while (happened := self.replica.next_event()) is not None:
+            if isinstance(happened, PeerSynced):
+                self.last_synced[happened.peer_id] = self._clock()
+            elif isinstance(happened, ClockSkewDetected | ProtocolErrorOccurred):
+                log.warning("sync: %s", happened)
         events, self._storage.new_events = self._storage.new_events, []
         for event in events:
             self._cache.pop((event.collection, event.doc_id), None)

@@ -1,8 +1,9 @@
 """The node: the one composition root that owns and wires every component.
 
-Start-up order: store → registry → tokens → documents → API. Shutdown runs it
-backwards: stop accepting requests, let in-flight ones finish, close WebSockets,
-flush and close the store.
+Start-up order: store → registry → tokens → documents → trust → connection
+manager → API → P2P listener. Shutdown: stop the listener and peer sessions,
+stop accepting requests and let in-flight ones finish, close WebSockets, flush
+and close the store.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
+from p2pgate.connect import ConnectionManager
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
 from p2pgate.files import read_secret, write_file
 from p2pgate.identity import Identity
+from p2pgate.net import Hello, Listener, Trust
 from p2pgate.paths import DataDir, runtime_file
 from p2pgate.registry import DeviceRegistry
 from p2pgate.store import Database, load_key
@@ -47,6 +50,9 @@ class Node:
         self.identity = identity
         self.name = name
         self._runner: web.AppRunner | None = None
+        self._trust: Trust | None = None
+        self._manager: ConnectionManager | None = None
+        self._listener: Listener | None = None
         self._db: Database | None = None
         self._stopped = asyncio.Event()
         self.api_url = config.api_url
@@ -65,11 +71,16 @@ class Node:
                                          event_retention=cfg.event_retention)
         events = EventHub(documents)
         documents.on_change(events.publish)
+        self._trust = trust = Trust(registry, self.data_dir.device_cert, self.data_dir.device_key)
+        await trust.load()
+        self._manager = manager = ConnectionManager(
+            trust, registry, documents, self.identity.device_id, self._hello)
+        self._listener = Listener(trust, self._hello, manager.accepted)
         services = ApiServices(
             device_id=self.identity.device_id, name=lambda: self.name,
             api_url=lambda: self.api_url,
             tokens=tokens, registry=registry, documents=documents, events=events,
-            cursor=lambda: documents.cursor, peers=list,
+            cursor=lambda: documents.cursor, peers=manager.peers,
         )
         routes: list[Any] = []
         routes.extend(api_routes(services, lambda: openapi_document(routes)))
@@ -92,12 +103,31 @@ class Node:
             port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             shown = f"[{host}]" if ":" in host else host
             self.api_url = f"http://{shown}:{port}"
+        host, port = cfg.listen
+        try:
+            await self._listener.start(host, port)
+        except OSError as exc:
+            await self.stop()
+            raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
+        manager.start()
+        log.info("P2P listening on %s:%d", host, self._listener.port)
         write_file(runtime_file(self.data_dir),
-                   json.dumps({"api_url": self.api_url, "pid": os.getpid()}).encode())
+                   json.dumps({"api_url": self.api_url, "p2p_port": self._listener.port,
+                               "pid": os.getpid()}).encode())
         log.info("API listening on %s", self.api_url)
+
+    def _hello(self) -> Hello:
+        return Hello(str(self.identity.device_id), self.name,
+                     capabilities=("sync/1",), relays=self.config.relays)
 
     async def stop(self) -> None:
         runtime_file(self.data_dir).unlink(missing_ok=True)
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._manager is not None:
+            await self._manager.stop()
+        if self._trust is not None:
+            await self._trust.close()
         if self._runner is not None:
             await self._runner.cleanup()  # waits for in-flight requests, closes WebSockets
             self._runner = None

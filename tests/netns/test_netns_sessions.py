@@ -1,0 +1,95 @@
+"""Real node processes in network namespaces on one bridge."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from tests.lab import make_node_dir, node_argv, trust_each_other, wait_for
+
+pytestmark = pytest.mark.netns
+
+
+def peers_of(host, node):
+    result = host.run(sys.executable, "-m", "p2pgate", "--data-dir", str(node.data_dir.root),
+                      "status", "--json")
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout)["peers"]
+
+
+WRITE = textwrap.dedent("""
+    import asyncio, json, sys
+    from p2pgate.client import Client
+    async def main(url, token, doc):
+        async with Client(url, token) as c:
+            print((await c.put("notes", "n1", json.loads(doc))).model_dump_json())
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+READ = textwrap.dedent("""
+    import asyncio, sys
+    from p2pgate.client import Client, ClientError
+    async def main(url, token):
+        async with Client(url, token) as c:
+            try:
+                print((await c.get("notes", "n1")).model_dump_json())
+            except ClientError:
+                print("")
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+PROBE = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.sendall(b"P2PG-ADMIT\\x01" + bytes(16) + bytes(32) + b"hello?")
+    s.settimeout(2)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except OSError:
+        pass
+    print(len(got))
+""")
+
+
+def test_two_namespaces_open_a_pinned_session_and_a_stranger_learns_nothing(lab, tmp_path):
+    phone_host, desk_host, stranger_host = lab.host("phone"), lab.host("desk"), lab.host("evil")
+    phone, desk = make_node_dir(tmp_path, "phone"), make_node_dir(tmp_path, "desk")
+    stranger = make_node_dir(tmp_path, "stranger")
+    port = 7771
+    trust_each_other(phone, desk, [f"{phone_host.ip}:{port}"], [f"{desk_host.ip}:{port}"])
+    # the stranger believes it is paired with the desktop; the desktop never paired it
+    trust_each_other(stranger, make_node_dir(tmp_path, "desk-imposter"),
+                     b_addresses=[f"{desk_host.ip}:{port}"])
+    nodes = [(phone_host, phone), (desk_host, desk), (stranger_host, stranger)]
+    for host, node in nodes:
+        host.spawn(*node_argv(node, f"{host.ip}:{port}"), log=tmp_path / f"{node.name}.log")
+    for _, node in nodes:
+        wait_for(lambda n=node: (n.data_dir.root / "node.json").exists(), what="node start")
+
+    connected = wait_for(lambda: peers_of(desk_host, desk), what="phone-desk session")
+    assert [p["name"] for p in connected] == ["phone"]
+    assert connected[0]["path"] == "direct"
+    assert connected[0]["address"].startswith(phone_host.ip)
+
+    # a note written on the phone reaches the desktop across the veth links
+    wrote = phone_host.run(sys.executable, "-c", WRITE, phone.runtime()["api_url"],
+                           phone.admin_token(), json.dumps({"title": "from the phone"}))
+    assert wrote.returncode == 0, wrote.stderr
+    seen = wait_for(lambda: desk_host.run(sys.executable, "-c", READ, desk.runtime()["api_url"],
+                                          desk.admin_token()).stdout.strip(),
+                    what="note on the desktop")
+    assert json.loads(seen)["data"] == {"title": "from the phone"}
+
+    # the stranger is refused and learns nothing
+    assert peers_of(stranger_host, stranger) == []
+    assert [p["name"] for p in peers_of(desk_host, desk)] == ["phone"]
+    probe = stranger_host.run(sys.executable, "-c", PROBE, desk_host.ip, str(port))
+    assert probe.stdout.strip() == "0", probe.stderr
+    desk_log = (tmp_path / "desk.log").read_text()
+    assert "stranger" not in desk_log
