@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import segno
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
@@ -140,6 +142,43 @@ def _policy(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def _pair(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        offer = await c.pair(args.ttl, args.repair)
+        if not args.json:
+            qr = segno.make(offer.uri, error="m")
+            out = io.StringIO()
+            qr.terminal(out=out, compact=True)
+            print(f"Pairing code:  {offer.code}\n")
+            print(out.getvalue())
+            print(f"or this URI:   {offer.uri}")
+            print("On the other device run:  p2pgate join CODE-OR-URI", flush=True)
+        while True:  # the node's API has no push for this; poll it
+            status = await c.pairing_status(offer.code)
+            if status.state != "waiting":
+                break
+            await asyncio.sleep(0.5)
+        if status.state != "paired":
+            raise CommandError(f"pairing {status.state}: {status.reason or 'no device joined'}")
+        if args.json:
+            return status
+        return (f"Paired with {status.name} ({status.device_id}).\n"
+                f"Verification: {status.verification} (the other device shows the same)")
+
+    return _run(args, action)
+
+
+def _join(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        status = await c.join(args.code, args.address)
+        if args.json:
+            return status
+        return (f"Paired with {status.name} ({status.device_id}).\n"
+                f"Verification: {status.verification} (the other device shows the same)")
+
+    return _run(args, action)
+
+
 def add_remote_commands(sub: Any) -> None:
     def add(name: str, help_text: str, func: Callable[[argparse.Namespace], int]
             ) -> argparse.ArgumentParser:
@@ -149,6 +188,14 @@ def add_remote_commands(sub: Any) -> None:
         return p
 
     add("status", "show the running node and its peers", _status)
+
+    p = add("pair", "show a pairing code and QR code, wait for the other device", _pair)
+    p.add_argument("--ttl", type=float, default=300.0, help="seconds the code stays valid")
+    p.add_argument("--repair", action="store_true", help="pair again with a revoked device")
+
+    p = add("join", "pair with a device that shows a code or QR code", _join)
+    p.add_argument("code", metavar="CODE|URI")
+    p.add_argument("--address", help="HOST:PORT of the other device (if the code has none)")
 
     p = add("devices", "list, rename, block, unblock or revoke devices", _devices)
     p.add_argument("action", nargs="?", default="list",

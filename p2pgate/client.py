@@ -186,6 +186,19 @@ class Client:
         return await self._model(m.DeviceInfo, "POST", f"/api/v1/devices/{device_id}/{action}",
                                  body)
 
+    async def pair(self, ttl: float = 300.0, repair: bool = False) -> m.PairingOffer:
+        return await self._model(m.PairingOffer, "POST", "/api/v1/pairing",
+                                 {"ttl": ttl, "repair": repair})
+
+    async def pairing_status(self, code: str) -> m.PairingStatus:
+        nameplate = code.split("-")[0]
+        return await self._model(m.PairingStatus, "GET", f"/api/v1/pairing/{nameplate}")
+
+    async def join(self, code_or_uri: str, address: str | None = None) -> m.PairingStatus:
+        key = "uri" if code_or_uri.strip().lower().startswith("p2pgate://") else "code"
+        return await self._model(m.PairingStatus, "POST", "/api/v1/pairing/join",
+                                 {key: code_or_uri, "address": address})
+
     async def peers(self) -> m.PeerList:
         return await self._model(m.PeerList, "GET", "/api/v1/peers")
 

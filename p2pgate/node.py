@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 from typing import Any
 
@@ -30,9 +31,11 @@ from p2pgate.errors import P2PGateError
 from p2pgate.files import read_secret, write_file
 from p2pgate.identity import Identity
 from p2pgate.net import Hello, Listener, Trust
+from p2pgate.net.addresses import listen_addresses
+from p2pgate.pairing.service import PairingService
 from p2pgate.paths import DataDir, runtime_file
 from p2pgate.registry import DeviceRegistry
-from p2pgate.store import Database, load_key
+from p2pgate.store import Connection, Database, load_key
 
 __all__ = ["Node", "NodeError"]
 
@@ -75,12 +78,16 @@ class Node:
         await trust.load()
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello)
-        self._listener = Listener(trust, self._hello, manager.accepted)
+        pairing = PairingService(
+            self.identity, registry, lambda: self.name, await _discovery_key(db),
+            lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
+                                     else cfg.listen[1]))
+        self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle)
         services = ApiServices(
             device_id=self.identity.device_id, name=lambda: self.name,
             api_url=lambda: self.api_url,
             tokens=tokens, registry=registry, documents=documents, events=events,
-            cursor=lambda: documents.cursor, peers=manager.peers,
+            cursor=lambda: documents.cursor, peers=manager.peers, pairing=pairing,
         )
         routes: list[Any] = []
         routes.extend(api_routes(services, lambda: openapi_document(routes)))
@@ -151,3 +158,17 @@ class Node:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+async def _discovery_key(db: Database) -> bytes:
+    """This device's discovery key (peers learn it at pairing), made on first use."""
+
+    def _load(conn: Connection) -> bytes:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'disc_key'").fetchone()
+        if row is not None:
+            return bytes.fromhex(row[0])
+        key = secrets.token_bytes(32)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('disc_key', ?)", (key.hex(),))
+        return key
+
+    return await db.write(_load)

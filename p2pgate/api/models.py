@@ -10,7 +10,8 @@ __all__ = [
     "AppCreate", "AppCreated", "AppInfo", "AppList", "CollectionFields", "Conflict",
     "Conflicts", "DeviceInfo", "DeviceList", "DeviceRename", "Document", "DocumentList",
     "ErrorBody", "ErrorResponse", "Event", "FieldType", "Health", "NodeInfo", "PeerList",
-    "Policy", "PolicyList",
+    "PairingCreate", "PairingJoin", "PairingOffer", "PairingStatus", "Policy",
+    "PolicyList",
 ]
 
 FieldType = Literal["lww", "counter", "set", "text"]
@@ -144,3 +145,29 @@ class Policy(_Model):
 
 class PolicyList(_Model):
     items: list[Policy]
+
+
+class PairingCreate(_Model):
+    ttl: float = Field(300.0, gt=0, le=3600, description="Seconds the code stays valid.")
+    repair: bool = Field(False, description="Allow pairing again with a revoked device.")
+
+
+class PairingOffer(_Model):
+    code: str = Field(description="Short code to type on the other device.")
+    uri: str = Field(description="p2pgate://pair URI with a 128-bit secret (for the QR code).")
+    qr_svg: str = Field(description="The URI as a QR code, SVG.")
+    expires_at: float
+
+
+class PairingJoin(_Model):
+    code: str | None = None
+    uri: str | None = None
+    address: str | None = Field(None, description="HOST:PORT of the other device, if known.")
+
+
+class PairingStatus(_Model):
+    state: Literal["waiting", "paired", "failed", "expired"]
+    device_id: str | None = None
+    name: str | None = None
+    verification: str | None = Field(None, description="Both devices show the same digits.")
+    reason: str | None = None

@@ -9,15 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import segno
 from aiohttp import WSMsgType, web
 
 from p2pgate import __version__
 from p2pgate.api import models as m
-from p2pgate.api.errors import BadRequest, Forbidden, NotFound
+from p2pgate.api.errors import BadRequest, Conflict, Forbidden, NotFound
 from p2pgate.api.events import EventHub, Reset
 from p2pgate.api.http import Route, json_body, model_body, principal_of, respond, validate
 from p2pgate.api.tokens import COLLECTION_NAME, TokenError, TokenStore
 from p2pgate.deviceid import DeviceID, InvalidDeviceID
+from p2pgate.pairing.service import PairingFailed, PairingService
 from p2pgate.registry import Device, DeviceRegistry, UnknownDevice
 
 __all__ = ["ApiServices", "DocumentService", "DocumentView", "api_routes"]
@@ -68,6 +70,7 @@ class ApiServices:
     events: EventHub
     cursor: Callable[[], int]
     peers: Callable[[], list[dict[str, Any]]]
+    pairing: PairingService
 
 
 def _collection(request: web.Request, write: bool = False) -> str:
@@ -311,7 +314,52 @@ def api_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[Ro
             raise NotFound(str(exc)) from None
         return respond(policy)
 
+    async def create_pairing(request: web.Request) -> web.Response:
+        body = await model_body(request, m.PairingCreate) if request.can_read_body else (
+            m.PairingCreate())
+        offer, uri = s.pairing.create_offer(body.ttl, body.repair)
+        qr = segno.make(uri, error="m").svg_inline(scale=4)
+        log.info("pairing offer opened (expires in %.0f s)", body.ttl)
+        return respond(m.PairingOffer(code=offer.code, uri=uri, qr_svg=qr,
+                                      expires_at=offer.expires_at), 201)
+
+    async def pairing_status(request: web.Request) -> web.Response:
+        try:
+            offer = s.pairing.status(int(request.match_info["nameplate"]))
+        except ValueError:
+            offer = None
+        if offer is None:
+            raise NotFound("no such pairing offer")
+        result = offer.result
+        return respond(m.PairingStatus(
+            state=offer.state,
+            device_id=None if result is None else str(result.peer.device_id),
+            name=None if result is None else result.peer.name,
+            verification=None if result is None else result.verification,
+            reason=offer.reason))
+
+    async def join_pairing(request: web.Request) -> web.Response:
+        body = await model_body(request, m.PairingJoin)
+        text = body.uri or body.code
+        if not text:
+            raise BadRequest("give a code or a uri", code="bad_pairing")
+        try:
+            result = await s.pairing.join(text, body.address)
+        except PairingFailed as exc:
+            raise Conflict(str(exc), code="pairing_failed") from None
+        return respond(m.PairingStatus(state="paired", device_id=str(result.peer.device_id),
+                                       name=result.peer.name,
+                                       verification=result.verification))
+
     return [
+        Route("POST", "/api/v1/pairing", create_pairing, "Open a pairing offer (code, QR)",
+              body=m.PairingCreate, response=m.PairingOffer, status=201, errors=(422,),
+              tag="pairing"),
+        Route("GET", "/api/v1/pairing/{nameplate}", pairing_status, "State of an offer",
+              response=m.PairingStatus, errors=(404,), tag="pairing"),
+        Route("POST", "/api/v1/pairing/join", join_pairing, "Pair with a code or URI",
+              body=m.PairingJoin, response=m.PairingStatus, errors=(409, 422),
+              tag="pairing"),
         Route("GET", "/api/v1/health", health, "Liveness", auth="public", response=m.Health),
         Route("GET", "/api/v1/openapi.json", openapi_json, "This document", auth="public"),
         Route("GET", "/api/v1/node", node, "This node", auth="app", response=m.NodeInfo),

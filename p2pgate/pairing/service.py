@@ -1,0 +1,270 @@
+"""Pairing on the node: offers (inviter side), joining, and the registry writes.
+
+The listener hands every `P2PG-PAIR` connection to `PairingService.handle`. The
+registry is written only after both sides proved the code, so a wrong, expired,
+replayed or raced code leaves no pending or half-trusted device. Offers are single
+use, expire (default 5 minutes) and burn after 3 failed confirmations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from p2pgate.errors import LocalProtocolError, RemoteProtocolError
+from p2pgate.identity import Identity as DeviceIdentity
+from p2pgate.net.admission import PAIR_MAGIC
+from p2pgate.pairing.codes import BadCode, make_code, make_uri, parse_code_or_uri
+from p2pgate.pairing.protocol import (
+    MAX_MESSAGE,
+    Identity,
+    PairingResult,
+    Role,
+    derive,
+    open_sealed,
+    seal,
+)
+from p2pgate.registry import DeviceRegistry, DeviceState, IllegalTransition
+from p2pgate.stream import Stream, StreamClosed, TcpStream
+
+__all__ = ["Offer", "PairingFailed", "PairingService"]
+
+log = logging.getLogger("p2pgate.pairing")
+
+MAX_FAILURES = 3
+STEP_TIMEOUT = 30.0
+_LEN = struct.Struct(">I")
+
+
+class PairingFailed(LocalProtocolError):
+    """Pairing did not complete; the message says why, for people."""
+
+
+@dataclass
+class Offer:
+    nameplate: int
+    code: str
+    secret: str
+    expires_at: float
+    repair: bool = False
+    failures: int = 0
+    busy: bool = False
+    state: str = "waiting"  # waiting, paired, failed, expired
+    result: PairingResult | None = None
+    reason: str | None = None
+
+
+class _Framed:
+    def __init__(self, stream: Stream, initial: bytes = b"") -> None:
+        self._stream, self._buf = stream, bytearray(initial)
+
+    async def send(self, **fields: Any) -> None:
+        data = json.dumps({k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
+                           for k, v in fields.items()}).encode()
+        await self._stream.write(_LEN.pack(len(data)) + data)
+
+    async def receive(self) -> dict[str, Any]:
+        async with asyncio.timeout(STEP_TIMEOUT):
+            while True:
+                if len(self._buf) >= 4:
+                    (n,) = _LEN.unpack_from(self._buf)
+                    if n > MAX_MESSAGE:
+                        raise RemoteProtocolError("pairing message too large")
+                    if len(self._buf) >= 4 + n:
+                        data = bytes(self._buf[4:4 + n])
+                        del self._buf[:4 + n]
+                        try:
+                            msg = json.loads(data)
+                        except ValueError:
+                            raise RemoteProtocolError("pairing message is not JSON") from None
+                        if not isinstance(msg, dict):
+                            raise RemoteProtocolError("pairing message is not an object")
+                        if msg.get("t") == "fail":
+                            raise PairingFailed(str(msg.get("reason", "the other side refused")))
+                        return msg
+                chunk = await self._stream.read(65536)
+                if not chunk:
+                    raise PairingFailed("the other device closed the connection")
+                self._buf += chunk
+
+
+def _bytes(msg: dict[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(msg[key], validate=True)
+    except (KeyError, TypeError, ValueError):
+        raise RemoteProtocolError(f"pairing message lacks {key}") from None
+
+
+class PairingService:
+    def __init__(self, identity: DeviceIdentity, registry: DeviceRegistry,
+                 name: Callable[[], str], disc_key: bytes,
+                 addresses: Callable[[], list[str]], clock: Callable[[], float] = time.time
+                 ) -> None:
+        self._identity = identity
+        self._registry = registry
+        self._name = name
+        self._disc_key = disc_key
+        self._addresses = addresses
+        self._clock = clock
+        self.offers: dict[int, Offer] = {}
+
+    def _me(self) -> tuple[Identity, bytes]:
+        part = os.urandom(32)
+        return Identity(self._identity.cert_der, self._name(), part, self._disc_key), part
+
+    # -- inviter -----------------------------------------------------------------------
+
+    def create_offer(self, ttl: float = 300.0, repair: bool = False) -> tuple[Offer, str]:
+        now = self._clock()
+        for n, offer in list(self.offers.items()):
+            if offer.expires_at <= now and offer.state == "waiting":
+                offer.state = "expired"
+            if offer.expires_at + 600 <= now:
+                del self.offers[n]
+        while True:
+            code, secret = make_code()
+            nameplate = int(code.split("-")[0])
+            if nameplate not in self.offers or self.offers[nameplate].state != "waiting":
+                break
+        offer = Offer(nameplate, code, secret, now + ttl, repair)
+        self.offers[nameplate] = offer
+        return offer, make_uri(code, secret, self._addresses(), [])
+
+    def status(self, nameplate: int) -> Offer | None:
+        offer = self.offers.get(nameplate)
+        if offer is not None and offer.state == "waiting" and offer.expires_at <= self._clock():
+            offer.state = "expired"
+        return offer
+
+    async def handle(self, stream: Stream, initial: bytes) -> None:
+        """Serve one joiner on a `P2PG-PAIR` connection."""
+        chan = _Framed(stream, initial)
+        offer: Offer | None = None
+        try:
+            hello = await chan.receive()
+            offer = self.status(int(hello.get("nameplate", -1)))
+            if offer is None or offer.state != "waiting":
+                reason = "this code has expired or was already used; make a new one"
+                offer = None
+                await chan.send(t="fail", reason=reason)
+                return
+            if offer.busy:
+                offer = None  # the other joiner's attempt owns it
+                await chan.send(t="fail", reason="another device is pairing with this code")
+                return
+            offer.busy = True
+            kind = hello.get("kind")
+            password = (offer.secret if kind == "uri" else offer.code).encode()
+            role = Role(joiner=False, password=password)
+            role.finish(_bytes(hello, "pake"))
+            await chan.send(t="pake", pake=role.message)
+            confirm = await chan.receive()
+            if not role.check(_bytes(confirm, "confirm")):
+                offer.failures += 1
+                if offer.failures >= MAX_FAILURES:
+                    offer.state, offer.reason = "failed", "too many wrong attempts"
+                    await chan.send(t="fail", reason="too many wrong attempts; make a new code")
+                else:
+                    await chan.send(t="fail", reason="wrong code")
+                log.info("pairing: a wrong code was tried (%d of %d)", offer.failures,
+                         MAX_FAILURES)
+                return
+            mine, _ = self._me()
+            await chan.send(t="confirm", confirm=role.confirmation(of_joiner=False),
+                            sealed=seal(role, mine))
+            peer = open_sealed(role, _bytes(await chan.receive(), "sealed"))
+            result = derive(role, mine, peer)
+            await self._trust(result, offer.repair)
+            offer.state, offer.result = "paired", result
+            await chan.send(t="done")
+            log.info("paired with %s (%s); verification %s", peer.name,
+                     peer.device_id.short, result.verification)
+        except (PairingFailed, RemoteProtocolError, StreamClosed, TimeoutError, ValueError) as exc:
+            log.info("pairing attempt failed: %s", exc)
+            if offer is not None and offer.state == "waiting":
+                offer.reason = str(exc)
+        finally:
+            if offer is not None:
+                offer.busy = False
+            await stream.close()
+
+    # -- joiner ------------------------------------------------------------------------
+
+    async def join(self, text: str, address: str | None = None) -> PairingResult:
+        """Pair with the device that made `text` (a code or a URI)."""
+        try:
+            invitation = parse_code_or_uri(text)
+        except BadCode as exc:
+            raise PairingFailed(str(exc)) from None
+        candidates = [address] if address else list(invitation.addresses)
+        if not candidates:
+            raise PairingFailed(
+                "no address to reach the other device: LAN discovery is not built yet, so "
+                "use the pairing URI (it carries addresses) or give an address")
+        errors = []
+        for candidate in candidates:
+            host, _, port = candidate.rpartition(":")
+            try:
+                stream = await TcpStream.connect(host.strip("[]"), int(port))
+            except (StreamClosed, ValueError) as exc:
+                errors.append(f"{candidate}: {exc}")
+                continue
+            try:
+                result = await self._join_over(stream, invitation)
+            finally:
+                await stream.close()
+            await self._registry.record_seen(
+                result.peer.device_id, [candidate])
+            return result
+        raise PairingFailed("cannot reach the other device: " + "; ".join(errors))
+
+    async def _join_over(self, stream: Stream, invitation: Any) -> PairingResult:
+        chan = _Framed(stream)
+        role = Role(joiner=True, password=invitation.password)
+        await stream.write(PAIR_MAGIC)
+        await chan.send(t="hello", nameplate=invitation.nameplate, kind=invitation.kind,
+                        pake=role.message)
+        try:
+            answer = await chan.receive()
+            role.finish(_bytes(answer, "pake"))
+            await chan.send(t="confirm", confirm=role.confirmation(of_joiner=True))
+            confirmed = await chan.receive()
+            if not role.check(_bytes(confirmed, "confirm")):
+                raise PairingFailed("the other device failed to prove the code")
+            peer = open_sealed(role, _bytes(confirmed, "sealed"))
+            mine, _ = self._me()
+            await chan.send(t="sealed", sealed=seal(role, mine))
+            result = derive(role, mine, peer)
+            await chan.receive()  # "done": the inviter has written its registry
+        except (RemoteProtocolError, StreamClosed, TimeoutError) as exc:
+            raise PairingFailed(f"pairing failed: {exc}") from None
+        await self._trust(result, repair=True)
+        log.info("paired with %s; verification %s", peer.name, result.verification)
+        return result
+
+    # -- both ----------------------------------------------------------------------------
+
+    async def _trust(self, result: PairingResult, repair: bool) -> None:
+        peer = result.peer
+        if peer.cert_der == self._identity.cert_der:
+            raise PairingFailed("a device cannot pair with itself")
+        existing = await self._registry.get(peer.device_id)
+        if existing is not None and existing.state is DeviceState.REVOKED and not repair:
+            raise PairingFailed("that device was revoked; pair again with --repair")
+        if existing is not None and existing.state in (DeviceState.TRUSTED,
+                                                       DeviceState.BLOCKED):
+            raise PairingFailed(f"already paired with {existing.name} ({existing.state})")
+        try:
+            await self._registry.begin_pairing(peer.cert_der, peer.name, repair=True)
+            await self._registry.complete_pairing(peer.device_id, result.k_pair,
+                                                  peer.disc_key)
+        except IllegalTransition as exc:
+            raise PairingFailed(str(exc)) from None
