@@ -173,7 +173,12 @@ class DeviceRegistry:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` after every committed change; returns an unsubscribe function."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def _announce(self, change: DeviceChanged) -> None:
         if change.old_state == change.new_state:

@@ -322,3 +322,23 @@ async def test_sigterm_mid_requests_loses_no_acknowledged_write(node_factory):
             after = page.next_after
     missing = set(acknowledged) - seen
     assert not missing, f"{len(missing)} acknowledged writes lost"
+
+
+async def test_cors_is_off_unless_an_origin_is_allowed(node, node_factory):
+    hdrs = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    status, _, headers = await raw(node, "OPTIONS", "/api/v1/node", headers=hdrs)
+    assert status in (403, 405)
+    assert "Access-Control-Allow-Origin" not in headers
+    cors = await asyncio.to_thread(node_factory, "cors",
+                                   config='cors_origins = ["https://app.example"]\n')
+    status, _, headers = await raw(cors, "OPTIONS", "/api/v1/node", headers=hdrs)
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example"
+    status, _, headers = await raw(cors, "GET", "/api/v1/node", token=cors.admin_token,
+                                   headers={"Origin": "https://app.example"})
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example"
+    status, _, headers = await raw(cors, "OPTIONS", "/api/v1/node",
+                                   headers={**hdrs, "Origin": "https://evil.example"})
+    assert status == 403
+    assert "Access-Control-Allow-Origin" not in headers
