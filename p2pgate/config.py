@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from p2pgate.errors import LocalProtocolError
 
-__all__ = ["ConfigError", "HostPort", "NodeConfig", "load_config", "parse_host_port"]
+__all__ = [
+    "ConfigError", "HostPort", "NodeConfig", "load_config", "one_line", "parse_host_port",
+    "read_toml",
+]
 
 
 class ConfigError(LocalProtocolError):
@@ -81,7 +84,8 @@ class NodeConfig(BaseModel):
         return f"http://{shown}:{port}"
 
 
-def _one_line(exc: ValidationError, source: str) -> ConfigError:
+def one_line(exc: ValidationError, source: str) -> ConfigError:
+    """A validation error as one line naming the key."""
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
@@ -90,22 +94,28 @@ def _one_line(exc: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {msg}")
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> NodeConfig:
     """Read `path` (if it exists), apply non-None `overrides` (flags), validate."""
     values: dict[str, Any] = {}
     source = "flags"
     if path is not None and path.exists():
         source = str(path)
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        values = read_toml(path)
     try:
         NodeConfig.model_validate(values)
     except ValidationError as exc:
-        raise _one_line(exc, source) from None
+        raise one_line(exc, source) from None
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return NodeConfig.model_validate(values)
     except ValidationError as exc:
-        raise _one_line(exc, "flags") from None
+        raise one_line(exc, "flags") from None

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from p2pgate.config import ConfigError, HostPort, parse_host_port
+from p2pgate.config import HostPort, one_line, parse_host_port, read_toml
 
 __all__ = ["RelayConfig", "load_relay_config"]
 
@@ -66,21 +65,9 @@ class RelayConfig(BaseModel):
 
 def load_relay_config(path: Path | None, overrides: dict[str, Any] | None = None
                       ) -> RelayConfig:
-    values: dict[str, Any] = {}
-    source = "flags"
-    if path is not None:
-        source = str(path)
-        try:
-            values = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values = read_toml(path) if path is not None else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return RelayConfig.model_validate(values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{source}: {key}: {msg.removeprefix('Value error, ')}") from None
+        raise one_line(exc, str(path) if path is not None else "flags") from None

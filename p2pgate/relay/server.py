@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,25 +189,34 @@ class RelayServer:
 
     # -- control connections ---------------------------------------------------------
 
-    async def _control(self, request: web.Request) -> web.StreamResponse:
+    async def _websocket(self, request: web.Request, max_size: int,
+                         serve: Callable[[web.WebSocketResponse, str], Awaitable[None]]
+                         ) -> web.StreamResponse:
+        """Admit the client IP, then serve one WebSocket, keeping per-IP counts."""
         ip = self.client_ip(request)
         try:
             self._admit_ip(ip)
         except _Refused as exc:
             return self._refuse(exc.reason)
         self._per_ip[ip] += 1
-        ws = web.WebSocketResponse(max_msg_size=16384, heartbeat=30)
+        ws = web.WebSocketResponse(max_msg_size=max_size, heartbeat=30)
         try:
             await ws.prepare(request)
-            device = await self._authenticate(request, ws, ip)
-            if device is not None:
-                await self._serve_control(device, ws)
+            await serve(ws, ip)
         finally:
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:
                 del self._per_ip[ip]
             await ws.close()
         return ws
+
+    async def _control(self, request: web.Request) -> web.StreamResponse:
+        async def serve(ws: web.WebSocketResponse, ip: str) -> None:
+            device = await self._authenticate(request, ws, ip)
+            if device is not None:
+                await self._serve_control(device, ws)
+
+        return await self._websocket(request, 16384, serve)
 
     async def _authenticate(self, request: web.Request, ws: web.WebSocketResponse, ip: str
                             ) -> DeviceID | None:
@@ -337,22 +347,8 @@ class RelayServer:
     # -- splices -------------------------------------------------------------------------
 
     async def _splice(self, request: web.Request) -> web.StreamResponse:
-        ip = self.client_ip(request)
-        try:
-            self._admit_ip(ip)
-        except _Refused as exc:
-            return self._refuse(exc.reason)
-        self._per_ip[ip] += 1
-        ws = web.WebSocketResponse(max_msg_size=self.config.max_frame, heartbeat=30)
-        try:
-            await ws.prepare(request)
-            await self._run_splice(ws)
-        finally:
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
-            await ws.close()
-        return ws
+        return await self._websocket(request, self.config.max_frame,
+                                     lambda ws, _ip: self._run_splice(ws))
 
     async def _run_splice(self, ws: web.WebSocketResponse) -> None:
         try:
