@@ -51,10 +51,16 @@ class ConnectionManager:
         self._options = options or SessionOptions()
         self._links: dict[DeviceID, _Link] = {}
         self._dialer: asyncio.Task[None] | None = None
+        self._dial_now = asyncio.Event()
         documents.on_change(lambda _: self._wake_all())
 
     def start(self) -> None:
         self._dialer = asyncio.ensure_future(self._dial_loop())
+
+    async def discovered(self, peer: DeviceID, addresses: tuple[str, ...]) -> None:
+        """A trusted peer was found (mDNS): remember where, and dial it now."""
+        await self._registry.record_seen(peer, list(addresses))
+        self._dial_now.set()
 
     async def stop(self) -> None:
         if self._dialer is not None:
@@ -154,7 +160,9 @@ class ConnectionManager:
                         continue
                     self._adopt(session, initiated_by_us=True)
                     break
-            await asyncio.sleep(self._redial)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dial_now.wait(), self._redial)
+            self._dial_now.clear()
 
     # -- status --------------------------------------------------------------------------
 

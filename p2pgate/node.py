@@ -26,6 +26,7 @@ from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
+from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
 from p2pgate.files import read_secret, write_file
@@ -56,6 +57,8 @@ class Node:
         self._trust: Trust | None = None
         self._manager: ConnectionManager | None = None
         self._listener: Listener | None = None
+        self._mdns: LanDiscovery | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._db: Database | None = None
         self._stopped = asyncio.Event()
         self.api_url = config.api_url
@@ -78,8 +81,9 @@ class Node:
         await trust.load()
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello)
+        disc_key = await discovery_key(db)
         pairing = PairingService(
-            self.identity, registry, lambda: self.name, await _discovery_key(db),
+            self.identity, registry, lambda: self.name, disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
                                      else cfg.listen[1]))
         self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle)
@@ -118,10 +122,27 @@ class Node:
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
         manager.start()
         log.info("P2P listening on %s:%d", host, self._listener.port)
+        if cfg.mdns:
+            await self._start_mdns(disc_key, self._listener.port, manager, trust)
         write_file(runtime_file(self.data_dir),
                    json.dumps({"api_url": self.api_url, "p2p_port": self._listener.port,
                                "pid": os.getpid()}).encode())
         log.info("API listening on %s", self.api_url)
+
+    async def _start_mdns(self, disc_key: bytes, port: int, manager: ConnectionManager,
+                          trust: Trust) -> None:
+        ips = [a.rsplit(":", 1)[0] for a in listen_addresses(self.config.listen[0], port)]
+
+        def on_event(event: PeerDiscovered | PeerLost) -> None:
+            if isinstance(event, PeerDiscovered):
+                task = asyncio.ensure_future(manager.discovered(event.device_id,
+                                                                event.addresses))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        self._mdns = LanDiscovery(ips, port, disc_key, trust.discovery_keys, on_event)
+        await self._mdns.start()
+        log.info("LAN discovery on %s", ", ".join(ips))
 
     def _hello(self) -> Hello:
         return Hello(str(self.identity.device_id), self.name,
@@ -129,6 +150,10 @@ class Node:
 
     async def stop(self) -> None:
         runtime_file(self.data_dir).unlink(missing_ok=True)
+        if self._mdns is not None:
+            await self._mdns.stop()
+        for task in list(self._background):
+            task.cancel()
         if self._listener is not None:
             await self._listener.stop()
         if self._manager is not None:
@@ -160,7 +185,7 @@ class Node:
             await self.stop()
 
 
-async def _discovery_key(db: Database) -> bytes:
+async def discovery_key(db: Database) -> bytes:
     """This device's discovery key (peers learn it at pairing), made on first use."""
 
     def _load(conn: Connection) -> bytes:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from p2pgate.identity import Identity
+from p2pgate.node import discovery_key
 from p2pgate.paths import DataDir
 from p2pgate.registry import DeviceRegistry
 from p2pgate.setup import initialise
@@ -158,12 +159,20 @@ def trust_each_other(a: NodeDir, b: NodeDir, a_addresses: Sequence[str] = (),
     """Write a completed pairing into both registries (what pairing would leave)."""
     k = k_pair or os.urandom(32)
 
+    async def _disc_key(node: NodeDir) -> bytes:
+        db = await Database.open(node.data_dir.database, load_key(node.data_dir.database_key))
+        try:
+            return await discovery_key(db)  # the key the node advertises with
+        finally:
+            await db.close()
+
     async def _one(me: NodeDir, other: NodeDir, addresses: Sequence[str]) -> None:
+        other_disc = await _disc_key(other)
         db = await Database.open(me.data_dir.database, load_key(me.data_dir.database_key))
         try:
             registry = DeviceRegistry(db)
             await registry.begin_pairing(other.identity.cert_der, other.name)
-            await registry.complete_pairing(other.identity.device_id, k, os.urandom(32))
+            await registry.complete_pairing(other.identity.device_id, k, other_disc)
             if addresses:
                 await registry.record_seen(other.identity.device_id, addresses)
         finally:

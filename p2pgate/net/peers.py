@@ -50,6 +50,7 @@ class Trust:
         self._cert_file, self._key_file = cert_file, key_file
         self._certs: dict[DeviceID, bytes] = {}
         self._keys: dict[DeviceID, bytes] = {}
+        self._disc: dict[DeviceID, bytes] = {}
         self.server_context: ssl.SSLContext | None = None
         self.client_context: ssl.SSLContext | None = None
         self.sessions: dict[DeviceID, set[Session]] = {}
@@ -60,6 +61,7 @@ class Trust:
         devices = await self.registry.trusted()
         self._certs = {d.device_id: d.cert_der for d in devices}
         self._keys = {d.device_id: d.k_pair for d in devices if d.k_pair}
+        self._disc = {d.device_id: d.disc_key for d in devices if d.disc_key}
         ders = list(self._certs.values())
         # contexts load the key and certificate files: off the event loop
         self.server_context = await asyncio.to_thread(
@@ -77,6 +79,10 @@ class Trust:
     def keys(self) -> list[tuple[DeviceID, bytes]]:
         return list(self._keys.items())
 
+    def discovery_keys(self) -> dict[DeviceID, bytes]:
+        """Trusted peers' discovery keys (to recognise them on the LAN)."""
+        return dict(self._disc)
+
     def key_of(self, device: DeviceID) -> bytes | None:
         return self._keys.get(device)
 
@@ -87,6 +93,7 @@ class Trust:
         if change.new_state is not DeviceState.TRUSTED:
             self._certs.pop(change.device_id, None)
             self._keys.pop(change.device_id, None)
+            self._disc.pop(change.device_id, None)
             for session in list(self.sessions.get(change.device_id, ())):
                 log.info("closing session with %s: device is %s", change.device_id.short,
                          change.new_state or "removed")

@@ -1,0 +1,61 @@
+"""LAN discovery between real nodes in namespaces; a stranger learns nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from tests.lab import make_node_dir, trust_each_other, wait_for
+
+pytestmark = pytest.mark.netns
+
+BROWSE = textwrap.dedent("""
+    import json, sys, time
+    from zeroconf import IPVersion, ServiceBrowser, Zeroconf
+    zc = Zeroconf(interfaces=[sys.argv[1]], ip_version=IPVersion.V4Only)
+    found = {}
+    def on_change(zeroconf, service_type, name, state_change):
+        found[name] = None
+    browser = ServiceBrowser(zc, "_p2pgate._tcp.local.", handlers=[on_change])
+    time.sleep(4)
+    out = []
+    for name in found:
+        info = zc.get_service_info("_p2pgate._tcp.local.", name, 3000)
+        if info:
+            out.append({"name": name, "server": info.server,
+                        "txt": {k.decode(): (v or b"").decode()
+                                for k, v in info.properties.items()}})
+    browser.cancel(); zc.close()
+    print(json.dumps(out))
+""")
+
+
+def test_paired_nodes_find_each_other_and_a_stranger_sees_only_noise(lab, tmp_path):
+    phone_host, desk_host, evil = lab.host("phone"), lab.host("desk"), lab.host("evil")
+    phone, desk = make_node_dir(tmp_path, "phone"), make_node_dir(tmp_path, "desk")
+    trust_each_other(phone, desk)  # paired, but neither knows where the other is
+    for host, node in ((phone_host, phone), (desk_host, desk)):
+        host.spawn(sys.executable, "-m", "p2pgate", "--data-dir", str(node.data_dir.root),
+                   "node", "--api", "127.0.0.1:0", "--listen", f"{host.ip}:7771", "--no-dht",
+                   log=tmp_path / f"{node.name}.log")
+
+    def peers(host, node):
+        result = host.run(sys.executable, "-m", "p2pgate", "--data-dir",
+                          str(node.data_dir.root), "status", "--json")
+        return json.loads(result.stdout)["peers"] if result.returncode == 0 else None
+
+    connected = wait_for(lambda: peers(desk_host, desk), timeout=30, what="mDNS session")
+    assert connected[0]["name"] == "phone"
+    assert "LAN: found" in (tmp_path / "desk.log").read_text()
+
+    seen = json.loads(evil.run(sys.executable, "-c", BROWSE, evil.ip, timeout=30).stdout)
+    assert len(seen) == 2  # the services are visible ...
+    text = json.dumps(seen)
+    for node in (phone, desk):  # ... but say nothing about who runs them
+        assert node.device_id not in text
+        assert node.device_id.replace("-", "") not in text
+        assert node.name not in text
+    assert all(set(s["txt"]) == {"v", "n", "t"} for s in seen)
