@@ -26,7 +26,7 @@ from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
-from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost
+from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviter
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
 from p2pgate.files import read_secret, write_file
@@ -123,14 +123,14 @@ class Node:
         manager.start()
         log.info("P2P listening on %s:%d", host, self._listener.port)
         if cfg.mdns:
-            await self._start_mdns(disc_key, self._listener.port, manager, trust)
+            await self._start_mdns(disc_key, self._listener.port, manager, trust, pairing)
         write_file(runtime_file(self.data_dir),
                    json.dumps({"api_url": self.api_url, "p2p_port": self._listener.port,
                                "pid": os.getpid()}).encode())
         log.info("API listening on %s", self.api_url)
 
     async def _start_mdns(self, disc_key: bytes, port: int, manager: ConnectionManager,
-                          trust: Trust) -> None:
+                          trust: Trust, pairing: PairingService) -> None:
         ips = [a.rsplit(":", 1)[0] for a in listen_addresses(self.config.listen[0], port)]
 
         def on_event(event: PeerDiscovered | PeerLost) -> None:
@@ -140,8 +140,16 @@ class Node:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-        self._mdns = LanDiscovery(ips, port, disc_key, trust.discovery_keys, on_event)
-        await self._mdns.start()
+        self._mdns = mdns = LanDiscovery(ips, port, disc_key, trust.discovery_keys, on_event)
+        await mdns.start()
+
+        def advertise_code(code: bytes | None) -> None:
+            task = asyncio.ensure_future(mdns.set_pairing_code(code))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        pairing.on_offer_change = advertise_code
+        pairing.find_inviter = lambda code: find_inviter(ips, code)
         log.info("LAN discovery on %s", ", ".join(ips))
 
     def _hello(self) -> Hello:

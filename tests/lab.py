@@ -183,9 +183,10 @@ def trust_each_other(a: NodeDir, b: NodeDir, a_addresses: Sequence[str] = (),
     return k
 
 
-def node_argv(node: NodeDir, listen: str, api: str = "127.0.0.1:0") -> list[str]:
+def node_argv(node: NodeDir, listen: str, api: str = "127.0.0.1:0", mdns: bool = False
+              ) -> list[str]:
     return [sys.executable, "-m", "p2pgate", "--data-dir", str(node.data_dir.root), "node",
-            "--api", api, "--listen", listen, "--no-mdns", "--no-dht"]
+            "--api", api, "--listen", listen, "--no-dht", *([] if mdns else ["--no-mdns"])]
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.2,

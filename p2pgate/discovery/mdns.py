@@ -4,7 +4,8 @@ A device advertises a random instance name and a random host name (never its own
 name), re-rolled every 15 minutes and on `reroll()`. Its TXT record holds `v`
 (protocol version), `n` (8 random bytes) and `t` = HMAC(K_disc, n)[:8] with its own
 discovery key, which only its paired peers know: they recognise `t`, strangers see
-a service that says nothing stable about who runs it.
+a service that says nothing stable about who runs it. While a pairing code is open,
+`p` = HMAC(SHA-256(code), n)[:8] lets the joiner who typed the code find this device.
 """
 
 from __future__ import annotations
@@ -25,17 +26,60 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from p2pgate.deviceid import DeviceID
 
-__all__ = ["SERVICE", "LanDiscovery", "PeerDiscovered", "PeerLost", "discovery_tag"]
+__all__ = [
+    "SERVICE", "LanDiscovery", "PeerDiscovered", "PeerLost", "discovery_tag", "find_inviter",
+    "pairing_key",
+]
 
 log = logging.getLogger("p2pgate.discovery")
 
 SERVICE = "_p2pgate._tcp.local."
 VERSION = b"1"
 REROLL = 15 * 60.0
+FIND_TIMEOUT = 5.0  # how long a joiner browses for the device showing its code
 
 
 def discovery_tag(disc_key: bytes, nonce: bytes) -> bytes:
     return hmac.new(disc_key, b"p2pgate-mdns" + nonce, hashlib.sha256).digest()[:8]
+
+
+def pairing_key(code: bytes) -> bytes:
+    """Key of the `p` tag an inviter advertises while its code is open."""
+    return hashlib.sha256(b"p2pgate-pairing-mdns" + code).digest()
+
+
+async def find_inviter(interfaces: list[str], code: bytes) -> list[str]:
+    """Browse the LAN for the device advertising this pairing code; its HOST:PORTs."""
+    key = pairing_key(code)
+    zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+    names: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_change(zeroconf: Zeroconf, service_type: str, name: str,
+                  state_change: ServiceStateChange) -> None:
+        if state_change is not ServiceStateChange.Removed:
+            names.put_nowait(name)
+
+    browser = AsyncServiceBrowser(zc.zeroconf, [SERVICE], handlers=[on_change])
+    try:
+        async with asyncio.timeout(FIND_TIMEOUT):
+            while True:
+                name = await names.get()
+                info = AsyncServiceInfo(SERVICE, name)
+                if not await info.async_request(zc.zeroconf, 2000):
+                    continue
+                props = info.properties or {}
+                try:
+                    nonce = bytes.fromhex((props.get(b"n") or b"").decode())
+                    tag = bytes.fromhex((props.get(b"p") or b"").decode())
+                except ValueError:
+                    continue
+                if tag and hmac.compare_digest(discovery_tag(key, nonce), tag):
+                    return [f"{ip}:{info.port}" for ip in info.parsed_addresses()]
+    except TimeoutError:
+        return []
+    finally:
+        await browser.async_cancel()
+        await zc.async_close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +114,7 @@ class LanDiscovery:
         self._seen: dict[str, DeviceID] = {}  # service name -> device
         self._tasks: set[asyncio.Task[None]] = set()
         self._reroller: asyncio.Task[None] | None = None
+        self._pairing_key: bytes | None = None
 
     async def start(self) -> None:
         self._zc = AsyncZeroconf(interfaces=self._interfaces, ip_version=IPVersion.V4Only)
@@ -88,6 +133,11 @@ class LanDiscovery:
         if self._zc is not None:
             await self._zc.async_close()
 
+    async def set_pairing_code(self, code: bytes | None) -> None:
+        """Advertise (or stop advertising) that a pairing code is open here."""
+        self._pairing_key = None if code is None else pairing_key(code)
+        await self.reroll()
+
     async def reroll(self) -> None:
         """New instance name, host name and nonce (also on network change)."""
         if self._zc is not None and self._info is not None:
@@ -103,11 +153,14 @@ class LanDiscovery:
         assert self._zc is not None  # noqa: S101
         nonce = os.urandom(8)
         label = secrets.token_hex(6)
+        props = {b"v": VERSION, b"n": nonce.hex().encode(),
+                 b"t": discovery_tag(self._disc_key, nonce).hex().encode()}
+        if self._pairing_key is not None:
+            props[b"p"] = discovery_tag(self._pairing_key, nonce).hex().encode()
         self._info = AsyncServiceInfo(
             SERVICE, f"{label}.{SERVICE}", port=self._port, server=f"{label}.local.",
             addresses=[socket.inet_aton(ip) for ip in self._interfaces],
-            properties={b"v": VERSION, b"n": nonce.hex().encode(),
-                        b"t": discovery_tag(self._disc_key, nonce).hex().encode()},
+            properties=props,
         )
         await self._zc.async_register_service(self._info)
 

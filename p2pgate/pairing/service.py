@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,9 @@ class PairingService:
         self._addresses = addresses
         self._clock = clock
         self.offers: dict[int, Offer] = {}
+        # set by the node: LAN lookup by code, and a hook to advertise open codes
+        self.find_inviter: Callable[[bytes], Awaitable[list[str]]] | None = None
+        self.on_offer_change: Callable[[bytes | None], None] | None = None
 
     def _me(self) -> tuple[Identity, bytes]:
         part = os.urandom(32)
@@ -136,6 +139,8 @@ class PairingService:
                 break
         offer = Offer(nameplate, code, secret, now + ttl, repair)
         self.offers[nameplate] = offer
+        if self.on_offer_change is not None:
+            self.on_offer_change(code.encode())
         return offer, make_uri(code, secret, self._addresses(), [])
 
     def status(self, nameplate: int) -> Offer | None:
@@ -171,6 +176,8 @@ class PairingService:
                 offer.failures += 1
                 if offer.failures >= MAX_FAILURES:
                     offer.state, offer.reason = "failed", "too many wrong attempts"
+                    if self.on_offer_change is not None:
+                        self.on_offer_change(None)
                     await chan.send(t="fail", reason="too many wrong attempts; make a new code")
                 else:
                     await chan.send(t="fail", reason="wrong code")
@@ -184,6 +191,8 @@ class PairingService:
             result = derive(role, mine, peer)
             await self._trust(result, offer.repair)
             offer.state, offer.result = "paired", result
+            if self.on_offer_change is not None:
+                self.on_offer_change(None)
             await chan.send(t="done")
             log.info("paired with %s (%s); verification %s", peer.name,
                      peer.device_id.short, result.verification)
@@ -205,10 +214,12 @@ class PairingService:
         except BadCode as exc:
             raise PairingFailed(str(exc)) from None
         candidates = [address] if address else list(invitation.addresses)
+        if not candidates and invitation.kind == "code" and self.find_inviter is not None:
+            candidates = await self.find_inviter(invitation.password)
         if not candidates:
             raise PairingFailed(
-                "no address to reach the other device: LAN discovery is not built yet, so "
-                "use the pairing URI (it carries addresses) or give an address")
+                "cannot find the device showing this code on the LAN; check that both are "
+                "on the same network, or use the URI of its QR code")
         errors = []
         for candidate in candidates:
             host, _, port = candidate.rpartition(":")
