@@ -117,6 +117,7 @@ class ConnectionManager:
             await self._registry.record_seen(session.peer, addresses)
             await self._documents.peer_open(peer)
             while not session.closed:
+                link.wake.clear()  # before the step: a change during it wakes us again
                 received, inbox[:] = list(inbox), []
                 out, closed, timer = await self._documents.peer_step(peer, received)
                 for message in out:
@@ -124,7 +125,6 @@ class ConnectionManager:
                 if closed:
                     await session.close("sync session ended")
                     break
-                link.wake.clear()
                 if inbox:
                     continue
                 delay = 5.0 if timer is None else max(0.0, min(5.0, timer - time.time()))
