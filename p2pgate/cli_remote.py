@@ -56,6 +56,14 @@ def _run(args: argparse.Namespace, action: Callable[[Client], Awaitable[Any]]) -
     return 0
 
 
+def _progress(backlog: int, total: int, width: int = 20) -> str:
+    """A text progress bar of what the peer already holds of our changes."""
+    done = 1.0 if total == 0 else (total - backlog) / total
+    filled = round(done * width)
+    label = "synced" if backlog == 0 else f"{backlog} to send"
+    return f"{'█' * filled}{'░' * (width - filled)} {done:4.0%} {label}"
+
+
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     table = Table(title=title, title_justify="left")
     for col in columns:
@@ -76,7 +84,16 @@ def _status(args: argparse.Namespace) -> int:
         ]
         if not peers.items:
             lines.append("No peers connected.")
-        return "\n".join(lines)
+            return "\n".join(lines)
+        table = _table("Peers", ["name", "id", "path", "address", "rtt", "sync"], [
+            [p["name"], p["device_id"][:7], p["path"], p["address"],
+             "" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms",
+             _progress(p.get("backlog", 0), p.get("changes", 0))]
+            for p in peers.items
+        ])
+        console = Console()
+        console.print("\n".join(lines))
+        return table
 
     return _run(args, action)
 

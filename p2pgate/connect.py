@@ -176,5 +176,7 @@ class ConnectionManager:
                 "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
                 "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
                 "last_sync": self._documents.last_synced.get(str(device_id)),
+                "backlog": self._documents.backlog.get(str(device_id), (0, 0))[0],
+                "changes": self._documents.backlog.get(str(device_id), (0, 0))[1],
             })
         return out

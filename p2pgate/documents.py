@@ -55,6 +55,7 @@ class Documents:
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._cache: OrderedDict[tuple[str, str], DocumentView] = OrderedDict()
         self.last_synced: dict[str, float] = {}
+        self.backlog: dict[str, tuple[int, int]] = {}  # peer -> (changes it lacks, ours)
         self._flusher: asyncio.Future[None] | None = None
 
     @classmethod
@@ -114,6 +115,9 @@ class Documents:
             if held is not None and held <= now:
                 self.replica.handle_timer(now)
             out = session.messages_to_send(now)
+            ours, theirs = self.replica.version_vector(), session.peer_version_vector()
+            self.backlog[peer] = (sum(max(0, seq - theirs.get(origin, 0))
+                                      for origin, seq in ours.items()), sum(ours.values()))
             timers = [t for t in (session.get_timer(), self.replica.get_timer()) if t]
             return out, session.closed, min(timers) if timers else None
 

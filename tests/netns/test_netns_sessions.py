@@ -85,6 +85,14 @@ def test_two_namespaces_open_a_pinned_session_and_a_stranger_learns_nothing(lab,
                                           desk.admin_token()).stdout.strip(),
                     what="note on the desktop")
     assert json.loads(seen)["data"] == {"title": "from the phone"}
+    def human_status():
+        out = desk_host.run(sys.executable, "-m", "p2pgate", "--data-dir",
+                            str(desk.data_dir.root), "status").stdout
+        return out if "100% synced" in out else None
+
+    human = wait_for(human_status, what="a full progress bar")
+    assert "phone" in human
+    assert "direct" in human
 
     # the stranger is refused and learns nothing
     assert peers_of(stranger_host, stranger) == []
