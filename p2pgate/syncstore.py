@@ -83,15 +83,16 @@ def _unfield(data: list[Any]) -> FieldState:
 def encode_state(doc: DocState) -> bytes:
     return json.dumps(
         [_stamp(doc.deleted), _stamp(doc.touched),
-         {name: _field(state) for name, state in doc.fields.items()}],
+         {name: _field(state) for name, state in doc.fields.items()}, doc.version],
         separators=(",", ":"), ensure_ascii=False,
     ).encode()
 
 
 def decode_state(blob: bytes) -> DocState:
-    deleted, touched, fields = json.loads(blob)
+    deleted, touched, fields, *version = json.loads(blob)  # rows before v4 have no version
     return DocState(_unstamp(deleted), _unstamp(touched),
-                    {name: _unfield(f) for name, f in fields.items()})
+                    {name: _unfield(f) for name, f in fields.items()},
+                    version[0] if version else {})
 
 
 def _encode_change(change: Change) -> bytes:
@@ -145,6 +146,10 @@ class LibsqlStorage:
             "SELECT state FROM sync_docs WHERE collection = ? AND doc_id = ?",
             (collection, doc_id)).fetchone()
         return None if row is None else decode_state(row[0])
+
+    def collections(self) -> list[str]:
+        return [r[0] for r in self._conn.execute(
+            "SELECT DISTINCT collection FROM sync_docs ORDER BY collection").fetchall()]
 
     def list_docs(self, collection: str, after: str | None, limit: int
                   ) -> list[tuple[str, DocState]]:

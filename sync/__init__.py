@@ -21,6 +21,7 @@ from sync.codec import (
 )
 from sync.errors import LocalProtocolError, RemoteProtocolError, SyncError
 from sync.events import (
+    ChangeRefused,
     ClockSkewDetected,
     DocumentChanged,
     Event,
@@ -30,7 +31,7 @@ from sync.events import (
     SessionClosed,
 )
 from sync.model import Change, DocState, Edit
-from sync.policy import AllowAll, SyncPolicy
+from sync.policy import CollectionPolicy, PeerPolicy
 from sync.replica import DocumentNotFound, Replica
 from sync.session import PeerSession, SessionState
 from sync.storage import Batch, MemoryStorage, Storage, StoredState
@@ -39,9 +40,10 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "WIRE_VERSION",
     "Ack",
-    "AllowAll",
     "Batch",
     "Change",
+    "ChangeRefused",
+    "CollectionPolicy",
     "ChangesMessage",
     "ClockSkewDetected",
     "Close",
@@ -55,6 +57,7 @@ __all__ = [
     "LocalProtocolError",
     "MemoryStorage",
     "Message",
+    "PeerPolicy",
     "PeerSession",
     "PeerSynced",
     "ProtocolErrorOccurred",
@@ -66,7 +69,6 @@ __all__ = [
     "Storage",
     "StoredState",
     "SyncError",
-    "SyncPolicy",
     "decode",
     "encode",
 ]

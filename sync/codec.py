@@ -6,13 +6,15 @@ with per-message string tables and delta-coded stamps make a one-field edit abou
 25 bytes, where JSON would repeat a 60-character device ID in every change.
 
     message  = version:u8 type:u8 body            (at most MAX_MESSAGE_SIZE bytes)
-    HELLO    = need_reply:u8 device:str vv
+    HELLO    = need_reply:u8 device:str vv [policy:value]
     CHANGES  = strings:count str* count change*
     change   = origin:ref dseq:uv dhlc:zz signature:bytes count edit*
     edit     = collection:ref doc:str flags:u8 count op*
     op       = kind:u8 field:ref payload             (see `_write_op`)
     ACK      = vv
     CLOSE    = code:uv reason:str
+    RECON    = round:uv ranges                         (see `sync.rbsr`)
+    DOCS     = count (collection:str doc:str state:bytes)*   (see `sync.statecodec`)
     vv       = count (origin:str seq:uv)*
     value    = tag:u8 ...  null false true int(zz) float(f64) str list dict
 
@@ -23,10 +25,8 @@ the message. Any input either decodes or raises RemoteProtocolError.
 
 from __future__ import annotations
 
-import math
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sync.clock import MAX_HLC
@@ -39,12 +39,25 @@ from sync.model import (
     K_LWW,
     K_REMOVE,
     K_RESET,
+    K_STATE,
     K_TEXT,
     K_TEXT_QUIET,
     K_UNSET,
     Change,
+    DocState,
     Edit,
     FieldOp,
+)
+from sync.rbsr import Range, decode_ranges, encode_ranges
+from sync.statecodec import decode_state, encode_state
+from sync.wire import (
+    Reader,
+    put_bytes,
+    put_str,
+    put_uv,
+    put_value,
+    put_vv,
+    put_zz,
 )
 
 __all__ = [
@@ -60,16 +73,17 @@ __all__ = [
     "ChangesEncoder",
     "ChangesMessage",
     "Close",
+    "DocsMessage",
     "Hello",
     "Message",
+    "Recon",
     "decode",
     "encode",
+    "encode_docs",
 ]
 
 WIRE_VERSION = 1
 MAX_MESSAGE_SIZE = 4 << 20
-MAX_STRING = 1 << 20
-MAX_DEPTH = 32
 
 CLOSE_NORMAL = 0
 CLOSE_BAD_MESSAGE = 1
@@ -78,10 +92,9 @@ CLOSE_VERSION = 3
 CLOSE_WRONG_PEER = 4
 CLOSE_REPLACED = 5
 
-T_HELLO, T_CHANGES, T_ACK, T_CLOSE = 1, 2, 3, 4
-V_NULL, V_FALSE, V_TRUE, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT = range(8)
-_F64 = struct.Struct(">d")
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+T_HELLO, T_CHANGES, T_ACK, T_CLOSE, T_RECON, T_DOCS = 1, 2, 3, 4, 5, 6
+_INT_MAX = 2**63 - 1
+_uv, _zz, _str, _bytes, _value, _vv = put_uv, put_zz, put_str, put_bytes, put_value, put_vv
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,7 @@ class Hello:
     version_vector: dict[str, int]
     need_reply: bool = True
     version: int = WIRE_VERSION
+    policy: dict[str, Any] | None = None  # the sender's policy for the receiver
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,69 +122,21 @@ class Close:
     reason: str = ""
 
 
-Message = Hello | ChangesMessage | Ack | Close
+@dataclass(frozen=True, slots=True)
+class Recon:
+    round: int
+    ranges: list[Range]
+
+
+@dataclass(frozen=True, slots=True)
+class DocsMessage:
+    docs: list[tuple[str, str, DocState]] = field(default_factory=list)
+
+
+Message = Hello | ChangesMessage | Ack | Close | Recon | DocsMessage
 
 
 # ---------------------------------------------------------------- encoding
-
-
-def _uv(out: bytearray, n: int) -> None:
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
-def _zz(out: bytearray, n: int) -> None:
-    _uv(out, (n << 1) if n >= 0 else ((-n) << 1) - 1)
-
-
-def _str(out: bytearray, s: str) -> None:
-    b = s.encode()
-    _uv(out, len(b))
-    out += b
-
-
-def _bytes(out: bytearray, b: bytes) -> None:
-    _uv(out, len(b))
-    out += b
-
-
-def _value(out: bytearray, v: Any) -> None:
-    kind = type(v)
-    if kind is str:
-        out.append(V_STR)
-        _str(out, v)
-    elif v is None:
-        out.append(V_NULL)
-    elif kind is bool:
-        out.append(V_TRUE if v else V_FALSE)
-    elif kind is int:
-        out.append(V_INT)
-        _zz(out, v)
-    elif kind is float:
-        out.append(V_FLOAT)
-        out += _F64.pack(v)
-    elif kind is list:
-        out.append(V_LIST)
-        _uv(out, len(v))
-        for item in v:
-            _value(out, item)
-    elif kind is dict:
-        out.append(V_DICT)
-        _uv(out, len(v))
-        for k, item in v.items():
-            _str(out, k)
-            _value(out, item)
-    else:
-        raise LocalProtocolError(f"cannot encode {kind.__name__}")
-
-
-def _vv(out: bytearray, vv: dict[str, int]) -> None:
-    _uv(out, len(vv))
-    for origin, seq in vv.items():
-        _str(out, origin)
-        _uv(out, seq)
 
 
 class ChangesEncoder:
@@ -263,6 +229,8 @@ class ChangesEncoder:
                 _str(body, key)
         elif kind in (K_TEXT, K_TEXT_QUIET):
             _bytes(body, a)
+        elif kind == K_STATE:
+            _bytes(body, encode_state(a))
         else:
             raise LocalProtocolError(f"unknown op kind {kind}")
 
@@ -278,6 +246,19 @@ class ChangesEncoder:
         return bytes(out)
 
 
+def encode_docs(docs: list[tuple[str, str, bytes]]) -> bytes:
+    """A DOCS message from already encoded states."""
+    out = bytearray((WIRE_VERSION, T_DOCS))
+    _uv(out, len(docs))
+    for collection, doc_id, state in docs:
+        _str(out, collection)
+        _str(out, doc_id)
+        _bytes(out, state)
+    if len(out) > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError("message too large")
+    return bytes(out)
+
+
 def encode(msg: Message) -> bytes:
     """Encode a message; raises LocalProtocolError if it cannot be sent."""
     if isinstance(msg, ChangesMessage):
@@ -291,9 +272,17 @@ def encode(msg: Message) -> bytes:
         out.append(1 if msg.need_reply else 0)
         _str(out, msg.device_id)
         _vv(out, msg.version_vector)
+        if msg.policy is not None:
+            _value(out, msg.policy)
     elif isinstance(msg, Ack):
         out.append(T_ACK)
         _vv(out, msg.version_vector)
+    elif isinstance(msg, Recon):
+        out.append(T_RECON)
+        _uv(out, msg.round)
+        encode_ranges(out, msg.ranges)
+    elif isinstance(msg, DocsMessage):
+        return encode_docs([(c, d, encode_state(s)) for c, d, s in msg.docs])
     else:
         out.append(T_CLOSE)
         _uv(out, msg.code)
@@ -306,118 +295,7 @@ def encode(msg: Message) -> bytes:
 # ---------------------------------------------------------------- decoding
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def fail(self, what: str) -> RemoteProtocolError:
-        return RemoteProtocolError(f"bad message at byte {self.pos}: {what}")
-
-    def u8(self) -> int:
-        pos = self.pos
-        if pos >= len(self.data):
-            raise self.fail("truncated")
-        self.pos = pos + 1
-        return self.data[pos]
-
-    def uv(self, bound: int = 2**64) -> int:
-        data, pos, shift, n = self.data, self.pos, 0, 0
-        end = len(data)
-        while True:
-            if pos >= end:
-                raise self.fail("truncated varint")
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise self.fail("varint too long")
-        self.pos = pos
-        if n >= bound:
-            raise self.fail("number out of range")
-        return n
-
-    def zz(self) -> int:
-        n = self.uv()
-        return (n >> 1) if not n & 1 else -((n + 1) >> 1)
-
-    def count(self) -> int:
-        n = self.uv()
-        if n > len(self.data) - self.pos:
-            raise self.fail("count exceeds message")
-        return n
-
-    def raw(self, limit: int = MAX_STRING) -> bytes:
-        n = self.uv()
-        if n > limit or n > len(self.data) - self.pos:
-            raise self.fail("length out of range")
-        pos = self.pos
-        self.pos = pos + n
-        return self.data[pos : pos + n]
-
-    def text(self, limit: int = MAX_STRING) -> str:
-        try:
-            return self.raw(limit).decode()
-        except UnicodeDecodeError:
-            raise self.fail("invalid UTF-8") from None
-
-    def name(self) -> str:
-        s = self.text(256)
-        if not s:
-            raise self.fail("empty name")
-        return s
-
-    def value(self, depth: int = 0) -> Any:
-        tag = self.u8()
-        if tag == V_STR:
-            return self.text()
-        if tag == V_INT:
-            n = self.zz()
-            if not _INT_MIN <= n <= _INT_MAX:
-                raise self.fail("integer out of range")
-            return n
-        if tag == V_NULL:
-            return None
-        if tag == V_FALSE:
-            return False
-        if tag == V_TRUE:
-            return True
-        if tag == V_FLOAT:
-            if len(self.data) - self.pos < 8:
-                raise self.fail("truncated float")
-            (f,) = _F64.unpack_from(self.data, self.pos)
-            self.pos += 8
-            if not math.isfinite(f):
-                raise self.fail("non-finite number")
-            return f
-        if depth >= MAX_DEPTH:
-            raise self.fail("value nested too deeply")
-        if tag == V_LIST:
-            return [self.value(depth + 1) for _ in range(self.count())]
-        if tag == V_DICT:
-            out = {}
-            for _ in range(self.count()):
-                key = self.text()
-                out[key] = self.value(depth + 1)
-            return out
-        raise self.fail(f"unknown value tag {tag}")
-
-    def vv(self) -> dict[str, int]:
-        out = {}
-        for _ in range(self.count()):
-            origin = self.name()
-            if origin in out:
-                raise self.fail("repeated origin")
-            out[origin] = self.uv(MAX_HLC)
-        return out
-
-
-def _read_changes(r: _Reader) -> ChangesMessage:
+def _read_changes(r: Reader) -> ChangesMessage:
     table = [r.name() for _ in range(r.count())]
     ntable = len(table)
 
@@ -443,6 +321,8 @@ def _read_changes(r: _Reader) -> ChangesMessage:
         edits = []
         for _ in range(r.count()):
             collection = ref()
+            if "\0" in collection:
+                raise r.fail("NUL in a collection name")
             doc_id = r.name()
             flags = r.u8()
             if flags > 3:
@@ -453,7 +333,7 @@ def _read_changes(r: _Reader) -> ChangesMessage:
     return ChangesMessage(changes)
 
 
-def _read_op(r: _Reader, ref: Callable[[], str], hlc: int) -> FieldOp:
+def _read_op(r: Reader, ref: Callable[[], str], hlc: int) -> FieldOp:
     kind = r.u8()
     name = ref()
     if kind == K_LWW:
@@ -483,6 +363,8 @@ def _read_op(r: _Reader, ref: Callable[[], str], hlc: int) -> FieldOp:
             origin = ref()
             tags.append((tag_hlc, origin, r.text()))
         return (kind, name, frozenset(tags), None)
+    if kind == K_STATE:
+        return (K_STATE, name, decode_state(r.raw()), None)
     if kind in (K_TEXT, K_TEXT_QUIET):
         from sync.text import validate_update
 
@@ -492,13 +374,20 @@ def _read_op(r: _Reader, ref: Callable[[], str], hlc: int) -> FieldOp:
     raise r.fail(f"unknown op kind {kind}")
 
 
+def _collection(r: Reader) -> str:
+    name = r.name()
+    if "\0" in name:
+        raise r.fail("NUL in a collection name")
+    return name
+
+
 def decode(data: bytes) -> Message:
     """Decode one message. Raises RemoteProtocolError, and nothing else, on bad input."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise LocalProtocolError("decode takes bytes")
     if len(data) > MAX_MESSAGE_SIZE:
         raise RemoteProtocolError("message too large")
-    r = _Reader(bytes(data))
+    r = Reader(bytes(data))
     try:
         version = r.u8()
         if version != WIRE_VERSION:
@@ -511,11 +400,21 @@ def decode(data: bytes) -> Message:
             need = r.u8()
             if need > 1:
                 raise r.fail("bad flag")
-            msg = Hello(r.name(), r.vv(), bool(need))
+            device, vv = r.name(), r.vv()
+            policy = r.value() if r.pos < len(r.data) else None
+            msg = Hello(device, vv, bool(need), policy=policy)
         elif kind == T_ACK:
             msg = Ack(r.vv())
         elif kind == T_CLOSE:
             msg = Close(r.uv(2**32), r.text(1024))
+        elif kind == T_RECON:
+            msg = Recon(r.uv(2**32), decode_ranges(r))
+        elif kind == T_DOCS:
+            docs = []
+            for _ in range(r.count()):
+                collection, doc_id = _collection(r), r.name()
+                docs.append((collection, doc_id, decode_state(r.raw(MAX_MESSAGE_SIZE))))
+            msg = DocsMessage(docs)
         else:
             raise r.fail(f"unknown message type {kind}")
     except RecursionError:

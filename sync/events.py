@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ChangeRefused",
     "ClockSkewDetected",
     "DocumentChanged",
     "Event",
@@ -36,6 +37,16 @@ class ClockSkewDetected:
     seq: int
     hlc: int
     ahead_by: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRefused:
+    """A peer sent a document its policy does not let it write; nothing was applied."""
+
+    peer_id: str
+    collection: str
+    doc_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,7 @@ class SessionClosed:
 Event = (
     DocumentChanged
     | ClockSkewDetected
+    | ChangeRefused
     | QuarantineReleased
     | PeerSynced
     | ProtocolErrorOccurred

@@ -56,6 +56,7 @@ __all__ = [
     "K_LWW",
     "K_REMOVE",
     "K_RESET",
+    "K_STATE",
     "K_TEXT",
     "K_TEXT_QUIET",
     "K_UNSET",
@@ -64,6 +65,9 @@ __all__ = [
     "Edit",
     "FieldOp",
     "apply_edit",
+    "contains_edit",
+    "filter_view",
+    "newest_stamp",
     "doc_conflicts",
     "doc_visible",
     "merge_docs",
@@ -84,6 +88,7 @@ K_REMOVE = 6  # a = frozenset of (hlc, origin, element key) removed (a write: up
 K_UNSET = 7  # a = the same, removed by a reset (does not update `last`)
 K_TEXT = 8  # a = Yjs update (a write)
 K_TEXT_QUIET = 9  # a = Yjs update of a reset (does not update `last`)
+K_STATE = 10  # a = a whole DocState, joined in (a replica forwarding what it merged)
 
 FieldOp = tuple[int, str, Any, Any]
 
@@ -111,11 +116,32 @@ class Change:
 
 @dataclass(slots=True)
 class DocState:
-    """Everything a replica keeps about one document (visible or not)."""
+    """Everything a replica keeps about one document (visible or not).
+
+    `version` maps each origin to the HLC of its newest edit merged in. Edits of one
+    origin reach a document in HLC order (changes apply in sequence order, states
+    are joined whole), so a state holds *every* edit of origin o stamped at or
+    before `version[o]`: two states with equal versions are equal, and an edit
+    stamped at or before its origin's entry is already in.
+    """
 
     deleted: Stamp | None = None
     touched: Stamp | None = None
     fields: dict[str, FieldState] = field(default_factory=dict)
+    version: dict[str, int] = field(default_factory=dict)
+
+
+def contains_edit(doc: DocState | None, stamp: Stamp) -> bool:
+    """Whether the edit stamped `stamp` is already merged into `doc`."""
+    return doc is not None and doc.version.get(stamp[1], 0) >= stamp[0]
+
+
+def _max_version(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for origin, hlc in b.items():
+        if hlc > out.get(origin, 0):
+            out[origin] = hlc
+    return out
 
 
 def op_delta(op: FieldOp, stamp: Stamp) -> FieldState:
@@ -142,16 +168,29 @@ def op_delta(op: FieldOp, stamp: Stamp) -> FieldState:
         return SetState({}, a)
     if kind == K_TEXT_QUIET:
         return TextState(a)
+    if kind == K_STATE:
+        raise AssertionError("a forwarded state is not a field operation")
     raise AssertionError(f"unknown op kind {kind}")
 
 
 def apply_edit(doc: DocState | None, edit: Edit, stamp: Stamp) -> DocState:
-    """A new state: `doc` with `edit` (stamped `stamp`) merged in. `doc` is not changed."""
+    """A new state: `doc` with `edit` (stamped `stamp`) merged in. `doc` is not changed.
+
+    A forwarded state (`K_STATE`) is joined in whole; it does not count as an edit of
+    the forwarding device.
+    """
+    if edit.ops and edit.ops[0][0] == K_STATE:
+        forwarded: DocState = edit.ops[0][2]
+        return forwarded if doc is None else merge_docs(doc, forwarded)
     if doc is None:
         deleted = touched = None
         fields: dict[str, FieldState] = {}
+        version = {stamp[1]: stamp[0]}
     else:
         deleted, touched, fields = doc.deleted, doc.touched, dict(doc.fields)
+        version = dict(doc.version)
+        if stamp[0] > version.get(stamp[1], 0):
+            version[stamp[1]] = stamp[0]
     flags = edit.flags
     if flags & F_DELETE and (deleted is None or stamp > deleted):
         deleted = stamp
@@ -162,7 +201,7 @@ def apply_edit(doc: DocState | None, edit: Edit, stamp: Stamp) -> DocState:
         delta = op_delta(op, stamp)
         old = fields.get(name)
         fields[name] = delta if old is None else merge_field(old, delta)
-    return DocState(deleted, touched, fields)
+    return DocState(deleted, touched, fields, version)
 
 
 def merge_docs(a: DocState, b: DocState) -> DocState:
@@ -171,7 +210,24 @@ def merge_docs(a: DocState, b: DocState) -> DocState:
     for name, state in b.fields.items():
         old = fields.get(name)
         fields[name] = state if old is None else merge_field(old, state)
-    return DocState(max_stamp(a.deleted, b.deleted), max_stamp(a.touched, b.touched), fields)
+    return DocState(max_stamp(a.deleted, b.deleted), max_stamp(a.touched, b.touched), fields,
+                    _max_version(a.version, b.version))
+
+
+def newest_stamp(doc: DocState) -> int:
+    """The HLC of the newest edit in `doc` (0 if none)."""
+    return max(doc.version.values(), default=0)
+
+
+def filter_view(doc: DocState) -> dict[str, Any]:
+    """The fields a document filter sees: the latest values, even of a deleted document,
+    so that a delete reaches every replica that held the document."""
+    out = {}
+    for name, state in doc.fields.items():
+        value = field_value(state)
+        if value is not ABSENT:
+            out[name] = value
+    return out
 
 
 def doc_visible(doc: DocState | None) -> bool:

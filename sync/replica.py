@@ -23,6 +23,7 @@ from typing import Any
 from sync.clock import COUNTER_BITS, HybridClock
 from sync.errors import LocalProtocolError
 from sync.events import (
+    ChangeRefused,
     ClockSkewDetected,
     DocumentChanged,
     Event,
@@ -30,17 +31,23 @@ from sync.events import (
 )
 from sync.fields import FIELD_TYPES
 from sync.model import (
+    K_STATE,
     Change,
     DocState,
     Edit,
     FieldOp,
     apply_edit,
+    contains_edit,
     doc_conflicts,
     doc_visible,
+    filter_view,
+    merge_docs,
+    newest_stamp,
     render_doc,
 )
 from sync.ops import check_name, delete_ops, patch_ops, put_ops
-from sync.policy import AllowAll, SyncPolicy
+from sync.policy import Flow, PeerPolicy
+from sync.rbsr import ItemSet, doc_key, item_digest
 from sync.session import PeerSession
 from sync.storage import Batch, MemoryStorage, Storage
 
@@ -48,6 +55,8 @@ __all__ = ["DocumentNotFound", "Replica"]
 
 DEFAULT_MAX_SKEW = 300.0
 _NO_TYPES: dict[str, int] = {}
+_COMPLETE = PeerPolicy()
+FORWARD_EDITS = 32  # merged states per forwarding change
 
 
 class DocumentNotFound(LocalProtocolError):
@@ -70,14 +79,13 @@ class Replica:
         max_skew: float = DEFAULT_MAX_SKEW,
         quarantine_limit: int = 10_000,
         retransmit_after: float = 15.0,
-        policy: SyncPolicy | None = None,
     ) -> None:
         self.device_id = check_name("device ID", device_id)
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.max_skew = max_skew
         self.quarantine_limit = quarantine_limit
         self.retransmit_after = retransmit_after
-        self.policy: SyncPolicy = policy if policy is not None else AllowAll()
+        self._policies: dict[str, PeerPolicy] = {}
         stored = self.storage.load()
         self.clock = HybridClock(stored.clock)
         self._vv: dict[str, int] = dict(stored.version_vector)
@@ -126,6 +134,7 @@ class Replica:
         self._events.append(
             DocumentChanged(collection, doc_id, me, seq, hlc, not doc_visible(new))
         )
+        self._changed([(collection, doc_id)])
         return new
 
     def _checked(self, collection: str, doc_id: str) -> dict[str, int]:
@@ -227,6 +236,41 @@ class Replica:
         """Per origin, the highest sequence applied (all before it are applied too)."""
         return dict(self._vv)
 
+    # ------------------------------------------------------------ policies
+
+    def set_policy(self, peer_id: str, policy: PeerPolicy) -> None:
+        """What may flow between us and `peer_id` from now on (default: everything)."""
+        if self._policies.get(peer_id, _COMPLETE) == policy:
+            return
+        self._policies[peer_id] = policy
+        session = self._sessions.get(peer_id)
+        if session is not None:
+            session.policy_changed()
+
+    def policy_for(self, peer_id: str) -> PeerPolicy:
+        return self._policies.get(peer_id, _COMPLETE)
+
+    def item_set(self, flow: Flow) -> ItemSet:
+        """The documents we may exchange under `flow`, as reconciliation items."""
+        items = []
+        storage = self.storage
+        for collection in storage.collections():
+            if not flow.shared(collection):
+                continue
+            filtered = flow.filtered(collection)
+            after = None
+            while True:
+                page = storage.list_docs(collection, after, 1000)
+                for doc_id, state in page:
+                    if filtered and not flow.matches(collection, filter_view(state)):
+                        continue
+                    key = doc_key(collection, doc_id)
+                    items.append((key, item_digest(key, state.version)))
+                if len(page) < 1000:
+                    break
+                after = page[-1][0]
+        return ItemSet(items)
+
     # ------------------------------------------------------------ peers
 
     def connect(self, peer_id: str, now: float) -> PeerSession:
@@ -249,6 +293,69 @@ class Replica:
     def _emit(self, event: Event) -> None:
         self._events.append(event)
 
+    def _changed(self, keys: list[tuple[str, str]], source: str | None = None,
+                 echo: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Tell state sessions which documents changed (not `source` about the `echo`
+        keys, whose new state is exactly what it sent)."""
+        for peer, session in self._sessions.items():
+            state = session.by_state
+            if state is None or session.closed:
+                continue
+            for key in keys:
+                if peer != source or key not in echo:
+                    state.doc_changed(key)
+
+    def _merge_states(self, peer_id: str, docs: list[tuple[str, str, DocState]], flow: Flow,
+                      now: float) -> float | None:
+        """Join document states a peer sent, as one atomic batch, and log the joined
+        states as our own changes so that complete replicas get them too. A state
+        stamped too far ahead is left aside; returns when to ask for it again."""
+        batch = Batch()
+        events: list[Event] = []
+        edits: list[Edit] = []
+        echo: set[tuple[str, str]] = set()
+        retry: float | None = None
+        for collection, doc_id, state in docs:
+            key = (collection, doc_id)
+            newest = newest_stamp(state)
+            if self._too_far_ahead(newest, now):
+                ahead = self.clock.ahead_by(newest, now)
+                events.append(ClockSkewDetected(peer_id, "", 0, newest, ahead))
+                at = now + ahead - self.max_skew + 1
+                retry = at if retry is None else min(retry, at)
+                continue
+            old = batch.docs.get(key) or self.storage.get_doc(collection, doc_id)
+            new = state if old is None else merge_docs(old, state)
+            if old is not None and new.version == old.version:
+                continue
+            if not flow.may_receive(collection, filter_view(new)):
+                events.append(ChangeRefused(peer_id, collection, doc_id,
+                                            "the policy for this device refuses it"))
+                continue
+            self.clock.observe(newest, now)
+            batch.docs[key] = new
+            edits.append(Edit(collection, doc_id, 0, ((K_STATE, "*", new, None),)))
+            if new.version == state.version:
+                echo.add(key)
+        if not edits:
+            self._events.extend(events)
+            return retry
+        me, seq = self.device_id, self._vv.get(self.device_id, 0)
+        for start in range(0, len(edits), FORWARD_EDITS):
+            seq += 1
+            hlc = self.clock.tick(now)
+            chunk = tuple(edits[start : start + FORWARD_EDITS])
+            batch.changes.append(Change(me, seq, hlc, chunk))
+            events.extend(DocumentChanged(e.collection, e.doc_id, peer_id, seq, hlc,
+                                          not doc_visible(batch.docs[(e.collection, e.doc_id)]))
+                          for e in chunk)
+        batch.clock = self.clock.last
+        self.storage.apply_batch(batch)
+        self._vv[me] = seq
+        self._events.extend(events)
+        self._changed(list(batch.docs), peer_id, echo)
+        return retry
+
     # ------------------------------------------------------------ remote changes
 
     def _known(self, origin: str) -> int:
@@ -270,7 +377,6 @@ class Replica:
             queue = held.get(origin)
             if change.seq != vv.get(origin, 0) + (len(queue) if queue else 0) + 1:
                 continue
-            change = self.policy.incoming(peer_id, change)
             if queue or self._too_far_ahead(change.hlc, now):
                 if nheld >= self.quarantine_limit:
                     continue
@@ -290,6 +396,7 @@ class Replica:
         self._vv = vv
         self._held = {o: cs for o, cs in held.items() if cs}
         self._events.extend(events)
+        self._changed(list(batch.docs))
 
     def _apply(self, change: Change, batch: Batch, events: list[Event], now: float) -> None:
         stamp = (change.hlc, change.origin)
@@ -299,7 +406,13 @@ class Replica:
             doc = docs.get(key)
             if doc is None:
                 doc = self.storage.get_doc(*key)
-            new = docs[key] = apply_edit(doc, edit, stamp)
+            forwarded = bool(edit.ops) and edit.ops[0][0] == K_STATE
+            if not forwarded and contains_edit(doc, stamp):
+                continue  # it reached us inside a forwarded state already
+            new = apply_edit(doc, edit, stamp)
+            if forwarded and doc is not None and new.version == doc.version:
+                continue
+            docs[key] = new
             events.append(
                 DocumentChanged(
                     edit.collection,
@@ -343,6 +456,7 @@ class Replica:
         self._vv = vv
         self._held = {o: cs for o, cs in held.items() if cs}
         self._events.extend(events)
+        self._changed(list(batch.docs))
 
     # ------------------------------------------------------------ quarantine
 

@@ -7,7 +7,11 @@ States:
 AWAITING_HELLO: our Hello (device ID, version vector) is out; it is re-sent on the
   retransmit timer until the peer's Hello arrives. Anything else is a protocol
   error.
-SYNCING: complete replicas reconcile with version vectors. We send, per origin,
+SYNCING: each Hello carries the sender's policy for the receiver. When both
+  policies let everything flow both ways, complete replicas reconcile with version
+  vectors, as below; otherwise documents are reconciled by state
+  (`sync.statesync`). A policy change sends a new Hello and both sides choose again.
+  With version vectors we send, per origin,
   the logged changes after what the peer is known to have (its Hello, its Acks,
   and the changes it sent us), at most `WINDOW` unacknowledged. We answer every
   Changes message with an Ack of our whole version vector. When no Ack progress
@@ -37,12 +41,16 @@ from sync.codec import (
     ChangesEncoder,
     ChangesMessage,
     Close,
+    DocsMessage,
     Hello,
+    Recon,
     encode,
 )
 from sync.codec import decode as decode_message
 from sync.errors import RemoteProtocolError
 from sync.events import PeerSynced, ProtocolErrorOccurred, SessionClosed
+from sync.policy import Flow, PeerPolicy
+from sync.statesync import StateSync
 
 if TYPE_CHECKING:
     from sync.replica import Replica
@@ -76,6 +84,10 @@ class PeerSession:
         self._progress_at = now
         self._synced = False
         self._outbox: list[bytes] = []
+        self._theirs = PeerPolicy()
+        self._need_reply = False
+        self.flow: Flow | None = None
+        self.by_state: StateSync | None = None  # None: version vectors
 
     @property
     def closed(self) -> bool:
@@ -102,6 +114,17 @@ class PeerSession:
                 self._on_hello(msg)
             elif self.state is SessionState.AWAITING_HELLO:
                 raise RemoteProtocolError("message before Hello", CLOSE_UNEXPECTED)
+            elif isinstance(msg, Recon | DocsMessage):
+                if self.by_state is None:
+                    raise RemoteProtocolError("a state message in a version-vector session",
+                                              CLOSE_UNEXPECTED)
+                if isinstance(msg, Recon):
+                    self.by_state.on_recon(msg)
+                else:
+                    self.by_state.on_docs(msg, now)
+            elif self.by_state is not None:
+                if isinstance(msg, ChangesMessage):
+                    raise RemoteProtocolError("changes in a state session", CLOSE_UNEXPECTED)
             elif isinstance(msg, ChangesMessage):
                 self._on_changes(msg, now)
             elif isinstance(msg, Ack):
@@ -114,11 +137,36 @@ class PeerSession:
     def _on_hello(self, msg: Hello) -> None:
         if msg.device_id != self.peer_id:
             raise RemoteProtocolError("Hello from an unexpected device", CLOSE_WRONG_PEER)
+        theirs = PeerPolicy() if msg.policy is None else PeerPolicy.from_wire(msg.policy)
         self._merge_peer(msg.version_vector)
-        if self.state is SessionState.AWAITING_HELLO:
+        first = self.state is SessionState.AWAITING_HELLO
+        if first:
             self.state = SessionState.SYNCING
         elif msg.need_reply:
-            self._hello_due = True  # the peer lost our Hello
+            self._hello_due = True  # the peer lost our Hello, or changed its policy
+        if first or theirs != self._theirs:
+            self._theirs = theirs
+            self._choose_mode()
+
+    def _choose_mode(self) -> None:
+        replica = self.replica
+        self.flow = flow = Flow(replica.policy_for(self.peer_id), self._theirs)
+        if flow.complete:
+            self.by_state = None
+            self._sent = dict(self._peer_vv)
+        else:
+            rounds = 0 if self.by_state is None else self.by_state.round
+            self.by_state = StateSync(replica, self.peer_id, flow,
+                                      initiator=replica.device_id < self.peer_id, rounds=rounds)
+
+    def policy_changed(self) -> None:
+        """Our policy for the peer changed: tell it, and reconcile under the new one."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._hello_due = True
+        self._need_reply = True
+        if self.state is SessionState.SYNCING:
+            self._choose_mode()
 
     def _on_changes(self, msg: ChangesMessage, now: float) -> None:
         self.replica._receive(self.peer_id, msg.changes, now)
@@ -147,7 +195,7 @@ class PeerSession:
         self.replica._emit(ProtocolErrorOccurred(self.peer_id, code, reason))
 
     def _check_synced(self) -> None:
-        if self.state is not SessionState.SYNCING:
+        if self.state is not SessionState.SYNCING or self.by_state is not None:
             return
         mine = self.replica._vv
         peer = self._peer_vv
@@ -169,12 +217,17 @@ class PeerSession:
         replica = self.replica
         if self._hello_due:
             self._hello_due = False
-            need = self.state is SessionState.AWAITING_HELLO
+            need = self.state is SessionState.AWAITING_HELLO or self._need_reply
+            self._need_reply = False
             self._told = dict(replica._vv)
-            out.append(encode(Hello(replica.device_id, self._told, need)))
-            if need:
+            policy = replica.policy_for(self.peer_id)
+            out.append(encode(Hello(replica.device_id, self._told, need,
+                                    policy=None if policy.complete else policy.to_wire())))
+            if self.state is SessionState.AWAITING_HELLO:
                 self._progress_at = now
-        if self.state is SessionState.SYNCING:
+        if self.by_state is not None and self.state is SessionState.SYNCING:
+            self.by_state.messages(now, out)
+        elif self.state is SessionState.SYNCING:
             self._send_changes(out, now)
             if self._ack_due or self._told != replica._vv:
                 self._ack_due = False
@@ -196,13 +249,11 @@ class PeerSession:
             return
         was_idle = budget == WINDOW
         enc = ChangesEncoder()
-        outgoing = replica.policy.outgoing
         for origin, have in replica._vv.items():
             start = max(sent.get(origin, 0), peer.get(origin, 0))
             if have <= start or budget <= 0:
                 continue
             for change in replica.storage.changes_since(origin, start, min(have - start, budget)):
-                change = outgoing(self.peer_id, change)
                 if not enc.add(change, MESSAGE_TARGET):
                     out.append(enc.to_bytes())
                     enc = ChangesEncoder()
@@ -222,6 +273,8 @@ class PeerSession:
         """When `handle_timer` should run next (Unix seconds), or None."""
         if self.state is SessionState.CLOSED:
             return None
+        if self.by_state is not None and self.state is SessionState.SYNCING:
+            return self.by_state.get_timer()
         if self.state is SessionState.AWAITING_HELLO or self._in_flight():
             return self._progress_at + self.replica.retransmit_after
         return None
@@ -234,7 +287,7 @@ class PeerSession:
         self._progress_at = now
         if self.state is SessionState.AWAITING_HELLO:
             self._hello_due = True
-        else:
+        elif self.by_state is None:
             self._sent = dict(self._peer_vv)
             self._ack_due = True
 

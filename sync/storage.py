@@ -9,6 +9,7 @@ it is visible. Packed HLCs fit in 53 bits, so they bind as plain integers.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +57,10 @@ class Storage(Protocol):
 
     def get_doc(self, collection: str, doc_id: str) -> DocState | None: ...
 
+    def collections(self) -> list[str]:
+        """Every collection that holds a document, sorted."""
+        ...
+
     def list_docs(
         self, collection: str, after: str | None, limit: int
     ) -> list[tuple[str, DocState]]:
@@ -89,9 +94,10 @@ class MemoryStorage:
     def get_doc(self, collection: str, doc_id: str) -> DocState | None:
         return self.docs.get((collection, doc_id))
 
-    def list_docs(
-        self, collection: str, after: str | None, limit: int
-    ) -> list[tuple[str, DocState]]:
+    def collections(self) -> list[str]:
+        return sorted(self._ids())
+
+    def _ids(self) -> dict[str, list[str]]:
         if self._sorted_ids is None:
             ids: dict[str, list[str]] = {}
             for c, d in self.docs:
@@ -99,14 +105,15 @@ class MemoryStorage:
             for lst in ids.values():
                 lst.sort()
             self._sorted_ids = ids
-        out = []
-        for doc_id in self._sorted_ids.get(collection, ()):
-            if after is not None and doc_id <= after:
-                continue
-            out.append((doc_id, self.docs[(collection, doc_id)]))
-            if len(out) >= limit:
-                break
-        return out
+        return self._sorted_ids
+
+    def list_docs(
+        self, collection: str, after: str | None, limit: int
+    ) -> list[tuple[str, DocState]]:
+        ids = self._ids().get(collection, [])
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        docs = self.docs
+        return [(doc_id, docs[(collection, doc_id)]) for doc_id in ids[start : start + limit]]
 
     def _apply_one(self, batch: Batch) -> None:
         change = batch.changes[0]
