@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sync import PeerSession, ProtocolErrorOccurred, Replica
+from sync import MemoryStorage, PeerSession, ProtocolErrorOccurred, Replica, Storage
 
 T0 = 1_700_000_000.0
 SCHEMA = {"n": "counter", "s": "set", "t": "text"}
+STORAGES = ["memory", "libsql"]
 
 
 def make_replica(name: str, **kwargs: Any) -> Replica:
     replica = Replica(name, **kwargs)
     replica.declare("c", SCHEMA)
     return replica
+
+
+@contextmanager
+def storages(kind: str) -> Iterator[Any]:
+    """A factory of fresh storages of one kind: in memory, or encrypted libSQL files
+    (closed and removed afterwards)."""
+    if kind == "memory":
+        yield MemoryStorage
+        return
+    from p2pgate.store import connect, migrate
+    from p2pgate.syncstore import LibsqlStorage
+
+    conns = []
+    with tempfile.TemporaryDirectory(prefix="p2pg-sync-") as tmp:
+
+        def make() -> Storage:
+            conn = connect(Path(tmp) / f"{len(conns)}.db", "k" * 32, durability="normal")
+            migrate(conn)
+            conns.append(conn)
+            return LibsqlStorage(conn)
+
+        try:
+            yield make
+        finally:
+            for conn in conns:
+                conn.close()
 
 
 def transfer(src: PeerSession, dst: PeerSession, now: float) -> int:

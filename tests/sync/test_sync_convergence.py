@@ -3,9 +3,10 @@
 import contextlib
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sync_helpers import T0, drain, make_replica, no_protocol_errors, snapshot
+from sync_helpers import STORAGES, T0, drain, make_replica, no_protocol_errors, snapshot, storages
 
 from sync import DocumentNotFound, PeerSession, Replica
 
@@ -23,12 +24,13 @@ class Link:
 
 
 class Network:
-    def __init__(self, offsets: list[float]) -> None:
+    def __init__(self, offsets: list[float], storage=None) -> None:
         n = len(offsets)
         self.offsets = offsets
         self.now = T0
         self.replicas: list[Replica] = [
-            make_replica(f"dev{i}", max_skew=300.0, retransmit_after=RETRANSMIT) for i in range(n)
+            make_replica(f"dev{i}", storage=storage() if storage else None, max_skew=300.0,
+                         retransmit_after=RETRANSMIT) for i in range(n)
         ]
         self.links = [Link(i, j) for i in range(n) for j in range(i + 1, n)]
         for link in self.links:
@@ -126,10 +128,15 @@ STEP = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("kind", STORAGES)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(OFFSETS, min_size=2, max_size=5), st.lists(STEP, min_size=5, max_size=80))
-def test_replicas_converge(offsets, steps):
-    net = Network(offsets)
+def test_replicas_converge(kind, offsets, steps):
+    with storages(kind) as storage:
+        check_convergence(Network(offsets, storage), offsets, steps)
+
+
+def check_convergence(net, offsets, steps):
     n = len(offsets)
     for step in steps:
         kind = step[0]
