@@ -115,7 +115,8 @@ class ConnectionManager:
             addresses = [session.remote_address] if (
                 link.initiated_by_us and session.remote_address) else None
             await self._registry.record_seen(session.peer, addresses)
-            await self._documents.peer_open(peer)
+            device = await self._registry.require(session.peer)
+            await self._documents.peer_open(peer, device.policy)
             while not session.closed:
                 link.wake.clear()  # before the step: a change during it wakes us again
                 received, inbox[:] = list(inbox), []

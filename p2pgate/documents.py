@@ -25,9 +25,10 @@ from p2pgate.deviceid import DeviceID
 from p2pgate.store import Connection, Database
 from p2pgate.syncstore import EventRow, LibsqlStorage
 from sync.errors import LocalProtocolError
-from sync.events import ClockSkewDetected, PeerSynced, ProtocolErrorOccurred
+from sync.events import ChangeRefused, ClockSkewDetected, PeerSynced, ProtocolErrorOccurred
 from sync.model import DocState, doc_conflicts, render_doc
 from sync.ops import OPERATORS
+from sync.policy import CollectionPolicy, PeerPolicy
 from sync.replica import DocumentNotFound, Replica
 
 __all__ = ["Documents"]
@@ -94,8 +95,18 @@ class Documents:
 
     # -- sync with peers (the connection manager drives one PeerSession per session) ----
 
-    async def peer_open(self, peer: str) -> None:
-        await self._call(lambda: self.replica.connect(peer, self._clock()))
+    async def peer_open(self, peer: str, policy: dict[str, Any] | None = None) -> None:
+        """Start a sync session with `peer` under our stored policy for it."""
+
+        def _open() -> None:
+            self.replica.set_policy(peer, peer_policy(policy or {}))
+            self.replica.connect(peer, self._clock())
+
+        await self._call(_open)
+
+    async def set_policy(self, peer: str, policy: dict[str, Any]) -> None:
+        """Apply a changed policy now (a live session re-negotiates)."""
+        await self._call(lambda: self.replica.set_policy(peer, peer_policy(policy)))
 
     async def peer_step(self, peer: str, received: list[bytes]) -> tuple[list[bytes], bool,
                                                                           float | None]:
@@ -135,7 +146,7 @@ class Documents:
         while (happened := self.replica.next_event()) is not None:
             if isinstance(happened, PeerSynced):
                 self.last_synced[happened.peer_id] = self._clock()
-            elif isinstance(happened, ClockSkewDetected | ProtocolErrorOccurred):
+            elif isinstance(happened, ClockSkewDetected | ProtocolErrorOccurred | ChangeRefused):
                 log.warning("sync: %s", happened)
         events, self._storage.new_events = self._storage.new_events, []
         for event in events:
@@ -285,6 +296,13 @@ class Documents:
                     for f, c in doc_conflicts(state).items()}
 
         return await self._call(_conflicts)  # type: ignore[no-any-return]
+
+
+def peer_policy(stored: dict[str, Any]) -> PeerPolicy:
+    """The registry's per-collection policy (`*` = every other collection) for sync."""
+    default = stored.get("*", {}).get("mode", "both")
+    return PeerPolicy({c: CollectionPolicy(p.get("mode", "both"), p.get("filter"))
+                       for c, p in stored.items() if c != "*"}, default)
 
 
 def _make_replica(storage: LibsqlStorage, device_id: str) -> Replica:

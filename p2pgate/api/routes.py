@@ -14,13 +14,14 @@ from aiohttp import WSMsgType, web
 
 from p2pgate import __version__
 from p2pgate.api import models as m
-from p2pgate.api.errors import BadRequest, Conflict, Forbidden, NotFound
+from p2pgate.api.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from p2pgate.api.events import EventHub, Reset
 from p2pgate.api.http import Route, json_body, model_body, principal_of, respond, validate
 from p2pgate.api.tokens import COLLECTION_NAME, TokenError, TokenStore
 from p2pgate.deviceid import DeviceID, InvalidDeviceID
 from p2pgate.pairing.service import PairingFailed, PairingService
 from p2pgate.registry import Device, DeviceRegistry, UnknownDevice
+from sync.filters import FilterError, compile_filter
 
 __all__ = ["ApiServices", "DocumentService", "DocumentView", "api_routes"]
 
@@ -55,6 +56,7 @@ class DocumentService(Protocol):
     async def list_docs(self, collection: str, limit: int, after: str | None,
                    since: int | None) -> tuple[list[DocumentView], int]: ...
     async def conflicts(self, collection: str, doc_id: str) -> dict[str, tuple[Any, str]]: ...
+    async def set_policy(self, peer: str, policy: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +307,17 @@ def api_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[Ro
             raise BadRequest("a policy is a JSON object", code="not_an_object")
         policy = validate(m.Policy, body | {"device_id": str(device_id),
                                             "collection": collection})
+        if policy.filter is not None:
+            try:
+                compile_filter(policy.filter)
+            except FilterError as exc:
+                raise Unprocessable(f"bad filter: {exc}", code="bad_filter") from None
         try:
             device = await s.registry.require(device_id)
             merged = dict(device.policy)
             merged[collection] = policy.model_dump(exclude={"device_id", "collection"})
             await s.registry.set_policy(device_id, merged)
+            await s.documents.set_policy(str(device_id), merged)
         except UnknownDevice as exc:
             raise NotFound(str(exc)) from None
         return respond(policy)

@@ -19,7 +19,11 @@ API = textwrap.dedent("""
     async def main(url, token, op, *args):
         async with Client(url, token) as c:
             try:
-                if op == "put":
+                if op == "cput":
+                    r = await c.put(args[0], args[1], json.loads(args[2]))
+                elif op == "cget":
+                    r = await c.get(args[0], args[1])
+                elif op == "put":
                     r = await c.put("notes", args[0], json.loads(args[1]))
                 elif op == "patch":
                     r = await c.patch("notes", args[0], json.loads(args[1]))
@@ -54,6 +58,13 @@ class Pair:
                        node.admin_token(), *args)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
+
+    def cli(self, i, *args):
+        host, node = self.hosts[i], self.nodes[i]
+        out = host.run(sys.executable, "-m", "p2pgate", "--data-dir", str(node.data_dir.root),
+                       *args)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
 
     def peers(self, i):
         host, node = self.hosts[i], self.nodes[i]
@@ -98,3 +109,36 @@ def test_revoking_the_phone_cuts_the_session_and_stops_sync_both_ways(lab, tmp_p
     assert pair.api(1, "get", "after") == {"error": 404}
     assert pair.api(0, "get", "after2") == {"error": 404}
     assert pair.peers(1) == []
+
+
+def test_a_none_collection_never_leaves_and_a_receive_only_one_never_flows_back(lab, tmp_path):
+    pair = Pair(lab, tmp_path)
+    desk_id = pair.nodes[1].device_id
+    pair.cli(0, "policy", "set", desk_id, "diary", "none")
+    pair.cli(0, "policy", "set", desk_id, "inbox", "receive")
+    pair.cli(0, "policy", "set", desk_id, "work", "both", "--filter", '{"shared": true}')
+    wait_for(lambda: pair.peers(0), what="session")
+
+    pair.api(0, "cput", "diary", "d1", json.dumps({"text": "private"}))
+    pair.api(1, "cput", "inbox", "i1", json.dumps({"from": "desktop"}))
+    pair.api(0, "cput", "work", "w1", json.dumps({"shared": True, "v": 1}))
+    pair.api(0, "cput", "work", "w2", json.dumps({"shared": False, "v": 2}))
+    wait_for(lambda: pair.api(0, "cget", "inbox", "i1").get("data") == {"from": "desktop"},
+             what="the inbox reaches the phone")
+    pair.api(0, "cput", "inbox", "i1", json.dumps({"from": "phone, edited"}))
+    pair.api(0, "cput", "inbox", "i2", json.dumps({"from": "phone"}))
+    pair.api(0, "put", "marker", json.dumps({"after": "everything"}))
+    wait_for(lambda: pair.api(1, "get", "marker").get("data") == {"after": "everything"},
+             what="a later note reaches the desktop")
+    wait_for(lambda: pair.api(1, "cget", "work", "w1").get("data") == {"shared": True, "v": 1},
+             what="the matching work document reaches the desktop")
+
+    assert pair.api(1, "cget", "diary", "d1") == {"error": 404}
+    assert pair.api(1, "cget", "inbox", "i2") == {"error": 404}
+    assert pair.api(1, "cget", "inbox", "i1")["data"] == {"from": "desktop"}
+    assert pair.api(1, "cget", "work", "w2") == {"error": 404}
+
+    # the document starts matching: now it is sent
+    pair.api(0, "cput", "work", "w2", json.dumps({"shared": True, "v": 3}))
+    wait_for(lambda: pair.api(1, "cget", "work", "w2").get("data") == {"shared": True, "v": 3},
+             what="a document that starts matching reaches the desktop")
