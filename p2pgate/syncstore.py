@@ -23,7 +23,7 @@ from sync.codec import ChangesMessage, decode, encode
 from sync.errors import LocalProtocolError
 from sync.fields import CounterState, FieldState, LwwState, SetState, TextState
 from sync.model import Change, DocState, doc_visible
-from sync.storage import Batch, StoredState
+from sync.storage import Batch, GcState, StoredState
 
 __all__ = ["EventRow", "LibsqlStorage", "decode_state", "encode_state"]
 
@@ -139,7 +139,27 @@ class LibsqlStorage:
         ).fetchall():
             held.setdefault(origin, []).append(_decode_change(blob))
         self._clock = self._meta_int("sync_clock")
-        return StoredState(self._clock, vv, held)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'sync_gc'").fetchone()
+        gc = GcState() if row is None else GcState(*json.loads(row[0]))
+        return StoredState(self._clock, vv, held, gc)
+
+    def compact(self, gc: GcState, purge: list[tuple[str, str]]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for origin, base in gc.log_base.items():
+                conn.execute("DELETE FROM sync_changes WHERE origin = ? AND seq <= ?",
+                             (origin, base))
+            for collection, doc_id in purge:
+                conn.execute("DELETE FROM sync_docs WHERE collection = ? AND doc_id = ?",
+                             (collection, doc_id))
+            conn.execute("INSERT INTO meta (key, value) VALUES ('sync_gc', ?) ON CONFLICT (key) "
+                         "DO UPDATE SET value = excluded.value",
+                         (json.dumps([gc.log_base, gc.horizon]),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def get_doc(self, collection: str, doc_id: str) -> DocState | None:
         row = self._conn.execute(

@@ -49,7 +49,7 @@ from sync.ops import check_name, delete_ops, patch_ops, put_ops
 from sync.policy import Flow, PeerPolicy
 from sync.rbsr import ItemSet, doc_key, item_digest
 from sync.session import PeerSession
-from sync.storage import Batch, MemoryStorage, Storage
+from sync.storage import Batch, GcState, MemoryStorage, Storage
 
 __all__ = ["DocumentNotFound", "Replica"]
 
@@ -90,6 +90,7 @@ class Replica:
         self.clock = HybridClock(stored.clock)
         self._vv: dict[str, int] = dict(stored.version_vector)
         self._held: dict[str, list[Change]] = {o: list(cs) for o, cs in stored.quarantine.items()}
+        self.gc = stored.gc
         self._types: dict[str, dict[str, int]] = {}
         self._events: deque[Event] = deque()
         self._sessions: dict[str, PeerSession] = {}
@@ -271,6 +272,44 @@ class Replica:
                 after = page[-1][0]
         return ItemSet(items)
 
+    # ------------------------------------------------------------ garbage collection
+
+    def behind_log(self, peer_vv: Mapping[str, int]) -> bool:
+        """Whether a peer lacks changes we have already collected from the log."""
+        return any(peer_vv.get(o, 0) < base for o, base in self.gc.log_base.items())
+
+    def collect_garbage(self, acknowledged: Mapping[str, Mapping[str, int]]) -> tuple[int, int]:
+        """Drop what every peer has: logged changes all of `acknowledged` (peer -> the
+        version vector it acknowledged) hold, and deleted documents all of whose edits
+        they hold. Returns (changes dropped, documents purged).
+
+        A peer left out of `acknowledged` (gone too long, or new) that comes back
+        reconciles by document state instead of the log, and a document it still holds
+        that we purged, made only of edits from before the horizon, is deleted again
+        (a fresh tombstone; see `_merge_states`)."""
+        base, horizon = dict(self.gc.log_base), dict(self.gc.horizon)
+        dropped = 0
+        for origin, have in self._vv.items():
+            safe = min((vv.get(origin, 0) for vv in acknowledged.values()), default=have)
+            safe = min(safe, have)
+            if safe <= base.get(origin, 0):
+                continue
+            last = self.storage.changes_since(origin, safe - 1, 1)
+            dropped += safe - base.get(origin, 0)
+            base[origin] = safe
+            horizon[origin] = max(horizon.get(origin, 0), last[0].hlc)
+        purge: list[tuple[str, str]] = []
+        for collection in self.storage.collections():
+            after = None
+            while page := self.storage.list_docs(collection, after, 1000):
+                purge.extend((collection, doc_id) for doc_id, state in page
+                             if not doc_visible(state) and _within(state.version, horizon))
+                after = page[-1][0]
+        if dropped or purge:
+            self.gc = GcState(base, horizon)
+            self.storage.compact(self.gc, purge)
+        return dropped, len(purge)
+
     # ------------------------------------------------------------ peers
 
     def connect(self, peer_id: str, now: float) -> PeerSession:
@@ -305,6 +344,23 @@ class Replica:
                 if peer != source or key not in echo:
                     state.doc_changed(key)
 
+    def _bury(self, collection: str, doc_id: str, state: DocState, now: float) -> None:
+        """Take a document we had purged and delete it at once (a new tombstone)."""
+        def build(_: DocState | None) -> tuple[int, tuple[FieldOp, ...]]:
+            return delete_ops(self.device_id, state)
+
+        me = self.device_id
+        self.clock.observe(newest_stamp(state), now)
+        hlc = self.clock.tick(now)
+        seq = self._vv.get(me, 0) + 1
+        flags, ops = build(state)
+        edit = Edit(collection, doc_id, flags, ops)
+        new = apply_edit(state, edit, (hlc, me))
+        self.storage.apply_batch(Batch([Change(me, seq, hlc, (edit,))],
+                                       {(collection, doc_id): new}, hlc))
+        self._vv[me] = seq
+        self._changed([(collection, doc_id)])
+
     def _merge_states(self, peer_id: str, docs: list[tuple[str, str, DocState]], flow: Flow,
                       now: float) -> float | None:
         """Join document states a peer sent, as one atomic batch, and log the joined
@@ -314,6 +370,7 @@ class Replica:
         events: list[Event] = []
         edits: list[Edit] = []
         echo: set[tuple[str, str]] = set()
+        zombies: list[tuple[str, str, DocState]] = []
         retry: float | None = None
         for collection, doc_id, state in docs:
             key = (collection, doc_id)
@@ -325,6 +382,9 @@ class Replica:
                 retry = at if retry is None else min(retry, at)
                 continue
             old = batch.docs.get(key) or self.storage.get_doc(collection, doc_id)
+            if old is None and _within(state.version, self.gc.horizon):
+                zombies.append((collection, doc_id, state))  # we purged it: delete it again
+                continue
             new = state if old is None else merge_docs(old, state)
             if old is not None and new.version == old.version:
                 continue
@@ -337,6 +397,8 @@ class Replica:
             edits.append(Edit(collection, doc_id, 0, ((K_STATE, "*", new, None),)))
             if new.version == state.version:
                 echo.add(key)
+        for collection, doc_id, state in zombies:
+            self._bury(collection, doc_id, state, now)
         if not edits:
             self._events.extend(events)
             return retry
@@ -480,3 +542,7 @@ class Replica:
     def handle_timer(self, now: float) -> None:
         """Apply held changes whose time has come."""
         self._release(now)
+
+
+def _within(version: Mapping[str, int], horizon: Mapping[str, int]) -> bool:
+    return bool(version) and all(hlc <= horizon.get(o, 0) for o, hlc in version.items())

@@ -85,6 +85,7 @@ class PeerSession:
         self._synced = False
         self._outbox: list[bytes] = []
         self._theirs = PeerPolicy()
+        self._their_base: dict[str, int] = {}
         self._need_reply = False
         self.flow: Flow | None = None
         self.by_state: StateSync | None = None  # None: version vectors
@@ -138,6 +139,11 @@ class PeerSession:
         if msg.device_id != self.peer_id:
             raise RemoteProtocolError("Hello from an unexpected device", CLOSE_WRONG_PEER)
         theirs = PeerPolicy() if msg.policy is None else PeerPolicy.from_wire(msg.policy)
+        base = (msg.policy or {}).get("log_base", {})
+        if not isinstance(base, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in base.values()):
+            raise RemoteProtocolError("bad log base in Hello")
+        self._their_base = base
         self._merge_peer(msg.version_vector)
         first = self.state is SessionState.AWAITING_HELLO
         if first:
@@ -151,7 +157,10 @@ class PeerSession:
     def _choose_mode(self) -> None:
         replica = self.replica
         self.flow = flow = Flow(replica.policy_for(self.peer_id), self._theirs)
-        if flow.complete:
+        # a side whose log lost what the other lacks makes both reconcile by state
+        behind = replica.behind_log(self._peer_vv) or any(
+            replica._vv.get(o, 0) < b for o, b in self._their_base.items())
+        if flow.complete and not behind:
             self.by_state = None
             self._sent = dict(self._peer_vv)
         else:
@@ -220,9 +229,10 @@ class PeerSession:
             need = self.state is SessionState.AWAITING_HELLO or self._need_reply
             self._need_reply = False
             self._told = dict(replica._vv)
-            policy = replica.policy_for(self.peer_id)
-            out.append(encode(Hello(replica.device_id, self._told, need,
-                                    policy=None if policy.complete else policy.to_wire())))
+            policy, base = replica.policy_for(self.peer_id), replica.gc.log_base
+            terms = None if policy.complete and not base else policy.to_wire() | (
+                {"log_base": base} if base else {})
+            out.append(encode(Hello(replica.device_id, self._told, need, policy=terms)))
             if self.state is SessionState.AWAITING_HELLO:
                 self._progress_at = now
         if self.by_state is not None and self.state is SessionState.SYNCING:

@@ -17,7 +17,7 @@ from typing import Protocol
 from sync.errors import LocalProtocolError
 from sync.model import Change, DocState
 
-__all__ = ["Batch", "MemoryStorage", "Storage", "StoredState"]
+__all__ = ["Batch", "GcState", "MemoryStorage", "Storage", "StoredState"]
 
 DocKey = tuple[str, str]
 
@@ -29,6 +29,17 @@ class StoredState:
     clock: int = 0
     version_vector: dict[str, int] = field(default_factory=dict)
     quarantine: dict[str, list[Change]] = field(default_factory=dict)
+    gc: GcState = field(default_factory=lambda: GcState())
+
+
+@dataclass(slots=True)
+class GcState:
+    """What garbage collection removed: per origin, the changes up to `log_base` are
+    gone from the log, and every edit stamped at or before `horizon` had reached
+    every peer when deleted documents made only of such edits were purged."""
+
+    log_base: dict[str, int] = field(default_factory=dict)
+    horizon: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -75,6 +86,11 @@ class Storage(Protocol):
         """Write the batch atomically, or raise and write nothing."""
         ...
 
+    def compact(self, gc: GcState, purge: list[DocKey]) -> None:
+        """Atomically: drop logged changes up to `gc.log_base`, delete the `purge`
+        documents, and store `gc`."""
+        ...
+
 
 class MemoryStorage:
     """Storage in dictionaries, for tests, benchmarks and throwaway replicas."""
@@ -84,12 +100,26 @@ class MemoryStorage:
         self.log: dict[str, list[Change]] = {}
         self.clock = 0
         self.quarantine: dict[str, list[Change]] = {}
+        self.gc = GcState()
         self._sorted_ids: dict[str, list[str]] | None = None
 
+    def _base(self, origin: str) -> int:
+        return self.gc.log_base.get(origin, 0)
+
     def load(self) -> StoredState:
-        vv = {origin: len(changes) for origin, changes in self.log.items() if changes}
+        vv = {o: self._base(o) + len(cs) for o, cs in self.log.items() if cs or self._base(o)}
         held = {o: list(cs) for o, cs in self.quarantine.items() if cs}
-        return StoredState(self.clock, vv, held)
+        return StoredState(self.clock, vv, held, GcState(dict(self.gc.log_base),
+                                                         dict(self.gc.horizon)))
+
+    def compact(self, gc: GcState, purge: list[DocKey]) -> None:
+        for origin, base in gc.log_base.items():
+            log = self.log.setdefault(origin, [])
+            del log[: base - self._base(origin)]
+        for key in purge:
+            del self.docs[key]
+        self._sorted_ids = None
+        self.gc = GcState(dict(gc.log_base), dict(gc.horizon))
 
     def get_doc(self, collection: str, doc_id: str) -> DocState | None:
         return self.docs.get((collection, doc_id))
@@ -120,9 +150,9 @@ class MemoryStorage:
         log = self.log.get(change.origin)
         if log is None:
             log = self.log[change.origin] = []
-        if change.seq != len(log) + 1:
+        if change.seq != self._base(change.origin) + len(log) + 1:
             raise LocalProtocolError(
-                f"change {change.origin}/{change.seq} does not continue the log at {len(log) + 1}"
+                f"change {change.origin}/{change.seq} does not continue the log"
             )
         docs = self.docs
         if self._sorted_ids is not None and any(k not in docs for k in batch.docs):
@@ -133,7 +163,10 @@ class MemoryStorage:
             self.clock = batch.clock
 
     def changes_since(self, origin: str, after_seq: int, limit: int) -> list[Change]:
-        return self.log.get(origin, [])[after_seq : after_seq + limit]
+        start = after_seq - self._base(origin)
+        if start < 0:
+            raise LocalProtocolError(f"changes of {origin} up to {self._base(origin)} are gone")
+        return self.log.get(origin, [])[start : start + limit]
 
     def apply_batch(self, batch: Batch) -> None:
         if len(batch.changes) == 1 and not batch.hold and not batch.release:
@@ -143,7 +176,7 @@ class MemoryStorage:
         for change in batch.changes:
             expected = next_seq.get(change.origin)
             if expected is None:
-                expected = len(self.log.get(change.origin, ())) + 1
+                expected = self._base(change.origin) + len(self.log.get(change.origin, ())) + 1
             if change.seq != expected:
                 raise LocalProtocolError(
                     f"change {change.origin}/{change.seq} does not continue the log at {expected}"
