@@ -57,6 +57,11 @@ class NodeConfig(BaseModel):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     rate_limit: float = Field(200.0, gt=0, description="Requests per second per token.")
     rate_burst: int = Field(400, gt=0, description="Requests a token may burst above the rate.")
+    gc_interval: float = Field(3600.0, gt=0, description="Seconds between garbage collections "
+                               "of the sync log and of deleted documents.")
+    gc_peer_timeout: float = Field(30 * 86400.0, gt=0, description="A peer not synced for "
+                                   "this long no longer holds back garbage collection; it "
+                                   "reconciles by document state when it returns.")
     durability: Literal["full", "normal"] = Field(
         "full", description="full: every acknowledged write is on disk (survives power loss); "
         "normal: survives a crashed or killed node, may lose the last writes on power loss."

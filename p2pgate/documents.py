@@ -57,6 +57,7 @@ class Documents:
         self._cache: OrderedDict[tuple[str, str], DocumentView] = OrderedDict()
         self.last_synced: dict[str, float] = {}
         self.backlog: dict[str, tuple[int, int]] = {}  # peer -> (changes it lacks, ours)
+        self.collected = (0, 0)  # (log changes, deleted documents) garbage-collected so far
         self._flusher: asyncio.Future[None] | None = None
 
     @classmethod
@@ -127,6 +128,8 @@ class Documents:
                 self.replica.handle_timer(now)
             out = session.messages_to_send(now)
             ours, theirs = self.replica.version_vector(), session.peer_version_vector()
+            if session.by_state is None and ours == theirs:
+                self._storage.note_acknowledged(peer, theirs, now)
             self.backlog[peer] = (sum(max(0, seq - theirs.get(origin, 0))
                                       for origin, seq in ours.items()), sum(ours.values()))
             timers = [t for t in (session.get_timer(), self.replica.get_timer()) if t]
@@ -198,6 +201,23 @@ class Documents:
     def _reload(self) -> None:
         self._cache.clear()
         self.replica = _make_replica(self._storage, str(self.replica.device_id))
+
+    async def collect_garbage(self, peer_timeout: float) -> tuple[int, int]:
+        """Drop from the log and purge the tombstones every peer synced within
+        `peer_timeout` seconds holds (peers away longer reconcile by state)."""
+
+        def _collect() -> tuple[int, int]:
+            since = self._clock() - peer_timeout
+            acked = {p: vv for p, (vv, at) in self._storage.acknowledged().items()
+                     if at >= since}
+            dropped, purged = self.replica.collect_garbage(acked)
+            self.collected = (self.collected[0] + dropped, self.collected[1] + purged)
+            if purged:
+                self._cache.clear()
+            return dropped, purged
+
+        result: tuple[int, int] = await self._call(_collect)
+        return result
 
     # -- the DocumentService the API uses ------------------------------------------------
 

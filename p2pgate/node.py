@@ -9,6 +9,7 @@ and close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ class Node:
         self._listener: Listener | None = None
         self._mdns: LanDiscovery | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._collector: asyncio.Task[None] | None = None
         self._db: Database | None = None
         self._stopped = asyncio.Event()
         self.api_url = config.api_url
@@ -92,6 +94,7 @@ class Node:
             api_url=lambda: self.api_url,
             tokens=tokens, registry=registry, documents=documents, events=events,
             cursor=lambda: documents.cursor, peers=manager.peers, pairing=pairing,
+            collected=lambda: documents.collected,
         )
         routes: list[Any] = []
         routes.extend(api_routes(services, lambda: openapi_document(routes)))
@@ -121,6 +124,7 @@ class Node:
             await self.stop()
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
         manager.start()
+        self._collector = asyncio.ensure_future(self._collect_garbage(documents))
         log.info("P2P listening on %s:%d", host, self._listener.port)
         if cfg.mdns:
             await self._start_mdns(disc_key, self._listener.port, manager, trust, pairing)
@@ -152,6 +156,18 @@ class Node:
         pairing.find_inviter = lambda code: find_inviter(ips, code)
         log.info("LAN discovery on %s", ", ".join(ips))
 
+    async def _collect_garbage(self, documents: Documents) -> None:
+        while True:
+            await asyncio.sleep(self.config.gc_interval)
+            try:
+                dropped, purged = await documents.collect_garbage(self.config.gc_peer_timeout)
+            except P2PGateError as exc:
+                log.warning("garbage collection failed: %s", exc)
+                continue
+            if dropped or purged:
+                log.info("garbage collection: %d logged changes, %d deleted documents",
+                         dropped, purged)
+
     def _hello(self) -> Hello:
         return Hello(str(self.identity.device_id), self.name,
                      capabilities=("sync/1",), relays=self.config.relays)
@@ -166,6 +182,10 @@ class Node:
             await self._listener.stop()
         if self._manager is not None:
             await self._manager.stop()
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
         if self._trust is not None:
             await self._trust.close()
         if self._runner is not None:

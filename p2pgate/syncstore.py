@@ -118,6 +118,7 @@ class LibsqlStorage:
         self.new_events: list[EventRow] = []
         self._grouped = False
         self._clock = self._meta_int("sync_clock")
+        self._acked: dict[str, tuple[dict[str, int], float]] | None = None
 
     def _meta_int(self, key: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -280,6 +281,29 @@ class LibsqlStorage:
             self.horizon = horizon
             self._set_meta("event_horizon", horizon)
         return events
+
+    # Acknowledgements (for garbage collection) ----------------------------------------
+
+    def note_acknowledged(self, peer: str, vv: dict[str, int], now: float) -> None:
+        """Remember that `peer` holds `vv` (written at most once a minute per peer)."""
+        acked = self.acknowledged()
+        old = acked.get(peer)
+        if old is not None and old[0] == vv and now - old[1] < 60:
+            return
+        acked[peer] = (dict(vv), now)
+        self._acked = acked
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('sync_acked', ?) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value",
+            (json.dumps({p: [v, t] for p, (v, t) in acked.items()}),))
+
+    def acknowledged(self) -> dict[str, tuple[dict[str, int], float]]:
+        if self._acked is None:
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'sync_acked'").fetchone()
+            data = {} if row is None else json.loads(row[0])
+            self._acked = {p: (v, float(t)) for p, (v, t) in data.items()}
+        return dict(self._acked)
 
     # What the node's API needs ----------------------------------------------------------
 

@@ -383,7 +383,8 @@ class Replica:
                 continue
             old = batch.docs.get(key) or self.storage.get_doc(collection, doc_id)
             if old is None and _within(state.version, self.gc.horizon):
-                zombies.append((collection, doc_id, state))  # we purged it: delete it again
+                if doc_visible(state):  # we purged it as deleted: delete it again
+                    zombies.append((collection, doc_id, state))
                 continue
             new = state if old is None else merge_docs(old, state)
             if old is not None and new.version == old.version:

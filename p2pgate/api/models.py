@@ -43,6 +43,10 @@ class NodeInfo(_Model):
     version: str
     api_url: str
     cursor: int = Field(description="The newest event cursor.")
+    collected_changes: int = Field(0, description="Logged sync changes garbage-collected "
+                                   "since the node started.")
+    purged_documents: int = Field(0, description="Deleted documents purged since the node "
+                                  "started (every peer had the deletion).")
 
 
 class CollectionFields(_Model):

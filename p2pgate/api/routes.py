@@ -71,6 +71,7 @@ class ApiServices:
     documents: DocumentService
     events: EventHub
     cursor: Callable[[], int]
+    collected: Callable[[], tuple[int, int]]
     peers: Callable[[], list[dict[str, Any]]]
     pairing: PairingService
 
@@ -149,6 +150,7 @@ def api_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[Ro
         return respond(m.NodeInfo(
             device_id=str(s.device_id), short_id=s.device_id.short, name=s.name(),
             version=__version__, api_url=s.api_url(), cursor=s.cursor(),
+            collected_changes=s.collected()[0], purged_documents=s.collected()[1],
         ))
 
     async def put_collection(request: web.Request) -> web.Response:

@@ -342,3 +342,22 @@ async def test_cors_is_off_unless_an_origin_is_allowed(node, node_factory):
                                    headers={**hdrs, "Origin": "https://evil.example"})
     assert status == 403
     assert "Access-Control-Allow-Origin" not in headers
+
+
+async def test_the_node_garbage_collects_what_no_peer_still_needs(node_factory):
+    """With no peers, every logged change and every tombstone is collectable."""
+    node = await asyncio.to_thread(node_factory, "gc", config="gc_interval = 0.3\n")
+    async with Client(node.url, node.admin_token) as c:
+        for i in range(8):
+            await c.put("notes", f"n{i}", {"i": i})
+        for i in range(3):
+            await c.delete("notes", f"n{i}")
+        deadline = asyncio.get_running_loop().time() + 20
+        while (info := await c.node()).purged_documents < 3:
+            assert asyncio.get_running_loop().time() < deadline, info
+            await asyncio.sleep(0.1)
+        assert info.collected_changes == 11
+        page = await c.list_docs("notes", limit=100)
+        assert [d.id for d in page.items] == [f"n{i}" for i in range(3, 8)]
+        await c.put("notes", "n0", {"i": "again"})  # the log goes on after the collection
+        assert (await c.get("notes", "n0")).data == {"i": "again"}
