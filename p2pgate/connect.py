@@ -73,6 +73,12 @@ class ConnectionManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await link.task
 
+    async def reconnect_all(self, reason: str) -> None:
+        """Close every session (peers dial again and hear our new Hello)."""
+        for link in list(self._links.values()):
+            await link.session.close(reason)
+        self._dial_now.set()
+
     def _wake_all(self) -> None:
         for link in self._links.values():
             link.wake.set()
@@ -116,6 +122,9 @@ class ConnectionManager:
                 link.initiated_by_us and session.remote_address) else None
             await self._registry.record_seen(session.peer, addresses)
             device = await self._registry.require(session.peer)
+            if session.disc_key and self._trust.learn_disc_key(session.peer, session.disc_key):
+                await self._registry.set_disc_key(session.peer, session.disc_key)
+                log.info("%s has a new discovery key", session.peer.short)
             await self._documents.peer_open(peer, device.policy)
             while not session.closed:
                 link.wake.clear()  # before the step: a change during it wakes us again

@@ -36,7 +36,7 @@ from p2pgate.net import Hello, Listener, Trust
 from p2pgate.net.addresses import listen_addresses
 from p2pgate.pairing.service import PairingService
 from p2pgate.paths import DataDir, runtime_file
-from p2pgate.registry import DeviceRegistry
+from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.store import Connection, Database, load_key
 
 __all__ = ["Node", "NodeError"]
@@ -61,6 +61,8 @@ class Node:
         self._mdns: LanDiscovery | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._collector: asyncio.Task[None] | None = None
+        self._disc_key = b""
+        self._pairing: PairingService | None = None
         self._db: Database | None = None
         self._stopped = asyncio.Event()
         self.api_url = config.api_url
@@ -83,8 +85,8 @@ class Node:
         await trust.load()
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello)
-        disc_key = await discovery_key(db)
-        pairing = PairingService(
+        self._disc_key = disc_key = await discovery_key(db)
+        self._pairing = pairing = PairingService(
             self.identity, registry, lambda: self.name, disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
                                      else cfg.listen[1]))
@@ -125,6 +127,7 @@ class Node:
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
         manager.start()
         self._collector = asyncio.ensure_future(self._collect_garbage(documents))
+        registry.subscribe(self._on_device_change)
         log.info("P2P listening on %s:%d", host, self._listener.port)
         if cfg.mdns:
             await self._start_mdns(disc_key, self._listener.port, manager, trust, pairing)
@@ -156,6 +159,26 @@ class Node:
         pairing.find_inviter = lambda code: find_inviter(ips, code)
         log.info("LAN discovery on %s", ", ".join(ips))
 
+    def _on_device_change(self, change: DeviceChanged) -> None:
+        if change.old_state is DeviceState.TRUSTED and change.new_state in (
+                DeviceState.REVOKED, DeviceState.BLOCKED, None):
+            task = asyncio.ensure_future(self._rotate_discovery_key())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _rotate_discovery_key(self) -> None:
+        """A device lost our trust: advertise under a new discovery key, which the
+        remaining peers learn from our next Hello; the removed one cannot."""
+        assert self._db is not None  # noqa: S101 (the node is running)
+        self._disc_key = key = await new_discovery_key(self._db)
+        if self._pairing is not None:
+            self._pairing.disc_key = key
+        if self._mdns is not None:
+            await self._mdns.set_disc_key(key)
+        if self._manager is not None:
+            await self._manager.reconnect_all("discovery key rotated")
+        log.info("discovery key rotated")
+
     async def _collect_garbage(self, documents: Documents) -> None:
         while True:
             await asyncio.sleep(self.config.gc_interval)
@@ -170,7 +193,8 @@ class Node:
 
     def _hello(self) -> Hello:
         return Hello(str(self.identity.device_id), self.name,
-                     capabilities=("sync/1",), relays=self.config.relays)
+                     capabilities=("sync/1",), relays=self.config.relays,
+                     disc_key=self._disc_key)
 
     async def stop(self) -> None:
         runtime_file(self.data_dir).unlink(missing_ok=True)
@@ -225,3 +249,15 @@ async def discovery_key(db: Database) -> bytes:
         return key
 
     return await db.write(_load)
+
+
+async def new_discovery_key(db: Database) -> bytes:
+    """Replace this device's discovery key."""
+    key = secrets.token_bytes(32)
+
+    def _store(conn: Connection) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('disc_key', ?) ON CONFLICT (key) "
+                      "DO UPDATE SET value = excluded.value", (key.hex(),))
+
+    await db.write(_store)
+    return key

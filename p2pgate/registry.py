@@ -303,6 +303,10 @@ class DeviceRegistry:
             params.append(json.dumps(list(relays)))
         return await self._update(device_id, ", ".join(sets), tuple(params))
 
+    async def set_disc_key(self, device_id: DeviceID, disc_key: bytes) -> Device:
+        """A trusted peer rotated its discovery key (it told us over a pinned session)."""
+        return await self._update(device_id, "disc_key = ?", (disc_key,))
+
     async def set_policy(self, device_id: DeviceID, policy: dict[str, Any]) -> Device:
         return await self._update(device_id, "policy = ?", (json.dumps(policy),))
 

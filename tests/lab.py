@@ -183,6 +183,21 @@ def trust_each_other(a: NodeDir, b: NodeDir, a_addresses: Sequence[str] = (),
     return k
 
 
+def disc_key_of(node: NodeDir) -> bytes:
+    """The discovery key a node advertises with (read while it may be running)."""
+
+    async def _read() -> bytes:
+        db = await Database.open(node.data_dir.database, load_key(node.data_dir.database_key))
+        try:
+            row = await db.read(lambda c: c.execute(
+                "SELECT value FROM meta WHERE key = 'disc_key'").fetchone())
+            return bytes.fromhex(row[0])
+        finally:
+            await db.close()
+
+    return asyncio.run(_read())
+
+
 def node_argv(node: NodeDir, listen: str, api: str = "127.0.0.1:0", mdns: bool = False
               ) -> list[str]:
     return [sys.executable, "-m", "p2pgate", "--data-dir", str(node.data_dir.root), "node",

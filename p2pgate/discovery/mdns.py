@@ -133,6 +133,11 @@ class LanDiscovery:
         if self._zc is not None:
             await self._zc.async_close()
 
+    async def set_disc_key(self, disc_key: bytes) -> None:
+        """Advertise under a new discovery key (after revoking a peer)."""
+        self._disc_key = disc_key
+        await self.reroll()
+
     async def set_pairing_code(self, code: bytes | None) -> None:
         """Advertise (or stop advertising) that a pairing code is open here."""
         self._pairing_key = None if code is None else pairing_key(code)

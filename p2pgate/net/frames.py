@@ -40,11 +40,12 @@ class Hello:
     versions: tuple[int, ...] = SUPPORTED_VERSIONS
     capabilities: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()
+    disc_key: bytes = b""  # the sender's current discovery key (it rotates on revoke)
 
     def encode(self) -> bytes:
         return json.dumps({"device": self.device, "name": self.name,
                            "versions": list(self.versions), "caps": list(self.capabilities),
-                           "relays": list(self.relays)}).encode()
+                           "relays": list(self.relays), "disc": self.disc_key.hex()}).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> Hello:
@@ -53,9 +54,12 @@ class Hello:
             hello = cls(str(d["device"]), str(d["name"])[:128],
                         tuple(int(v) for v in d["versions"]),
                         tuple(str(c) for c in d.get("caps", ())),
-                        tuple(str(r) for r in d.get("relays", ())))
+                        tuple(str(r) for r in d.get("relays", ())),
+                        bytes.fromhex(str(d.get("disc", ""))))
         except (ValueError, KeyError, TypeError) as exc:
             raise RemoteProtocolError(f"malformed Hello: {exc}") from None
+        if len(hello.disc_key) not in (0, 32):
+            raise RemoteProtocolError("malformed Hello: bad discovery key")
         if not hello.versions or len(hello.versions) > 16:
             raise RemoteProtocolError("Hello lists no protocol versions")
         return hello

@@ -83,6 +83,13 @@ class Trust:
         """Trusted peers' discovery keys (to recognise them on the LAN)."""
         return dict(self._disc)
 
+    def learn_disc_key(self, device: DeviceID, disc_key: bytes) -> bool:
+        """Record a trusted peer's current discovery key; True if it changed."""
+        if device not in self._certs or self._disc.get(device) == disc_key:
+            return False
+        self._disc[device] = disc_key
+        return True
+
     def key_of(self, device: DeviceID) -> bytes | None:
         return self._keys.get(device)
 

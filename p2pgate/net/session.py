@@ -54,6 +54,7 @@ class Session:
         self.version = core.version
         self.capabilities = hello.capabilities
         self.relays = hello.relays
+        self.disc_key = hello.disc_key
         self.path = stream.path
         self.remote_address = stream.remote_address
         self.bytes_sent = 0

@@ -111,7 +111,7 @@ class PairingService:
         self._identity = identity
         self._registry = registry
         self._name = name
-        self._disc_key = disc_key
+        self.disc_key = disc_key  # the node replaces it when it rotates the key
         self._addresses = addresses
         self._clock = clock
         self.offers: dict[int, Offer] = {}
@@ -121,7 +121,7 @@ class PairingService:
 
     def _me(self) -> tuple[Identity, bytes]:
         part = os.urandom(32)
-        return Identity(self._identity.cert_der, self._name(), part, self._disc_key), part
+        return Identity(self._identity.cert_der, self._name(), part, self.disc_key), part
 
     # -- inviter -----------------------------------------------------------------------
 

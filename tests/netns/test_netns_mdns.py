@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from tests.lab import make_node_dir, trust_each_other, wait_for
+from p2pgate.discovery.mdns import discovery_tag
+from tests.lab import disc_key_of, make_node_dir, node_argv, trust_each_other, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -59,3 +60,42 @@ def test_paired_nodes_find_each_other_and_a_stranger_sees_only_noise(lab, tmp_pa
         assert node.device_id.replace("-", "") not in text
         assert node.name not in text
     assert all(set(s["txt"]) == {"v", "n", "t"} for s in seen)
+
+
+def test_revoking_a_device_rotates_the_discovery_key(lab, tmp_path):
+    hosts = {n: lab.host(n) for n in ("phone", "desk", "laptop")}
+    nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
+    trust_each_other(nodes["phone"], nodes["desk"])
+    trust_each_other(nodes["laptop"], nodes["desk"])
+    old_key = disc_key_of(nodes["desk"])
+    for n, host in hosts.items():
+        host.spawn(*node_argv(nodes[n], f"{host.ip}:7771", mdns=True), log=tmp_path / f"{n}.log")
+
+    def cli(n, *args):
+        return hosts[n].run(sys.executable, "-m", "p2pgate", "--data-dir",
+                            str(nodes[n].data_dir.root), *args)
+
+    def peer_names(n):
+        out = cli(n, "status", "--json")
+        return {p["name"] for p in json.loads(out.stdout)["peers"]} if out.returncode == 0 else None
+
+    def desk_recognised_by(n, key):
+        seen = json.loads(hosts[n].run(sys.executable, "-c", BROWSE, hosts[n].ip,
+                                       timeout=30).stdout)
+        return any(discovery_tag(key, bytes.fromhex(s["txt"].get("n", ""))).hex()
+                   == s["txt"].get("t") for s in seen)
+
+    wait_for(lambda: peer_names("desk") == {"phone", "laptop"}, timeout=40, what="sessions")
+    assert desk_recognised_by("phone", old_key)  # the check below can fail
+
+    assert cli("desk", "devices", "revoke", nodes["phone"].device_id).returncode == 0
+    wait_for(lambda: not desk_recognised_by("phone", old_key), timeout=30,
+             what="the desktop advertising under a new key")
+    new_key = disc_key_of(nodes["desk"])
+    assert new_key != old_key
+    assert desk_recognised_by("laptop", new_key)
+    # the laptop learns the new key over its pinned session and keeps syncing
+    wait_for(lambda: "has a new discovery key" in (tmp_path / "laptop.log").read_text(),
+             timeout=30, what="the laptop learning the new key")
+    wait_for(lambda: peer_names("laptop") == {"desk"}, timeout=30, what="the laptop's session")
+    assert "has a new discovery key" not in (tmp_path / "phone.log").read_text()
