@@ -1,0 +1,89 @@
+"""kill -9 of the desktop while it receives 10k documents from the phone (two namespaces):
+after a restart both converge and every acknowledged write is there."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import textwrap
+
+import pytest
+
+from tests.lab import make_node_dir, node_argv, trust_each_other, wait_for
+
+pytestmark = pytest.mark.netns
+
+DOCS = 10_000
+CLIENT = textwrap.dedent("""
+    import asyncio, sys
+    from p2pgate.client import Client
+    async def main(url, token, op, prefix="", count="0"):
+        async with Client(url, token) as c:
+            if op == "write":
+                async def worker(k):
+                    for i in range(k, int(count), 16):
+                        await c.put("notes", f"{prefix}{i:05d}", {"i": i, "body": "x" * 100})
+                await asyncio.gather(*(worker(k) for k in range(16)))
+            elif op == "wait":  # until the cursor passes `count`, polling fast
+                while (await c.node()).cursor <= int(count):
+                    await asyncio.sleep(0.005)
+            else:
+                total, after = 0, None
+                while True:
+                    page = await c.list_docs("notes", limit=1000, after=after)
+                    total += len(page.items)
+                    if page.next_after is None:
+                        break
+                    after = page.next_after
+                print(total)
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+
+def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
+    hosts = {n: lab.host(n) for n in ("phone", "desk")}
+    nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
+    trust_each_other(nodes["phone"], nodes["desk"], [f"{hosts['phone'].ip}:7771"],
+                     [f"{hosts['desk'].ip}:7771"])
+    for node in nodes.values():
+        (node.data_dir.root / "config.toml").write_text(
+            "rate_limit = 100000\nrate_burst = 100000\n")
+
+    def start(n):
+        (nodes[n].data_dir.root / "node.json").unlink(missing_ok=True)
+        proc = hosts[n].spawn(*node_argv(nodes[n], f"{hosts[n].ip}:7771"),
+                              log=tmp_path / f"{n}.log")
+        wait_for(lambda: (nodes[n].data_dir.root / "node.json").exists(), what=f"{n} start")
+        return proc
+
+    def client(n, *args):
+        out = hosts[n].run(sys.executable, "-c", CLIENT, nodes[n].runtime()["api_url"],
+                           nodes[n].admin_token(), *args, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    phone = start("phone")
+    client("phone", "write", "p", str(DOCS))
+    phone.send_signal(signal.SIGTERM)
+    phone.wait(30)
+    desk = start("desk")  # the phone is away: these writes are the desktop's alone
+    client("desk", "write", "d", "200")
+    waiter = hosts["desk"].spawn(sys.executable, "-c", CLIENT, nodes["desk"].runtime()["api_url"],
+                                 nodes["desk"].admin_token(), "wait", "", "1200",
+                                 log=tmp_path / "waiter.log")
+    phone = start("phone")  # the initial sync starts; pull the plug in the middle of it
+    assert waiter.wait(60) == 0
+    desk.kill()
+    assert desk.wait(10) == -signal.SIGKILL
+    phone.send_signal(signal.SIGTERM)  # so that what the desktop kept can be counted
+    phone.wait(30)
+
+    start("desk")
+    survived = int(client("desk", "count"))
+    assert survived >= 200  # every acknowledged desktop write is there
+    assert survived < DOCS + 200, "the kill should land before the sync finished"
+    start("phone")
+    wait_for(lambda: int(client("desk", "count")) == DOCS + 200, timeout=120, interval=0.5,
+             what="desktop converged")
+    wait_for(lambda: int(client("phone", "count")) == DOCS + 200, timeout=60, interval=0.5,
+             what="phone converged")
