@@ -23,6 +23,7 @@ from p2pgate.net.frames import Hello
 from p2pgate.net.peers import DialFailed, Trust, dial
 from p2pgate.net.session import Session, SessionClosed, SessionOptions
 from p2pgate.registry import DeviceRegistry
+from sync.session import PeerSession
 
 __all__ = ["ConnectionManager"]
 
@@ -116,6 +117,7 @@ class ConnectionManager:
             link.wake.set()
 
         receiver = asyncio.ensure_future(receive())
+        sync: PeerSession | None = None
         try:
             # an address we dialed is worth dialing again; an accepted one is ephemeral
             addresses = [session.remote_address] if (
@@ -125,11 +127,11 @@ class ConnectionManager:
             if session.disc_key and self._trust.learn_disc_key(session.peer, session.disc_key):
                 await self._registry.set_disc_key(session.peer, session.disc_key)
                 log.info("%s has a new discovery key", session.peer.short)
-            await self._documents.peer_open(peer, device.policy)
+            sync = await self._documents.peer_open(peer, device.policy)
             while not session.closed:
                 link.wake.clear()  # before the step: a change during it wakes us again
                 received, inbox[:] = list(inbox), []
-                out, closed, timer = await self._documents.peer_step(peer, received)
+                out, closed, timer = await self._documents.peer_step(sync, received)
                 for message in out:
                     await session.send(message)
                 if closed:
@@ -146,7 +148,8 @@ class ConnectionManager:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await receiver
-            await self._documents.peer_close(peer, session.close_reason or "closed")
+            if sync is not None:
+                await self._documents.peer_close(sync, session.close_reason or "closed")
             if self._links.get(session.peer) is link:
                 del self._links[session.peer]
             log.info("session with %s ended: %s", session.peer.short, session.close_reason)

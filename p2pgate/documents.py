@@ -30,6 +30,7 @@ from sync.model import DocState, doc_conflicts, render_doc
 from sync.ops import OPERATORS
 from sync.policy import CollectionPolicy, PeerPolicy
 from sync.replica import DocumentNotFound, Replica
+from sync.session import PeerSession
 
 __all__ = ["Documents"]
 
@@ -96,28 +97,30 @@ class Documents:
 
     # -- sync with peers (the connection manager drives one PeerSession per session) ----
 
-    async def peer_open(self, peer: str, policy: dict[str, Any] | None = None) -> None:
-        """Start a sync session with `peer` under our stored policy for it."""
+    async def peer_open(self, peer: str, policy: dict[str, Any] | None = None) -> PeerSession:
+        """Start a sync session with `peer` under our stored policy for it (it replaces
+        the session of an older connection, which the caller passes to `peer_step`)."""
 
-        def _open() -> None:
+        def _open() -> PeerSession:
             self.replica.set_policy(peer, peer_policy(policy or {}))
-            self.replica.connect(peer, self._clock())
+            return self.replica.connect(peer, self._clock())
 
-        await self._call(_open)
+        session: PeerSession = await self._call(_open)
+        return session
 
     async def set_policy(self, peer: str, policy: dict[str, Any]) -> None:
         """Apply a changed policy now (a live session re-negotiates)."""
         await self._call(lambda: self.replica.set_policy(peer, peer_policy(policy)))
 
-    async def peer_step(self, peer: str, received: list[bytes]) -> tuple[list[bytes], bool,
-                                                                          float | None]:
-        """Feed what `peer` sent, run timers; returns (to send, closed, next timer)."""
+    async def peer_step(self, session: PeerSession, received: list[bytes]
+                        ) -> tuple[list[bytes], bool, float | None]:
+        """Feed what the peer sent, run timers; returns (to send, closed, next timer)."""
+        peer = session.peer_id
 
         def _step() -> tuple[list[bytes], bool, float | None]:
             now = self._clock()
-            session = self.replica.sessions().get(peer)
-            if session is None:
-                return [], True, None
+            if session.closed:
+                return session.messages_to_send(now), True, None
             for data in received:
                 session.receive(data, now)
             timer = session.get_timer()
@@ -137,11 +140,9 @@ class Documents:
 
         return await self._call(_step)  # type: ignore[no-any-return]
 
-    async def peer_close(self, peer: str, reason: str) -> None:
+    async def peer_close(self, session: PeerSession, reason: str) -> None:
         def _close() -> None:
-            session = self.replica.sessions().get(peer)
-            if session is not None:
-                session.close(self._clock(), reason=reason, notify_peer=False)
+            session.close(self._clock(), reason=reason, notify_peer=False)
 
         await self._call(_close)
 
