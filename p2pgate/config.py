@@ -57,6 +57,11 @@ class NodeConfig(BaseModel):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     rate_limit: float = Field(200.0, gt=0, description="Requests per second per token.")
     rate_burst: int = Field(400, gt=0, description="Requests a token may burst above the rate.")
+    keepalive: float = Field(15.0, gt=0, description="Seconds between pings on an idle session.")
+    keepalive_timeout: float = Field(45.0, gt=0, description="A session silent this long is "
+                                     "dead (then the peer is dialed again, e.g. via a relay).")
+    direct_probe_interval: float = Field(30.0, gt=0, description="While a peer is reached "
+                                         "through a relay, seconds between direct attempts.")
     gc_interval: float = Field(3600.0, gt=0, description="Seconds between garbage collections "
                                "of the sync log and of deleted documents.")
     gc_peer_timeout: float = Field(30 * 86400.0, gt=0, description="A peer not synced for "

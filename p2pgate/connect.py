@@ -1,10 +1,19 @@
 """The connection manager: at most one live session per trusted peer, kept in sync.
 
-It dials trusted devices at their known addresses (and, later, addresses found by
-mDNS, the DHT and relays), accepts the listener's sessions, resolves simultaneous
-dials (the session initiated by the lower device ID wins), and runs the sync
-protocol over each session: received messages go to the replica, its answers go
-back, and a local change wakes every peer loop at once.
+It dials trusted devices at their known addresses (found by mDNS, or last seen)
+and through relays, accepts the listener's and the relays' sessions, and runs the
+sync protocol over each session: received messages go to the replica, its answers
+go back, and a local change wakes every peer loop at once.
+
+Choosing a path (happy eyeballs): direct addresses first; the relay attempt starts
+`relay_delay` (500 ms) later, or at once without direct candidates; the first
+session to complete Hello wins and the other is closed. Of two sessions with a
+peer, a direct one replaces a relayed one; otherwise the one initiated by the lower
+device ID wins. While a peer is relayed, its direct addresses are probed every
+`probe_every` seconds (± 20 %) and on discovery; a direct session then *moves* the
+peer off the relay: the new connection gets a new sync session (acknowledgements
+and idempotent merges make that lossless, duplicates never reach apps) and the
+relayed one is closed.
 """
 
 from __future__ import annotations
@@ -12,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +32,8 @@ from p2pgate.documents import Documents
 from p2pgate.net.frames import Hello
 from p2pgate.net.peers import DialFailed, Trust, dial
 from p2pgate.net.session import Session, SessionClosed, SessionOptions
-from p2pgate.registry import DeviceRegistry
+from p2pgate.registry import Device, DeviceRegistry
+from p2pgate.relay.client import RelayClient, RelayError
 from sync.session import PeerSession
 
 __all__ = ["ConnectionManager"]
@@ -37,12 +48,14 @@ class _Link:
     since: float = field(default_factory=time.time)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    probe_at: float = 0.0  # when to try a direct path again (relayed links)
 
 
 class ConnectionManager:
     def __init__(self, trust: Trust, registry: DeviceRegistry, documents: Documents,
                  me: DeviceID, hello: Callable[[], Hello], *, redial: float = 5.0,
-                 options: SessionOptions | None = None) -> None:
+                 options: SessionOptions | None = None, relays: Sequence[RelayClient] = (),
+                 relay_delay: float = 0.5, probe_every: float = 30.0) -> None:
         self._trust = trust
         self._registry = registry
         self._documents = documents
@@ -50,6 +63,9 @@ class ConnectionManager:
         self._hello = hello
         self._redial = redial
         self._options = options or SessionOptions()
+        self._relays = list(relays)
+        self._relay_delay = relay_delay
+        self._probe_every = probe_every
         self._links: dict[DeviceID, _Link] = {}
         self._dialer: asyncio.Task[None] | None = None
         self._dial_now = asyncio.Event()
@@ -57,10 +73,16 @@ class ConnectionManager:
 
     def start(self) -> None:
         self._dialer = asyncio.ensure_future(self._dial_loop())
+        for relay in self._relays:  # a relay (re)connected: peers may be reachable now
+            relay.on_connected = self._dial_now.set
 
     async def discovered(self, peer: DeviceID, addresses: tuple[str, ...]) -> None:
-        """A trusted peer was found (mDNS): remember where, and dial it now."""
+        """A trusted peer was found (mDNS): remember where, and dial it now (a relayed
+        peer is probed at once)."""
         await self._registry.record_seen(peer, list(addresses))
+        link = self._links.get(peer)
+        if link is not None:
+            link.probe_at = 0.0
         self._dial_now.set()
 
     async def stop(self) -> None:
@@ -94,13 +116,22 @@ class ConnectionManager:
         peer = session.peer
         current = self._links.get(peer)
         if current is not None and not current.session.closed:
-            lower_is_me = self._me < peer
-            keep_new = initiated_by_us == lower_is_me
-            if current.initiated_by_us == initiated_by_us or not keep_new:
-                asyncio.ensure_future(session.close("duplicate session"))
+            old, new = current.session.path, session.path
+            if old == "relay" and new != "relay":
+                log.info("moving %s from the relay to a %s path", peer.short, new)
+            elif new == "relay" and old != "relay":
+                asyncio.ensure_future(session.close("a direct session exists"))
                 return
+            else:
+                lower_is_me = self._me < peer
+                keep_new = initiated_by_us == lower_is_me
+                if current.initiated_by_us == initiated_by_us or not keep_new:
+                    asyncio.ensure_future(session.close("duplicate session"))
+                    return
             asyncio.ensure_future(current.session.close("replaced by the preferred session"))
         link = _Link(session, initiated_by_us)
+        if session.path == "relay":
+            link.probe_at = time.monotonic() + self._probe_every * random.uniform(0.8, 1.2)  # noqa: S311
         self._links[peer] = link
         link.task = asyncio.ensure_future(self._run(link))
         log.info("session with %s (%s) via %s", session.peer_name, peer.short, session.path)
@@ -121,8 +152,9 @@ class ConnectionManager:
         try:
             # an address we dialed is worth dialing again; an accepted one is ephemeral
             addresses = [session.remote_address] if (
-                link.initiated_by_us and session.remote_address) else None
-            await self._registry.record_seen(session.peer, addresses)
+                link.initiated_by_us and session.remote_address and session.path == "direct"
+            ) else None
+            await self._registry.record_seen(session.peer, addresses, session.relays)
             device = await self._registry.require(session.peer)
             if session.disc_key and self._trust.learn_disc_key(session.peer, session.disc_key):
                 await self._registry.set_disc_key(session.peer, session.disc_key)
@@ -152,30 +184,81 @@ class ConnectionManager:
                 await self._documents.peer_close(sync, session.close_reason or "closed")
             if self._links.get(session.peer) is link:
                 del self._links[session.peer]
+                self._dial_now.set()  # reach the peer again, by whatever path is left
             log.info("session with %s ended: %s", session.peer.short, session.close_reason)
 
     # -- dialing -----------------------------------------------------------------------
 
     async def _dial_loop(self) -> None:
         while True:
-            for device in await self._registry.trusted():
-                link = self._links.get(device.device_id)
-                if link is not None and not link.session.closed:
-                    continue
-                for address in device.addresses:
-                    host, _, port = address.rpartition(":")
-                    try:
-                        session = await dial(self._trust, self._hello(), device.device_id,
-                                             host.strip("[]"), int(port),
-                                             options=self._options)
-                    except (DialFailed, ValueError) as exc:
-                        log.debug("dial %s at %s: %s", device.device_id.short, address, exc)
-                        continue
-                    self._adopt(session, initiated_by_us=True)
-                    break
+            devices = await self._registry.trusted()
+            await asyncio.gather(*(self._reach(device) for device in devices))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dial_now.wait(), self._redial)
             self._dial_now.clear()
+
+    async def _reach(self, device: Device) -> None:
+        link = self._links.get(device.device_id)
+        if link is None or link.session.closed:
+            session = await self._happy_eyeballs(device)
+        elif link.session.path == "relay" and time.monotonic() >= link.probe_at:
+            link.probe_at = time.monotonic() + self._probe_every * random.uniform(0.8, 1.2)  # noqa: S311
+            session = await self._dial_direct(device)
+        else:
+            return
+        if session is not None:
+            self._adopt(session, initiated_by_us=True)
+
+    async def _happy_eyeballs(self, device: Device) -> Session | None:
+        attempts = {asyncio.ensure_future(self._dial_direct(device))}
+        if device.addresses:
+            done, _ = await asyncio.wait(attempts, timeout=self._relay_delay)
+            if done and (session := done.pop().result()) is not None:
+                return session
+            attempts -= done
+        if self._relays:
+            attempts.add(asyncio.ensure_future(self._dial_relayed(device)))
+        winner: Session | None = None
+        try:
+            while attempts and winner is None:
+                done, attempts = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    session = task.result()
+                    if session is not None and winner is None:
+                        winner = session
+                    elif session is not None:
+                        await session.close("another path won")
+        finally:
+            for task in attempts:
+                task.cancel()
+            for task in attempts:
+                with contextlib.suppress(asyncio.CancelledError):
+                    if (late := await task) is not None:
+                        await late.close("another path won")
+        return winner
+
+    async def _dial_direct(self, device: Device) -> Session | None:
+        for address in device.addresses:
+            host, _, port = address.rpartition(":")
+            try:
+                return await dial(self._trust, self._hello(), device.device_id,
+                                  host.strip("[]"), int(port), options=self._options)
+            except (DialFailed, ValueError) as exc:
+                log.debug("dial %s at %s: %s", device.device_id.short, address, exc)
+        return None
+
+    async def _dial_relayed(self, device: Device) -> Session | None:
+        """Through the peer's relays that we are connected to (ours, if it named none)."""
+        ours = [r for r in self._relays if r.connected]
+        shared = [r for r in ours if r.url in {u.rstrip("/") for u in device.relays}]
+        for relay in shared or ours:
+            try:
+                stream = await relay.connect(device.device_id)
+                return await dial(self._trust, self._hello(), device.device_id, relay.url, 0,
+                                  stream=stream, options=self._options)
+            except (RelayError, DialFailed) as exc:
+                log.debug("relay %s to %s: %s", relay.url, device.device_id.short, exc)
+        return None
 
     # -- status --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
+from p2pgate.deviceid import DeviceID
 from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviter
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
@@ -34,9 +36,11 @@ from p2pgate.files import read_secret, write_file
 from p2pgate.identity import Identity
 from p2pgate.net import Hello, Listener, Trust
 from p2pgate.net.addresses import listen_addresses
+from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
 from p2pgate.paths import DataDir, runtime_file
 from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
+from p2pgate.relay.client import RelayClient, SpliceStream
 from p2pgate.store import Connection, Database, load_key
 
 __all__ = ["Node", "NodeError"]
@@ -62,6 +66,8 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self._collector: asyncio.Task[None] | None = None
         self._disc_key = b""
+        self._relays: list[RelayClient] = []
+        self._relay_tasks: list[asyncio.Task[None]] = []
         self._pairing: PairingService | None = None
         self._db: Database | None = None
         self._stopped = asyncio.Event()
@@ -83,14 +89,18 @@ class Node:
         documents.on_change(events.publish)
         self._trust = trust = Trust(registry, self.data_dir.device_cert, self.data_dir.device_key)
         await trust.load()
+        options = SessionOptions(cfg.keepalive, cfg.keepalive_timeout)
+        self._relays = [RelayClient(url, self.identity, self._accepts_invitation(registry),
+                                    self._relayed_session) for url in cfg.relays]
         self._manager = manager = ConnectionManager(
-            trust, registry, documents, self.identity.device_id, self._hello)
+            trust, registry, documents, self.identity.device_id, self._hello,
+            relays=self._relays, probe_every=cfg.direct_probe_interval, options=options)
         self._disc_key = disc_key = await discovery_key(db)
         self._pairing = pairing = PairingService(
             self.identity, registry, lambda: self.name, disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
                                      else cfg.listen[1]))
-        self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle)
+        self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle, options)
         services = ApiServices(
             device_id=self.identity.device_id, name=lambda: self.name,
             api_url=lambda: self.api_url,
@@ -126,6 +136,7 @@ class Node:
             await self.stop()
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
         manager.start()
+        self._relay_tasks = [asyncio.ensure_future(r.run()) for r in self._relays]
         self._collector = asyncio.ensure_future(self._collect_garbage(documents))
         registry.subscribe(self._on_device_change)
         log.info("P2P listening on %s:%d", host, self._listener.port)
@@ -158,6 +169,22 @@ class Node:
         pairing.on_offer_change = advertise_code
         pairing.find_inviter = lambda code: find_inviter(ips, code)
         log.info("LAN discovery on %s", ", ".join(ips))
+
+    @staticmethod
+    def _accepts_invitation(registry: DeviceRegistry
+                            ) -> Callable[[DeviceID], Awaitable[bool]]:
+        async def accepts(peer: DeviceID) -> bool:
+            device = await registry.get(peer)
+            return device is not None and device.state is DeviceState.TRUSTED
+        return accepts
+
+    async def _relayed_session(self, stream: SpliceStream) -> None:
+        """A trusted device reached us through a relay: admission and pinned TLS run
+        inside the splice, exactly as on the P2P port."""
+        if self._listener is not None:
+            await self._listener.handle(stream)
+        else:
+            await stream.close()
 
     def _on_device_change(self, change: DeviceChanged) -> None:
         if change.old_state is DeviceState.TRUSTED and change.new_state in (
@@ -202,6 +229,11 @@ class Node:
             await self._mdns.stop()
         for task in list(self._background):
             task.cancel()
+        for task in self._relay_tasks:
+            task.cancel()
+        for task in self._relay_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._listener is not None:
             await self._listener.stop()
         if self._manager is not None:

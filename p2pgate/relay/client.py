@@ -47,12 +47,13 @@ class SpliceStream:
     """A relayed byte pipe: binary WebSocket frames through the relay."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession,
-                 peer: DeviceID) -> None:
+                 peer: DeviceID, relay_url: str | None = None) -> None:
         self._ws = ws
         self._session = session
         self.peer = peer
         self._buffer = bytearray()
         self.path = "relay"
+        self.remote_address: str | None = relay_url
 
     async def write(self, data: bytes) -> None:
         await self._ws.send_bytes(bytes(data))
@@ -90,6 +91,7 @@ class RelayClient:
         self._req_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.observed_address: str | None = None
+        self.on_connected: Callable[[], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -145,6 +147,8 @@ class RelayClient:
             self.observed_address = welcome.get("observed")
             self._ws = ws
             self._connected.set()
+            if self.on_connected is not None:
+                self.on_connected()
             log.info("relay %s: connected (we are %s)", self.url, self.observed_address)
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -189,7 +193,7 @@ class RelayClient:
         except BaseException:
             await session.close()
             raise
-        return SpliceStream(ws, session, peer)
+        return SpliceStream(ws, session, peer, self.url)
 
     async def connect(self, peer: DeviceID) -> SpliceStream:
         """A relayed stream to `peer`, or RelayUnavailable."""
