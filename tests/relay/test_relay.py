@@ -208,3 +208,70 @@ def test_broker_limits_sessions_and_answers_at_the_deadline():
     assert late.message == {"t": "unavailable", "req": 2}
     broker.close_session(str(invite.message["sid"]))
     assert broker.sessions == 0
+
+
+async def _spliced(r, a_id, b_id):
+    """(client a, stream a→b, stream b→a) for two devices on relay `r`."""
+    stack = contextlib.AsyncExitStack()
+    a, _, _ = await stack.enter_async_context(device(r.url, a_id, trusts=[b_id]))
+    b, _, b_sessions = await stack.enter_async_context(device(r.url, b_id, trusts=[a_id]))
+    await asyncio.wait_for(a.wait_connected(), 5)
+    await asyncio.wait_for(b.wait_connected(), 5)
+    stream_a = await a.connect(b_id.device_id)
+    stream_b = await asyncio.wait_for(b_sessions.get(), 5)
+    stack.push_async_callback(stream_a.close)
+    stack.push_async_callback(stream_b.close)
+    return stack, stream_a, stream_b
+
+
+async def _transfer(src, dst, total, chunk=16 << 10):
+    """Seconds to move `total` bytes from src to dst."""
+    started = time.monotonic()
+
+    async def write():
+        for _ in range(total // chunk):
+            await src.write(b"x" * chunk)
+
+    writer = asyncio.ensure_future(write())
+    got = 0
+    while got < total:
+        got += len(await dst.read())
+    await writer
+    return time.monotonic() - started
+
+
+async def test_per_session_rate_holds_within_ten_percent():
+    rate = 256 << 10
+    async with relay(session_rate=rate) as r:
+        stack, a, b = await _spliced(r, Identity.generate(), Identity.generate())
+        async with stack:
+            await _transfer(a, b, rate // 4)  # the burst allowance is spent
+            seconds = await _transfer(a, b, rate * 2)
+        measured = rate * 2 / seconds
+        assert 0.9 * rate <= measured <= 1.1 * rate, measured
+
+
+async def test_one_flooding_session_does_not_starve_another():
+    rate = 512 << 10
+    async with relay(session_rate=rate, global_rate=8 * rate) as r:
+        stack, a, b = await _spliced(r, Identity.generate(), Identity.generate())
+        async with stack:
+            alone = await _transfer(a, b, rate // 2)
+            flood_stack, fa, fb = await _spliced(r, Identity.generate(), Identity.generate())
+            async with flood_stack:
+                async def flood():
+                    while True:
+                        await fa.write(b"f" * (64 << 10))
+
+                async def drain():
+                    while await fb.read():
+                        pass
+
+                flooding = [asyncio.ensure_future(flood()), asyncio.ensure_future(drain())]
+                try:
+                    loaded = await _transfer(a, b, rate // 2)
+                finally:
+                    for task in flooding:
+                        task.cancel()
+                    await asyncio.gather(*flooding, return_exceptions=True)
+        assert loaded <= 2 * alone, (alone, loaded)
