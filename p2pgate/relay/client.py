@@ -27,6 +27,7 @@ from p2pgate.deviceid import DeviceID
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
 from p2pgate.relay.server import auth_payload
+from p2pgate.stream import StreamClosed
 
 __all__ = ["RelayClient", "RelayError", "RelayUnavailable", "SpliceStream"]
 
@@ -56,12 +57,18 @@ class SpliceStream:
         self.remote_address: str | None = relay_url
 
     async def write(self, data: bytes) -> None:
-        await self._ws.send_bytes(bytes(data))
+        try:
+            await self._ws.send_bytes(bytes(data))
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise StreamClosed(f"relay splice closed: {exc}") from None
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to max_bytes; b"" at end of stream."""
         if not self._buffer:
-            msg = await self._ws.receive()
+            try:
+                msg = await self._ws.receive()
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise StreamClosed(f"relay splice closed: {exc}") from None
             if msg.type != aiohttp.WSMsgType.BINARY:
                 return b""
             self._buffer.extend(msg.data)
@@ -70,7 +77,8 @@ class SpliceStream:
         return data
 
     async def close(self) -> None:
-        await self._ws.close()
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+            await self._ws.close()
         await self._session.close()
 
 
