@@ -55,7 +55,8 @@ class ConnectionManager:
     def __init__(self, trust: Trust, registry: DeviceRegistry, documents: Documents,
                  me: DeviceID, hello: Callable[[], Hello], *, redial: float = 5.0,
                  options: SessionOptions | None = None, relays: Sequence[RelayClient] = (),
-                 relay_delay: float = 0.5, probe_every: float = 30.0) -> None:
+                 relay_delay: float = 0.5, probe_every: float = 30.0,
+                 visit: Callable[[str], RelayClient] | None = None) -> None:
         self._trust = trust
         self._registry = registry
         self._documents = documents
@@ -64,6 +65,8 @@ class ConnectionManager:
         self._redial = redial
         self._options = options or SessionOptions()
         self._relays = list(relays)
+        self._visit = visit  # makes a client for a peer's relay that is not one of ours
+        self._visiting: dict[str, tuple[RelayClient, asyncio.Task[None]]] = {}
         self._relay_delay = relay_delay
         self._probe_every = probe_every
         self._links: dict[DeviceID, _Link] = {}
@@ -86,10 +89,11 @@ class ConnectionManager:
         self._dial_now.set()
 
     async def stop(self) -> None:
-        if self._dialer is not None:
-            self._dialer.cancel()
+        tasks = [t for t in (self._dialer, *(t for _, t in self._visiting.values())) if t]
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._dialer
+                await task
         for link in list(self._links.values()):
             await link.session.close("node shutting down")
             if link.task is not None:
@@ -216,7 +220,7 @@ class ConnectionManager:
             if done and (session := done.pop().result()) is not None:
                 return session
             attempts -= done
-        if self._relays:
+        if self._relays or device.relays:
             attempts.add(asyncio.ensure_future(self._dial_relayed(device)))
         winner: Session | None = None
         try:
@@ -248,10 +252,14 @@ class ConnectionManager:
         return None
 
     async def _dial_relayed(self, device: Device) -> Session | None:
-        """Through the peer's relays that we are connected to (ours, if it named none)."""
-        ours = [r for r in self._relays if r.connected]
-        shared = [r for r in ours if r.url in {u.rstrip("/") for u in device.relays}]
-        for relay in shared or ours:
+        """Through the relays the peer named in its Hello (through ours if it named
+        none): ours first, then others we connect to as a visitor."""
+        ours = {r.url: r for r in self._relays}
+        named = [u.rstrip("/") for u in device.relays] or list(ours)
+        for url in sorted(named, key=lambda u: u not in ours):
+            relay = ours.get(url) or await self._visitor(url)
+            if relay is None or not relay.connected:
+                continue
             try:
                 stream = await relay.connect(device.device_id)
                 return await dial(self._trust, self._hello(), device.device_id, relay.url, 0,
@@ -259,6 +267,18 @@ class ConnectionManager:
             except (RelayError, DialFailed) as exc:
                 log.debug("relay %s to %s: %s", relay.url, device.device_id.short, exc)
         return None
+
+    async def _visitor(self, url: str) -> RelayClient | None:
+        """A control connection to someone else's relay, kept for later dials."""
+        if url in self._visiting:
+            return self._visiting[url][0]
+        if self._visit is None:
+            return None
+        relay = self._visit(url)
+        self._visiting[url] = (relay, asyncio.ensure_future(relay.run()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(relay.wait_connected(), 5)
+        return relay
 
     # -- status --------------------------------------------------------------------------
 

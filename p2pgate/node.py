@@ -94,7 +94,8 @@ class Node:
                                     self._relayed_session) for url in cfg.relays]
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello,
-            relays=self._relays, probe_every=cfg.direct_probe_interval, options=options)
+            relays=self._relays, probe_every=cfg.direct_probe_interval, options=options,
+            visit=self._visitor_client)
         self._disc_key = disc_key = await discovery_key(db)
         self._pairing = pairing = PairingService(
             self.identity, registry, lambda: self.name, disc_key,
@@ -177,6 +178,13 @@ class Node:
             device = await registry.get(peer)
             return device is not None and device.state is DeviceState.TRUSTED
         return accepts
+
+    def _visitor_client(self, url: str) -> RelayClient:
+        """A client for a peer's relay we only dial through (it accepts no invitation)."""
+        async def refuse(_: DeviceID) -> bool:
+            return False
+
+        return RelayClient(url, self.identity, refuse, self._relayed_session)
 
     async def _relayed_session(self, stream: SpliceStream) -> None:
         """A trusted device reached us through a relay: admission and pinned TLS run

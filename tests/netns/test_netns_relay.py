@@ -67,7 +67,7 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
     lab.cut_unicast(phone, desk)  # they reach the relay, never each other
     for n, host in hosts.items():
         (nodes[n].data_dir.root / "config.toml").write_text(
-            "direct_probe_interval = 2\nkeepalive = 0.5\nkeepalive_timeout = 2\n")
+            "direct_probe_interval = 2\nkeepalive = 0.5\nkeepalive_timeout = 1.5\n")
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), "--relay", url,
                    log=tmp_path / f"{n}.log")
     for node in nodes.values():
@@ -122,3 +122,36 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
         assert sorted(api(n, "events")) == ["n1", "n2", "n3", "n4", "n5"]
     print(f"relayed session after {relayed_after:.2f} s; fell back in {fallback:.2f} s")
     assert fallback < 3 + 1  # target 3 s, plus up to a second of polling through the CLI
+
+
+def test_a_device_without_relays_reaches_a_peer_through_the_peer_s_relay(lab, tmp_path):
+    relay, phone, desk = lab.host("relay"), lab.host("phone"), lab.host("desk")
+    hosts = {"phone": phone, "desk": desk}
+    nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
+    trust_each_other(nodes["phone"], nodes["desk"], [f"{phone.ip}:7771"], [f"{desk.ip}:7771"])
+    relay.spawn(sys.executable, "-m", "p2pgate", "relay", "--listen", f"{relay.ip}:8443",
+                log=tmp_path / "relay.log")
+    for n, host in hosts.items():
+        (nodes[n].data_dir.root / "config.toml").write_text(
+            "keepalive = 0.5\nkeepalive_timeout = 1.5\n")
+        relays = ["--relay", f"ws://{relay.ip}:8443"] if n == "desk" else []
+        host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), *relays, log=tmp_path / f"{n}.log")
+    for node in nodes.values():
+        wait_for(lambda n=node: (n.data_dir.root / "node.json").exists(), what="start")
+
+    def api(n, *args):
+        out = hosts[n].run(sys.executable, "-c", API, nodes[n].runtime()["api_url"],
+                           nodes[n].admin_token(), *args)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    def path(n):
+        peers = api(n, "peers")
+        return peers[0]["path"] if peers else None
+
+    wait_for(lambda: path("phone") == "direct", what="a direct session first")
+    lab.cut_unicast(phone, desk)  # the phone learnt the desktop's relay from its Hello
+    wait_for(lambda: path("phone") == "relay" and path("desk") == "relay", timeout=20,
+             what="the phone dialing through the desktop's relay")
+    api("phone", "put", "n1", json.dumps({"text": "via a relay the phone never configured"}))
+    wait_for(lambda: api("desk", "ids") == ["n1"], what="sync")
