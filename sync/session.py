@@ -5,8 +5,8 @@ States:
     AWAITING_HELLO --peer's Hello--> SYNCING --Close, protocol error, close()--> CLOSED
 
 AWAITING_HELLO: our Hello (device ID, version vector) is out; it is re-sent on the
-  retransmit timer until the peer's Hello arrives. Anything else is a protocol
-  error.
+  retransmit timer until the peer's Hello arrives. Anything else means the peer's
+  Hello was lost: it is ignored (and so retransmitted by the peer later).
 SYNCING: each Hello carries the sender's policy for the receiver. When both
   policies let everything flow both ways, complete replicas reconcile with version
   vectors, as below; otherwise documents are reconciled by state
@@ -114,7 +114,7 @@ class PeerSession:
             if isinstance(msg, Hello):
                 self._on_hello(msg)
             elif self.state is SessionState.AWAITING_HELLO:
-                raise RemoteProtocolError("message before Hello", CLOSE_UNEXPECTED)
+                return  # its Hello was lost: ignored, unacknowledged, so sent again later
             elif isinstance(msg, Recon | DocsMessage):
                 if self.by_state is None:
                     raise RemoteProtocolError("a state message in a version-vector session",
