@@ -60,6 +60,8 @@ class NodeConfig(BaseModel):
     keepalive: float = Field(15.0, gt=0, description="Seconds between pings on an idle session.")
     keepalive_timeout: float = Field(45.0, gt=0, description="A session silent this long is "
                                      "dead (then the peer is dialed again, e.g. via a relay).")
+    dht_lookup_interval: float = Field(30.0, gt=0, description="Seconds between DHT lookups "
+                                       "of paired devices we have no direct session with.")
     direct_probe_interval: float = Field(30.0, gt=0, description="While a peer is reached "
                                          "through a relay, seconds between direct attempts.")
     gc_interval: float = Field(3600.0, gt=0, description="Seconds between garbage collections "

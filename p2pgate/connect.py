@@ -106,6 +106,11 @@ class ConnectionManager:
             await link.session.close(reason)
         self._dial_now.set()
 
+    def path_of(self, peer: DeviceID) -> str | None:
+        """The path of the live session with `peer`, or None."""
+        link = self._links.get(peer)
+        return None if link is None or link.session.closed else link.session.path
+
     def _wake_all(self) -> None:
         for link in self._links.values():
             link.wake.set()

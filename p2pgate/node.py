@@ -29,7 +29,10 @@ from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
 from p2pgate.deviceid import DeviceID
+from p2pgate.dht.node import DhtNode
+from p2pgate.dht.records import RecordContent
 from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviter
+from p2pgate.discovery.wan import WanDiscovery
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
 from p2pgate.files import read_secret, write_file
@@ -67,6 +70,7 @@ class Node:
         self._collector: asyncio.Task[None] | None = None
         self._disc_key = b""
         self._relays: list[RelayClient] = []
+        self._wan: WanDiscovery | None = None
         self._relay_tasks: list[asyncio.Task[None]] = []
         self._pairing: PairingService | None = None
         self._db: Database | None = None
@@ -143,6 +147,8 @@ class Node:
         log.info("P2P listening on %s:%d", host, self._listener.port)
         if cfg.mdns:
             await self._start_mdns(disc_key, self._listener.port, manager, trust, pairing)
+        if cfg.dht and cfg.bootstrap:
+            await self._start_dht(manager, registry, self._listener.port)
         write_file(runtime_file(self.data_dir),
                    json.dumps({"api_url": self.api_url, "p2p_port": self._listener.port,
                                "pid": os.getpid()}).encode())
@@ -226,6 +232,31 @@ class Node:
                 log.info("garbage collection: %d logged changes, %d deleted documents",
                          dropped, purged)
 
+    async def _start_dht(self, manager: ConnectionManager, registry: DeviceRegistry,
+                         port: int) -> None:
+        cfg = self.config
+        dht = DhtNode()
+        await dht.listen(port, interface=cfg.listen[0])  # UDP, on the P2P port number
+
+        def content() -> RecordContent:
+            observed = next((r.observed_address for r in self._relays if r.observed_address),
+                            None)
+            return RecordContent(tuple(listen_addresses(cfg.listen[0], port)), cfg.relays,
+                                 observed)
+
+        async def found(peer: DeviceID, record: RecordContent) -> None:
+            if record.relays:
+                await registry.record_seen(peer, None, record.relays)
+            await manager.discovered(peer, record.addresses)
+
+        self._wan = WanDiscovery(dht, registry, self.identity.device_id,
+                                 self.identity.private_key, content, found,
+                                 lambda peer: manager.path_of(peer) in (None, "relay"),
+                                 lookup_every=cfg.dht_lookup_interval)
+        await self._wan.start([(host, p) for host, p in cfg.bootstrap])
+        log.info("DHT node on UDP %s:%d, bootstrapping from %d node(s)", cfg.listen[0], port,
+                 len(cfg.bootstrap))
+
     def _hello(self) -> Hello:
         return Hello(str(self.identity.device_id), self.name,
                      capabilities=("sync/1",), relays=self.config.relays,
@@ -235,6 +266,8 @@ class Node:
         runtime_file(self.data_dir).unlink(missing_ok=True)
         if self._mdns is not None:
             await self._mdns.stop()
+        if self._wan is not None:
+            await self._wan.stop()
         for task in list(self._background):
             task.cancel()
         for task in self._relay_tasks:

@@ -76,6 +76,13 @@ async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})", flush=True)
+    dht = None
+    if config.dht_port is not None:  # a DHT bootstrap node beside the relay
+        from p2pgate.dht.node import DhtNode
+
+        dht = DhtNode()
+        await dht.listen(config.dht_port, interface=host)
+        log.info("DHT bootstrap node on UDP %s:%d", host, config.dht_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -95,6 +102,8 @@ async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
     finally:
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if dht is not None:
+            dht.stop()
         await runner.cleanup()
         log.info("relay stopped")
 
@@ -105,7 +114,7 @@ def _relay(args: argparse.Namespace) -> int:
     if args.action == "token":
         return _token(args)
     config_path = Path(args.config) if args.config else None
-    overrides = {"listen": args.listen}
+    overrides = {"listen": args.listen, "dht_port": args.dht_port}
     load_relay_config(config_path, overrides)  # a bad config fails before anything starts
     setup_logging("json" if args.log_json else "human", args.debug)
     asyncio.run(_serve(config_path, overrides))
@@ -118,6 +127,7 @@ def add_relay_command(sub: Any) -> None:
     p.add_argument("action", nargs="?", default="serve", choices=["serve", "keygen", "token"])
     p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8443)")
     p.add_argument("--config", help="relay config file (TOML)")
+    p.add_argument("--dht-port", type=int, help="also run a DHT bootstrap node on this UDP port")
     p.add_argument("--log-json", action="store_true", help="log JSON lines")
     p.add_argument("--key", default="relay-signing.key",
                    help="signing key file (keygen, token)")
