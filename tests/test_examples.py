@@ -68,3 +68,12 @@ def test_phone_and_desktop_walkthrough(tmp_path, allow_blocking):
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def test_the_laptop_config_is_a_valid_node_config():
+    from p2pgate.config import load_config
+
+    config = load_config(ROOT / "examples" / "devices" / "laptop" / "config.toml", {})
+    assert config.relays == ("wss://relay.example.net",)
+    assert config.bootstrap == (("relay.example.net", 4000),)
+    assert config.dht and config.mdns
