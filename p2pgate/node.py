@@ -104,7 +104,8 @@ class Node:
         self._pairing = pairing = PairingService(
             self.identity, registry, lambda: self.name, disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
-                                     else cfg.listen[1]))
+                                     else cfg.listen[1]),
+            relays=lambda: list(cfg.relays))
         self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle, options)
         services = ApiServices(
             device_id=self.identity.device_id, name=lambda: self.name,
@@ -275,6 +276,8 @@ class Node:
         for task in self._relay_tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._pairing is not None:
+            await self._pairing.close()
         if self._listener is not None:
             await self._listener.stop()
         if self._manager is not None:

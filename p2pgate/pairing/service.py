@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -106,14 +108,16 @@ def _bytes(msg: dict[str, Any], key: str) -> bytes:
 class PairingService:
     def __init__(self, identity: DeviceIdentity, registry: DeviceRegistry,
                  name: Callable[[], str], disc_key: bytes,
-                 addresses: Callable[[], list[str]], clock: Callable[[], float] = time.time
-                 ) -> None:
+                 addresses: Callable[[], list[str]], clock: Callable[[], float] = time.time,
+                 relays: Callable[[], list[str]] = list) -> None:
         self._identity = identity
         self._registry = registry
         self._name = name
         self.disc_key = disc_key  # the node replaces it when it rotates the key
         self._addresses = addresses
+        self._relays = relays  # where offers also wait in a mailbox (pairing across networks)
         self._clock = clock
+        self._mailboxes: set[asyncio.Task[None]] = set()
         self.offers: dict[int, Offer] = {}
         # set by the node: LAN lookup by code, and a hook to advertise open codes
         self.find_inviter: Callable[[bytes], Awaitable[list[str]]] | None = None
@@ -141,7 +145,44 @@ class PairingService:
         self.offers[nameplate] = offer
         if self.on_offer_change is not None:
             self.on_offer_change(code.encode())
-        return offer, make_uri(code, secret, self._addresses(), [])
+        relays = self._relays()
+        for url in relays:  # a joiner on another network meets us in the relay's mailbox
+            for box in (mailbox_id(f"code {nameplate}"), mailbox_id(f"uri {secret}")):
+                task = asyncio.ensure_future(self._wait_in_mailbox(offer, url, box))
+                self._mailboxes.add(task)
+                task.add_done_callback(self._mailboxes.discard)
+        return offer, make_uri(code, secret, self._addresses(), relays)
+
+    async def _wait_in_mailbox(self, offer: Offer, url: str, box: str) -> None:
+        """Serve joiners arriving through one relay mailbox while the offer waits."""
+        from p2pgate.relay.client import RelayUnavailable, open_mailbox  # (import cycle)
+
+        while offer.state == "waiting":
+            wait = offer.expires_at - self._clock()
+            if wait <= 0:
+                return
+            try:
+                stream = await open_mailbox(url, box, "inviter", wait)
+            except RelayUnavailable as exc:
+                log.info("pairing mailbox at %s: %s", url, exc)
+                await asyncio.sleep(min(5.0, max(0.0, wait)))
+                continue
+            try:
+                magic = await _read_exactly(stream, len(PAIR_MAGIC))
+            except (StreamClosed, TimeoutError):
+                await stream.close()
+                continue
+            if magic != PAIR_MAGIC:
+                await stream.close()
+                continue
+            await self.handle(stream, b"")
+
+    async def close(self) -> None:
+        for task in list(self._mailboxes):
+            task.cancel()
+        for task in list(self._mailboxes):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def status(self, nameplate: int) -> Offer | None:
         offer = self.offers.get(nameplate)
@@ -216,10 +257,11 @@ class PairingService:
         candidates = [address] if address else list(invitation.addresses)
         if not candidates and invitation.kind == "code" and self.find_inviter is not None:
             candidates = await self.find_inviter(invitation.password)
-        if not candidates:
+        relays = list(invitation.relays) or self._relays()
+        if not candidates and not relays:
             raise PairingFailed(
                 "cannot find the device showing this code on the LAN; check that both are "
-                "on the same network, or use the URI of its QR code")
+                "on the same network, use the URI of its QR code, or use a relay")
         errors = []
         for candidate in candidates:
             host, _, port = candidate.rpartition(":")
@@ -235,6 +277,20 @@ class PairingService:
             await self._registry.record_seen(
                 result.peer.device_id, [candidate])
             return result
+        from p2pgate.relay.client import RelayUnavailable, open_mailbox  # (import cycle)
+
+        for url in relays:
+            try:
+                relayed = await open_mailbox(url, mailbox_id(
+                    f"code {invitation.nameplate}" if invitation.kind == "code"
+                    else f"uri {invitation.password.decode()}"), "joiner", 10.0)
+            except RelayUnavailable as exc:
+                errors.append(str(exc))
+                continue
+            try:
+                return await self._join_over(relayed, invitation)
+            finally:
+                await relayed.close()
         raise PairingFailed("cannot reach the other device: " + "; ".join(errors))
 
     async def _join_over(self, stream: Stream, invitation: Any) -> PairingResult:
@@ -279,3 +335,22 @@ class PairingService:
                                                   peer.disc_key)
         except IllegalTransition as exc:
             raise PairingFailed(str(exc)) from None
+
+
+def mailbox_id(name: str) -> str:
+    """An offer's relay mailbox. For a short code it is named by the nameplate only (as in
+    Magic Wormhole): a hash of the whole code would let the relay find the words offline
+    and then pair in the joiner's place. Wrong words so reach the inviter and count
+    towards burning the code. A URI's box is named by its 128-bit secret."""
+    return hashlib.sha256(b"p2pgate pairing mailbox\0" + name.encode()).hexdigest()
+
+
+async def _read_exactly(stream: Stream, n: int) -> bytes:
+    data = b""
+    async with asyncio.timeout(30):
+        while len(data) < n:
+            chunk = await stream.read(n - len(data))
+            if not chunk:
+                raise StreamClosed("closed")
+            data += chunk
+    return data

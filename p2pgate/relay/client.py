@@ -29,7 +29,7 @@ from p2pgate.identity import Identity
 from p2pgate.relay.server import auth_payload
 from p2pgate.stream import StreamClosed
 
-__all__ = ["RelayClient", "RelayError", "RelayUnavailable", "SpliceStream"]
+__all__ = ["RelayClient", "RelayError", "RelayUnavailable", "SpliceStream", "open_mailbox"]
 
 log = logging.getLogger("p2pgate.relay.client")
 
@@ -48,7 +48,7 @@ class SpliceStream:
     """A relayed byte pipe: binary WebSocket frames through the relay."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession,
-                 peer: DeviceID, relay_url: str | None = None) -> None:
+                 peer: DeviceID | None, relay_url: str | None = None) -> None:
         self._ws = ws
         self._session = session
         self.peer = peer
@@ -80,6 +80,25 @@ class SpliceStream:
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
             await self._ws.close()
         await self._session.close()
+
+
+async def open_mailbox(url: str, box: str, role: str, wait: float) -> SpliceStream:
+    """A stream to whoever opens the same pairing mailbox on the relay at `url` (the
+    inviter waits up to `wait` seconds; a joiner finding nobody gets RelayUnavailable)."""
+    session = aiohttp.ClientSession()
+    try:
+        ws = await session.ws_connect(url.rstrip("/") + "/v1/mailbox", heartbeat=30)
+        await ws.send_json({"box": box, "role": role})
+        answer = await ws.receive(timeout=wait)
+        if answer.type != aiohttp.WSMsgType.TEXT or json.loads(answer.data).get("t") != "spliced":
+            raise RelayUnavailable(f"nobody is waiting with this code at {url}")
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        await session.close()
+        raise RelayUnavailable(f"relay {url}: {exc or type(exc).__name__}") from None
+    except BaseException:
+        await session.close()
+        raise
+    return SpliceStream(ws, session, None, url.rstrip("/"))
 
 
 class RelayClient:

@@ -41,6 +41,8 @@ log = logging.getLogger("p2pgate.relay")
 AUTH_CONTEXT = b"p2pgate-relay-auth"
 PROTOCOL_VERSION = 1
 SPLICE_WAIT = 30.0
+MAILBOX_WAIT = 3600.0  # the longest a pairing code lives
+MAX_MAILBOXES = 10_000
 
 
 def auth_payload(relay_url: str, nonce: str, timestamp: int) -> bytes:
@@ -75,7 +77,7 @@ class _Bucket:
 @dataclass(slots=True)
 class _Pending:
     ws: web.WebSocketResponse
-    device: DeviceID
+    device: DeviceID | None
     partner: asyncio.Future[web.WebSocketResponse]
 
 
@@ -88,6 +90,7 @@ class RelayServer:
         self.metrics = Metrics()
         self._controls: dict[DeviceID, web.WebSocketResponse] = {}
         self._splices: dict[str, _Pending] = {}
+        self._boxes: dict[str, _Pending] = {}
         self._per_ip: Counter[str] = Counter()
         self._accepts = RateLimiter(config.accept_rate_per_ip,
                                     max(1, int(config.accept_rate_per_ip)))
@@ -132,6 +135,7 @@ class RelayServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/control", self._control)
         app.router.add_get("/v1/splice", self._splice)
+        app.router.add_get("/v1/mailbox", self._mailbox)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -386,6 +390,53 @@ class RelayServer:
             await self._pump(ws, pending.ws, sid)
         finally:
             self._close_session(sid)
+
+    # -- the pairing mailbox -------------------------------------------------------------
+
+    async def _mailbox(self, request: web.Request) -> web.StreamResponse:
+        """Rendezvous for pairing across networks: the inviter waits in a box named by a
+        hash of its code, a joiner with the same code is spliced to it. The devices run
+        SPAKE2 through it: the relay learns neither the code nor the keys."""
+        return await self._websocket(request, 64 << 10,
+                                     lambda ws, _ip: self._run_mailbox(ws))
+
+    async def _run_mailbox(self, ws: web.WebSocketResponse) -> None:
+        try:
+            msg = await ws.receive(timeout=10)
+            data = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {}
+            box, role = str(data["box"]), str(data["role"])
+            if len(box) != 64 or role not in ("inviter", "joiner"):
+                raise ValueError(role)
+        except (TimeoutError, ValueError, TypeError, KeyError):
+            self.metrics.inc("refusals_total", reason="malformed")
+            return
+        if role == "inviter":
+            if len(self._boxes) >= MAX_MAILBOXES and box not in self._boxes:
+                self.metrics.inc("refusals_total", reason="mailboxes_full")
+                return
+            old = self._boxes.pop(box, None)
+            if old is not None and not old.partner.done():
+                old.partner.cancel()
+            partner: asyncio.Future[web.WebSocketResponse] = (
+                asyncio.get_running_loop().create_future())
+            self._boxes[box] = _Pending(ws, None, partner)
+            try:
+                joiner = await asyncio.wait_for(asyncio.shield(partner), MAILBOX_WAIT)
+            except (TimeoutError, asyncio.CancelledError):
+                return
+            finally:
+                if self._boxes.get(box) is not None and self._boxes[box].ws is ws:
+                    del self._boxes[box]
+            await self._pump(ws, joiner, "mailbox")
+            return
+        waiting = self._boxes.pop(box, None)
+        if waiting is None or waiting.partner.done():
+            await ws.send_json({"t": "absent"})
+            return
+        waiting.partner.set_result(ws)
+        await ws.send_json({"t": "spliced"})
+        await waiting.ws.send_json({"t": "spliced"})
+        await self._pump(ws, waiting.ws, "mailbox")
 
     def _close_session(self, sid: str) -> None:
         self.broker.close_session(sid)
