@@ -7,9 +7,9 @@ We look up each peer's record for us (current and adjacent epochs) and hand what
 it says to the connection manager. Someone who knows only a device ID cannot even
 compute the key, let alone read the value.
 
-Records are republished every `republish` seconds (well before they expire) and at
-once when our addresses change; peers without a live session are looked up every
-`lookup_every` seconds.
+Records are republished every `republish` seconds (well before they expire) and
+whenever what they say changes (checked every `lookup_every` seconds, when peers
+without a direct session are also looked up).
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ class WanDiscovery:
         self._lookup_every = lookup_every
         self._published: dict[DeviceID, tuple[int, RecordContent]] = {}  # epoch, content
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._bootstrap: list[tuple[str, int]] = []
 
     async def start(self, bootstrap: list[tuple[str, int]]) -> None:
@@ -68,9 +67,6 @@ class WanDiscovery:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._dht.stop()
-
-    def addresses_changed(self) -> None:
-        self._wake.set()
 
     async def _loop(self) -> None:
         last_publish = 0.0
@@ -87,10 +83,8 @@ class WanDiscovery:
                     await self._publish(device, now, force=full)
                 if self._wanted(device.device_id):
                     await self._lookup(device, now)
-            self._wake.clear()
             joined = bool(self._dht.bootstrappable_neighbors())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._lookup_every if joined else 2.0)
+            await asyncio.sleep(self._lookup_every if joined else 2.0)
 
     async def _publish(self, device: Device, now: float, force: bool) -> None:
         if device.k_pair is None:
