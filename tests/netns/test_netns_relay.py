@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.lab import make_node_dir, node_argv, trust_each_other, wait_for
+from tests.netns.nodes import Devices
 
 pytestmark = pytest.mark.netns
 
@@ -22,31 +23,6 @@ CAPTURE = textwrap.dedent("""
         while True:
             out.write(s.recv(65536))
             out.flush()
-""")
-
-API = textwrap.dedent("""
-    import asyncio, json, sys
-    from p2pgate.client import Client
-    async def main(url, token, op, *args):
-        async with Client(url, token) as c:
-            if op == "put":
-                await c.put("notes", args[0], json.loads(args[1]))
-            elif op == "ids":
-                docs = await c.list_docs("notes", limit=1000)
-                print(json.dumps(sorted(d.id for d in docs.items)))
-            elif op == "events":  # every change event so far, by document
-                ids = []
-                async def collect():
-                    async for event in c.events(cursor=0):
-                        ids.append(event.id)
-                try:
-                    await asyncio.wait_for(collect(), 2)
-                except asyncio.TimeoutError:
-                    pass
-                print(json.dumps(ids))
-            elif op == "peers":
-                print(json.dumps((await c.peers()).items))
-    asyncio.run(main(*sys.argv[1:]))
 """)
 
 SECRET = "the relay must never read this sentence"
@@ -70,18 +46,8 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
             "direct_probe_interval = 2\nkeepalive = 0.5\nkeepalive_timeout = 1.5\n")
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), "--relay", url,
                    log=tmp_path / f"{n}.log")
-    for node in nodes.values():
-        wait_for(lambda n=node: (n.data_dir.root / "node.json").exists(), what="start")
-
-    def api(n, *args):
-        out = hosts[n].run(sys.executable, "-c", API, nodes[n].runtime()["api_url"],
-                           nodes[n].admin_token(), *args)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout) if out.stdout.strip() else None
-
-    def path(n):
-        peers = api(n, "peers")
-        return peers[0]["path"] if peers else None
+    devices = Devices(hosts, nodes)
+    api, path = devices.api, devices.path
 
     started = time.monotonic()
     wait_for(lambda: path("phone") == "relay" and path("desk") == "relay", timeout=30,
@@ -136,18 +102,8 @@ def test_a_device_without_relays_reaches_a_peer_through_the_peer_s_relay(lab, tm
             "keepalive = 0.5\nkeepalive_timeout = 1.5\n")
         relays = ["--relay", f"ws://{relay.ip}:8443"] if n == "desk" else []
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), *relays, log=tmp_path / f"{n}.log")
-    for node in nodes.values():
-        wait_for(lambda n=node: (n.data_dir.root / "node.json").exists(), what="start")
-
-    def api(n, *args):
-        out = hosts[n].run(sys.executable, "-c", API, nodes[n].runtime()["api_url"],
-                           nodes[n].admin_token(), *args)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout) if out.stdout.strip() else None
-
-    def path(n):
-        peers = api(n, "peers")
-        return peers[0]["path"] if peers else None
+    devices = Devices(hosts, nodes)
+    api, path = devices.api, devices.path
 
     wait_for(lambda: path("phone") == "direct", what="a direct session first")
     lab.cut_unicast(phone, desk)  # the phone learnt the desktop's relay from its Hello

@@ -12,7 +12,7 @@ import pytest
 
 from p2pgate.pairing.codes import WORDS
 from tests.lab import make_node_dir, trust_each_other, wait_for
-from tests.netns.test_netns_relay import API
+from tests.netns.nodes import Devices
 
 pytestmark = pytest.mark.netns
 
@@ -33,18 +33,8 @@ def test_the_laptop_finds_home_through_the_dht_and_the_relay(lab, tmp_path):
                    "node", "--api", "127.0.0.1:0", "--listen", f"{host.ip}:7771", "--no-mdns",
                    "--relay", f"ws://{relay.ip}:8443", "--bootstrap", f"{relay.ip}:4000",
                    log=tmp_path / f"{n}.log")
-    for node in nodes.values():
-        wait_for(lambda n=node: (n.data_dir.root / "node.json").exists(), what="start")
-
-    def api(n, *args):
-        out = hosts[n].run(sys.executable, "-c", API, nodes[n].runtime()["api_url"],
-                           nodes[n].admin_token(), *args)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout) if out.stdout.strip() else None
-
-    def path(n):
-        peers = api(n, "peers")
-        return peers[0]["path"] if peers else None
+    devices = Devices(hosts, nodes)
+    api, path = devices.api, devices.path
 
     wait_for(lambda: path("laptop") == "relay", timeout=30, what="a relayed session")
     desk_short = nodes["desk"].device_id[:7]
