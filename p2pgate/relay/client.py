@@ -119,6 +119,8 @@ class RelayClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.observed_address: str | None = None
         self.on_connected: Callable[[], None] | None = None
+        # signalling between trusted devices (for WebRTC later); others are dropped
+        self.on_signal: Callable[[DeviceID, Any], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -193,6 +195,8 @@ class RelayClient:
         elif kind == "ready":
             self._spawn(self._join(str(data["sid"]), str(data["key"]),
                                    DeviceID.parse(str(data["peer"]))))
+        elif kind == "signal":
+            self._spawn(self._signalled(DeviceID.parse(str(data["from"])), data.get("data")))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -203,6 +207,10 @@ class RelayClient:
         accept = await self._should_accept(peer)
         if self._ws is not None:
             await self._ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
+
+    async def _signalled(self, peer: DeviceID, data: Any) -> None:
+        if self.on_signal is not None and await self._should_accept(peer):
+            self.on_signal(peer, data)
 
     async def _join(self, sid: str, key: str, peer: DeviceID) -> None:
         stream = await self._open_splice(sid, key, peer)

@@ -275,3 +275,19 @@ async def test_one_flooding_session_does_not_starve_another():
                         task.cancel()
                     await asyncio.gather(*flooding, return_exceptions=True)
         assert loaded <= 2 * alone, (alone, loaded)
+
+
+async def test_signalling_reaches_trusted_devices_only():
+    a_id, b_id, stranger_id = Identity.generate(), Identity.generate(), Identity.generate()
+    got: asyncio.Queue = asyncio.Queue()
+    async with relay() as r, device(r.url, a_id) as (a, _, _), \
+            device(r.url, b_id, trusts=[a_id]) as (b, _, _), \
+            device(r.url, stranger_id) as (stranger, _, _):
+        b.on_signal = lambda peer, data: got.put_nowait((peer, data))
+        for client in (a, b, stranger):
+            await asyncio.wait_for(client.wait_connected(), 5)
+        await stranger.signal(b_id.device_id, {"sdp": "from a stranger"})
+        await a.signal(b_id.device_id, {"sdp": "offer"})
+        assert await asyncio.wait_for(got.get(), 5) == (a_id.device_id, {"sdp": "offer"})
+        await asyncio.sleep(0.2)
+        assert got.empty()  # the stranger's signal was dropped
