@@ -91,10 +91,12 @@ class Lab:
         _ip("-n", self.switch, "link", "set", "lo", "up")
         atexit.register(self.close)
 
-    def host(self, name: str) -> Host:
+    def host(self, name: str, other_subnet: bool = False) -> Host:
+        """A namespace on the bridge; `other_subnet` puts it in a second /24 (reached
+        through an on-link route, so no multicast name service spans both)."""
         n = len(self.hosts) + 1
         ns, veth = f"{self.prefix}{name[:4]}{n}", f"{self.prefix[-6:]}v{n}"
-        ip = f"10.231.{self.subnet}.{n}"
+        ip = f"10.231.{(self.subnet + 100) % 256 if other_subnet else self.subnet}.{n}"
         _ip("netns", "add", ns)
         _ip("-n", ns, "link", "set", "lo", "up")
         _ip("link", "add", veth, "netns", ns, "type", "veth", "peer", "name", f"{veth}b",
@@ -104,6 +106,7 @@ class Lab:
         _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", veth)
         _ip("-n", ns, "link", "set", veth, "up")
         _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", veth)
+        _ip("-n", ns, "route", "add", "10.231.0.0/16", "dev", veth)  # other subnets, on-link
         host = Host(self, name, ns, veth, ip)
         self.hosts[name] = host
         return host

@@ -1,6 +1,7 @@
-"""A laptop away from home: it finds the desktop through the DHT (a relay runs the
-bootstrap node), syncs through the relay while unicast is cut, then moves to the
-direct address it learnt from the desktop's private record."""
+"""A laptop away from home, on another subnet: it finds the desktop through the DHT
+(a relay runs the bootstrap node), syncs through the relay while unicast is cut,
+then moves to the direct address it learnt from the desktop's private record; and
+it pairs by code through the relay's mailbox."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.netns
 
 
 def test_the_laptop_finds_home_through_the_dht_and_the_relay(lab, tmp_path):
-    relay, desk, laptop = lab.host("relay"), lab.host("desk"), lab.host("laptop")
+    relay, desk = lab.host("relay"), lab.host("desk")
+    laptop = lab.host("laptop", other_subnet=True)
+    assert laptop.ip.split(".")[2] != desk.ip.split(".")[2]
     hosts = {"desk": desk, "laptop": laptop}
     nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
     trust_each_other(nodes["laptop"], nodes["desk"])  # paired; no idea where the other is
@@ -51,7 +54,8 @@ def test_the_laptop_finds_home_through_the_dht_and_the_relay(lab, tmp_path):
 
 
 def test_pairing_by_code_through_the_relay_mailbox(lab, tmp_path):
-    relay, desk, laptop = lab.host("relay"), lab.host("desk"), lab.host("laptop")
+    relay, desk = lab.host("relay"), lab.host("desk")
+    laptop = lab.host("laptop", other_subnet=True)
     hosts = {"desk": desk, "laptop": laptop}
     nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
     relay.spawn(sys.executable, "-m", "p2pgate", "relay", "--listen", f"{relay.ip}:8443",
