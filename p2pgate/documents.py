@@ -135,7 +135,8 @@ class Documents:
                 self._storage.note_acknowledged(peer, theirs, now)
             self.backlog[peer] = (sum(max(0, seq - theirs.get(origin, 0))
                                       for origin, seq in ours.items()), sum(ours.values()))
-            timers = [t for t in (session.get_timer(), self.replica.get_timer()) if t]
+            timers = [t for t in (session.get_timer(), self.replica.get_timer())
+                      if t is not None]  # 0.0 means "at once"
             return out, session.closed, min(timers) if timers else None
 
         return await self._call(_step)  # type: ignore[no-any-return]

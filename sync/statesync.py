@@ -45,11 +45,10 @@ class StateSync:
         self.initiator = initiator
         self.round = rounds  # rounds go on increasing when a policy change restarts us
         self._items: ItemSet | None = None
-        self._reconciling = False
+        self._reconciling = True  # until a round has been answered
         self._to_send: dict[tuple[str, str], None] = {}
         self._dirty: dict[tuple[str, str], None] = {}
         self._retry_at: float | None = None
-        self._want_round = False
         self._synced = False
         self._outbox: list[bytes] = []
         if initiator:
