@@ -86,9 +86,24 @@ class RelayProcess:
 # ---------------------------------------------------------------- (1) throughput
 
 
+async def _relay_clients(url: str, made: Any, listener: Any) -> tuple[Any, list[Any]]:
+    """Both devices logged in to the relay (b serves its splices with `listener`);
+    returns a's client and the tasks running both."""
+    from p2pgate.relay.client import RelayClient
+
+    async def yes(_: Any) -> bool:
+        return True
+
+    ra = RelayClient(url, made[0][1], yes, listener.handle)
+    rb = RelayClient(url, made[1][1], yes, listener.handle)
+    tasks = [asyncio.ensure_future(r.run()) for r in (ra, rb)]
+    await ra.wait_connected()
+    await rb.wait_connected()
+    return ra, tasks
+
+
 async def run_transfer(total: int, root: Path, relayed: bool, relay_url: str) -> float:
     from p2pgate.net import Hello, Listener, dial
-    from p2pgate.relay.client import RelayClient
 
     made, (ta, tb) = await _devices(root)
     done = asyncio.get_running_loop().create_future()
@@ -103,14 +118,7 @@ async def run_transfer(total: int, root: Path, relayed: bool, relay_url: str) ->
     listener = Listener(tb, lambda: Hello(str(made[1][1].device_id), "b"), on_session)
     tasks = []
     if relayed:
-        async def yes(_: Any) -> bool:
-            return True
-
-        ra = RelayClient(relay_url, made[0][1], yes, listener.handle)
-        rb = RelayClient(relay_url, made[1][1], yes, listener.handle)
-        tasks = [asyncio.ensure_future(r.run()) for r in (ra, rb)]
-        await ra.wait_connected()
-        await rb.wait_connected()
+        ra, tasks = await _relay_clients(relay_url, made, listener)
         stream = await ra.connect(made[1][1].device_id)
         session = await dial(ta, hello_a, made[1][1].device_id, relay_url, 0, stream=stream)
     else:
@@ -190,20 +198,11 @@ async def many(relay: RelayProcess, devices: int, payload: int) -> dict[str, flo
 async def fallback(root: Path, relay_url: str) -> float:
     from p2pgate.net import Hello, Listener, dial
     from p2pgate.net.peers import DialFailed
-    from p2pgate.relay.client import RelayClient
 
     made, (ta, tb) = await _devices(root)
     sessions: asyncio.Queue[Any] = asyncio.Queue()
     listener = Listener(tb, lambda: Hello(str(made[1][1].device_id), "b"), sessions.put)
-
-    async def yes(_: Any) -> bool:
-        return True
-
-    ra = RelayClient(relay_url, made[0][1], yes, listener.handle)
-    rb = RelayClient(relay_url, made[1][1], yes, listener.handle)
-    tasks = [asyncio.ensure_future(r.run()) for r in (ra, rb)]
-    await ra.wait_connected()
-    await rb.wait_connected()
+    ra, tasks = await _relay_clients(relay_url, made, listener)
     release = asyncio.Event()
 
     async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

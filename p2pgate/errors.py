@@ -1,13 +1,9 @@
-"""The one error hierarchy of the p2pgate package."""
+"""The project's one error hierarchy (defined in `sync.errors`, the lowest layer).
 
+`LocalProtocolError` is the caller's misuse, `RemoteProtocolError` a peer that broke
+the protocol; adapters map socket, ssl, aiohttp and libSQL errors to these types.
+"""
 
-class P2PGateError(Exception):
-    """Base of every error p2pgate raises on purpose."""
+from sync.errors import LocalProtocolError, P2PGateError, RemoteProtocolError
 
-
-class LocalProtocolError(P2PGateError):
-    """The caller misused an API or a protocol (our bug, or bad input from the user)."""
-
-
-class RemoteProtocolError(P2PGateError):
-    """A peer broke the protocol."""
+__all__ = ["LocalProtocolError", "P2PGateError", "RemoteProtocolError"]

@@ -1,19 +1,28 @@
-"""The one error hierarchy of the sync package (it never imports p2pgate)."""
+"""The one error hierarchy of the project, defined at its lowest layer.
+
+`sync/` imports nothing from `p2pgate`, so the hierarchy lives here and
+`p2pgate.errors` re-exports it. The split follows h11: `LocalProtocolError` is the
+caller's misuse (a bug, or bad input from the user), `RemoteProtocolError` a peer
+that broke the protocol.
+"""
 
 from __future__ import annotations
 
-__all__ = ["LocalProtocolError", "RemoteProtocolError", "SyncError"]
+__all__ = ["LocalProtocolError", "P2PGateError", "RemoteProtocolError", "SyncError"]
 
 
-class SyncError(Exception):
-    """Base of every error the sync package raises on purpose."""
+class P2PGateError(Exception):
+    """Base of every error the project raises on purpose."""
 
 
-class LocalProtocolError(SyncError):
+SyncError = P2PGateError  # the name the sync package has always used
+
+
+class LocalProtocolError(P2PGateError):
     """The caller misused the API: bad input, wrong state, a value out of range."""
 
 
-class RemoteProtocolError(SyncError):
+class RemoteProtocolError(P2PGateError):
     """A peer broke the protocol: undecodable bytes, a bad message, a bad change.
 
     `code` is one of the `sync.codec.CLOSE_*` codes; it travels in the session's

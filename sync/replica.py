@@ -120,8 +120,9 @@ class Replica:
         doc_id: str,
         now: float,
         build: Callable[[DocState | None], tuple[int, tuple[FieldOp, ...]]],
+        base: DocState | None = None,
     ) -> DocState:
-        doc = self.storage.get_doc(collection, doc_id)
+        doc = base if base is not None else self.storage.get_doc(collection, doc_id)
         flags, ops = build(doc)
         me = self.device_id
         hlc = self.clock.tick(now)
@@ -346,20 +347,8 @@ class Replica:
 
     def _bury(self, collection: str, doc_id: str, state: DocState, now: float) -> None:
         """Take a document we had purged and delete it at once (a new tombstone)."""
-        def build(_: DocState | None) -> tuple[int, tuple[FieldOp, ...]]:
-            return delete_ops(self.device_id, state)
-
-        me = self.device_id
         self.clock.observe(newest_stamp(state), now)
-        hlc = self.clock.tick(now)
-        seq = self._vv.get(me, 0) + 1
-        flags, ops = build(state)
-        edit = Edit(collection, doc_id, flags, ops)
-        new = apply_edit(state, edit, (hlc, me))
-        self.storage.apply_batch(Batch([Change(me, seq, hlc, (edit,))],
-                                       {(collection, doc_id): new}, hlc))
-        self._vv[me] = seq
-        self._changed([(collection, doc_id)])
+        self._local(collection, doc_id, now, lambda d: delete_ops(self.device_id, d), state)
 
     def _merge_states(self, peer_id: str, docs: list[tuple[str, str, DocState]], flow: Flow,
                       now: float) -> float | None:

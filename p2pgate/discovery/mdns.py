@@ -48,6 +48,16 @@ def pairing_key(code: bytes) -> bytes:
     return hashlib.sha256(b"p2pgate-pairing-mdns" + code).digest()
 
 
+def _nonce_and_tag(info: AsyncServiceInfo, field: bytes) -> tuple[bytes, bytes]:
+    """The TXT nonce and one tag (`t` discovery, `p` pairing); empty if malformed."""
+    props = info.properties or {}
+    try:
+        return (bytes.fromhex((props.get(b"n") or b"").decode()),
+                bytes.fromhex((props.get(field) or b"").decode()))
+    except ValueError:
+        return b"", b""
+
+
 async def find_inviter(interfaces: list[str], code: bytes) -> list[str]:
     """Browse the LAN for the device advertising this pairing code; its HOST:PORTs."""
     key = pairing_key(code)
@@ -67,12 +77,7 @@ async def find_inviter(interfaces: list[str], code: bytes) -> list[str]:
                 info = AsyncServiceInfo(SERVICE, name)
                 if not await info.async_request(zc.zeroconf, 2000):
                     continue
-                props = info.properties or {}
-                try:
-                    nonce = bytes.fromhex((props.get(b"n") or b"").decode())
-                    tag = bytes.fromhex((props.get(b"p") or b"").decode())
-                except ValueError:
-                    continue
+                nonce, tag = _nonce_and_tag(info, b"p")
                 if tag and hmac.compare_digest(discovery_tag(key, nonce), tag):
                     return [f"{ip}:{info.port}" for ip in info.parsed_addresses()]
     except TimeoutError:
@@ -186,11 +191,8 @@ class LanDiscovery:
         info = AsyncServiceInfo(SERVICE, name)
         if not await info.async_request(zeroconf, 3000):
             return
-        props = info.properties or {}
-        try:
-            nonce = bytes.fromhex((props.get(b"n") or b"").decode())
-            tag = bytes.fromhex((props.get(b"t") or b"").decode())
-        except ValueError:
+        nonce, tag = _nonce_and_tag(info, b"t")
+        if not tag:
             return
         for device, key in self._peer_keys().items():
             if hmac.compare_digest(discovery_tag(key, nonce), tag):
