@@ -31,7 +31,7 @@ from p2pgate.connect import ConnectionManager
 from p2pgate.deviceid import DeviceID
 from p2pgate.dht.node import DhtNode
 from p2pgate.dht.records import RecordContent
-from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviter
+from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviters
 from p2pgate.discovery.wan import WanDiscovery
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
@@ -45,6 +45,7 @@ from p2pgate.paths import DataDir, runtime_file
 from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.relay.client import RelayClient, SpliceStream
 from p2pgate.store import Connection, Database, load_key
+from p2pgate.supervisor import Supervisor
 
 __all__ = ["Node", "NodeError"]
 
@@ -67,6 +68,7 @@ class Node:
         self._listener: Listener | None = None
         self._mdns: LanDiscovery | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._supervisor = Supervisor()
         self._collector: asyncio.Task[None] | None = None
         self._disc_key = b""
         self._relays: list[RelayClient] = []
@@ -106,6 +108,8 @@ class Node:
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
                                      else cfg.listen[1]),
             relays=lambda: list(cfg.relays))
+        if cfg.mdns:  # before the API answers, so that no pairing offer goes unadvertised
+            self._mdns = self._lan_discovery(disc_key, manager, trust, pairing)
         self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle, options)
         services = ApiServices(
             device_id=self.identity.device_id, name=lambda: self.name,
@@ -146,8 +150,9 @@ class Node:
         self._collector = asyncio.ensure_future(self._collect_garbage(documents))
         registry.subscribe(self._on_device_change)
         log.info("P2P listening on %s:%d", host, self._listener.port)
-        if cfg.mdns:
-            await self._start_mdns(disc_key, self._listener.port, manager, trust, pairing)
+        if self._mdns is not None:
+            await self._mdns.start(self._listener.port)
+            log.info("LAN discovery on %s", ", ".join(self._lan_ips()))
         if cfg.dht and cfg.bootstrap:
             await self._start_dht(manager, registry, self._listener.port)
         write_file(runtime_file(self.data_dir),
@@ -155,28 +160,29 @@ class Node:
                                "pid": os.getpid()}).encode())
         log.info("API listening on %s", self.api_url)
 
-    async def _start_mdns(self, disc_key: bytes, port: int, manager: ConnectionManager,
-                          trust: Trust, pairing: PairingService) -> None:
-        ips = [a.rsplit(":", 1)[0] for a in listen_addresses(self.config.listen[0], port)]
+    def _lan_ips(self) -> list[str]:
+        return [a.rsplit(":", 1)[0] for a in listen_addresses(self.config.listen[0], 0)]
+
+    def _lan_discovery(self, disc_key: bytes, manager: ConnectionManager, trust: Trust,
+                       pairing: PairingService) -> LanDiscovery:
+        """mDNS wired to the connection manager and to pairing (started later)."""
+        ips = self._lan_ips()
 
         def on_event(event: PeerDiscovered | PeerLost) -> None:
             if isinstance(event, PeerDiscovered):
-                task = asyncio.ensure_future(manager.discovered(event.device_id,
-                                                                event.addresses))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._supervisor.fire("mDNS sighting",
+                                      manager.discovered(event.device_id, event.addresses))
 
-        self._mdns = mdns = LanDiscovery(ips, port, disc_key, trust.discovery_keys, on_event)
-        await mdns.start()
+        mdns = LanDiscovery(ips, disc_key, trust.discovery_keys, on_event)
 
-        def advertise_code(code: bytes | None) -> None:
-            task = asyncio.ensure_future(mdns.set_pairing_code(code))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        def advertise(nameplates: frozenset[int]) -> None:
+            self._supervisor.fire("mDNS pairing advertisement",
+                                  mdns.set_pairing_nameplates(nameplates))
 
-        pairing.on_offer_change = advertise_code
-        pairing.find_inviter = lambda code: find_inviter(ips, code)
-        log.info("LAN discovery on %s", ", ".join(ips))
+        pairing.on_offer_change = advertise
+        pairing.nameplates_in_use = mdns.nameplates_in_use
+        pairing.find_inviters = lambda nameplate: find_inviters(ips, nameplate)
+        return mdns
 
     @staticmethod
     def _accepts_invitation(registry: DeviceRegistry
@@ -265,6 +271,7 @@ class Node:
 
     async def stop(self) -> None:
         runtime_file(self.data_dir).unlink(missing_ok=True)
+        await self._supervisor.stop()
         if self._mdns is not None:
             await self._mdns.stop()
         if self._wan is not None:

@@ -175,3 +175,4 @@ class PairingStatus(_Model):
     name: str | None = None
     verification: str | None = Field(None, description="Both devices show the same digits.")
     reason: str | None = None
+    failures: int = Field(0, description="Wrong codes tried so far (the code burns at 3).")

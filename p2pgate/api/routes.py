@@ -346,7 +346,7 @@ def api_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[Ro
             device_id=None if result is None else str(result.peer.device_id),
             name=None if result is None else result.peer.name,
             verification=None if result is None else result.verification,
-            reason=offer.reason))
+            reason=offer.reason, failures=offer.failures))
 
     async def join_pairing(request: web.Request) -> web.Response:
         body = await model_body(request, m.PairingJoin)

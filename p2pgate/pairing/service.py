@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from p2pgate.errors import LocalProtocolError, RemoteProtocolError
+from p2pgate.discovery.mdns import InvitersFound
+from p2pgate.errors import P2PGateError, RemoteProtocolError
 from p2pgate.identity import Identity as DeviceIdentity
 from p2pgate.net.admission import PAIR_MAGIC
-from p2pgate.pairing.codes import BadCode, make_code, make_uri, parse_code_or_uri
+from p2pgate.pairing.codes import BadCode, Invitation, make_code, make_uri, parse_code_or_uri
 from p2pgate.pairing.protocol import (
     MAX_MESSAGE,
     Identity,
@@ -46,8 +47,16 @@ STEP_TIMEOUT = 30.0
 _LEN = struct.Struct(">I")
 
 
-class PairingFailed(LocalProtocolError):
-    """Pairing did not complete; the message says why, for people."""
+class PairingFailed(P2PGateError):
+    """Pairing did not complete; the message says why, for people.
+
+    `code` names the outcome for programs: `wrong_code`, `burned`, `expired` (also
+    used or unknown), `busy`, `not_found`, `unreachable`, `refused`, `failed`.
+    """
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -90,7 +99,8 @@ class _Framed:
                         if not isinstance(msg, dict):
                             raise RemoteProtocolError("pairing message is not an object")
                         if msg.get("t") == "fail":
-                            raise PairingFailed(str(msg.get("reason", "the other side refused")))
+                            raise PairingFailed(str(msg.get("reason", "the other side refused")),
+                                                str(msg.get("code", "refused")))
                         return msg
                 chunk = await self._stream.read(65536)
                 if not chunk:
@@ -119,9 +129,11 @@ class PairingService:
         self._clock = clock
         self._mailboxes: set[asyncio.Task[None]] = set()
         self.offers: dict[int, Offer] = {}
-        # set by the node: LAN lookup by code, and a hook to advertise open codes
-        self.find_inviter: Callable[[bytes], Awaitable[list[str]]] | None = None
-        self.on_offer_change: Callable[[bytes | None], None] | None = None
+        # set by the node: LAN lookup by nameplate, a hook to advertise the open
+        # nameplates, and the nameplates other devices on the LAN show
+        self.find_inviters: Callable[[int], Awaitable[InvitersFound]] | None = None
+        self.on_offer_change: Callable[[frozenset[int]], None] | None = None
+        self.nameplates_in_use: Callable[[], frozenset[int]] = frozenset
 
     def _me(self) -> tuple[Identity, bytes]:
         part = os.urandom(32)
@@ -131,20 +143,18 @@ class PairingService:
 
     def create_offer(self, ttl: float = 300.0, repair: bool = False) -> tuple[Offer, str]:
         now = self._clock()
-        for n, offer in list(self.offers.items()):
-            if offer.expires_at <= now and offer.state == "waiting":
-                offer.state = "expired"
-            if offer.expires_at + 600 <= now:
-                del self.offers[n]
-        while True:
+        self._expire(now)
+        taken = set(self.advertised()) | self.nameplates_in_use()
+        for _ in range(1000):  # avoid our open offers and those shown on the LAN
             code, secret = make_code()
             nameplate = int(code.split("-")[0])
-            if nameplate not in self.offers or self.offers[nameplate].state != "waiting":
+            if nameplate not in taken:
                 break
         offer = Offer(nameplate, code, secret, now + ttl, repair)
         self.offers[nameplate] = offer
-        if self.on_offer_change is not None:
-            self.on_offer_change(code.encode())
+        with contextlib.suppress(RuntimeError):  # no loop: nothing to withdraw later
+            asyncio.get_running_loop().call_later(max(0.0, ttl), self._offers_changed)
+        self._offers_changed()
         relays = self._relays()
         for url in relays:  # a joiner on another network meets us in the relay's mailbox
             for box in (mailbox_id(f"code {nameplate}"), mailbox_id(f"uri {secret}")):
@@ -152,6 +162,24 @@ class PairingService:
                 self._mailboxes.add(task)
                 task.add_done_callback(self._mailboxes.discard)
         return offer, make_uri(code, secret, self._addresses(), relays)
+
+    def advertised(self) -> frozenset[int]:
+        """Nameplates shown on the LAN: waiting offers, and burned ones until they expire
+        (so a joiner with the right words learns that the code burned)."""
+        now = self._clock()
+        return frozenset(n for n, o in self.offers.items()
+                         if o.state in ("waiting", "failed") and o.expires_at > now)
+
+    def _expire(self, now: float) -> None:
+        for n, offer in list(self.offers.items()):
+            if offer.expires_at <= now and offer.state == "waiting":
+                offer.state = "expired"
+            if offer.expires_at + 600 <= now:
+                del self.offers[n]
+
+    def _offers_changed(self) -> None:
+        if self.on_offer_change is not None:
+            self.on_offer_change(self.advertised())
 
     async def _wait_in_mailbox(self, offer: Offer, url: str, box: str) -> None:
         """Serve joiners arriving through one relay mailbox while the offer waits."""
@@ -197,15 +225,12 @@ class PairingService:
         try:
             hello = await chan.receive()
             offer = self.status(int(hello.get("nameplate", -1)))
-            if offer is None or offer.state != "waiting":
-                reason = "this code has expired or was already used; make a new one"
-                offer = None
-                await chan.send(t="fail", reason=reason)
+            refusal = _refusal(offer)
+            if refusal is not None:
+                offer = None  # nothing of this attempt may touch the offer
+                await chan.send(t="fail", reason=refusal[0], code=refusal[1])
                 return
-            if offer.busy:
-                offer = None  # the other joiner's attempt owns it
-                await chan.send(t="fail", reason="another device is pairing with this code")
-                return
+            assert offer is not None  # noqa: S101 (no refusal: a waiting offer)
             offer.busy = True
             kind = hello.get("kind")
             password = (offer.secret if kind == "uri" else offer.code).encode()
@@ -215,15 +240,15 @@ class PairingService:
             confirm = await chan.receive()
             if not role.check(_bytes(confirm, "confirm")):
                 offer.failures += 1
-                if offer.failures >= MAX_FAILURES:
-                    offer.state, offer.reason = "failed", "too many wrong attempts"
-                    if self.on_offer_change is not None:
-                        self.on_offer_change(None)
-                    await chan.send(t="fail", reason="too many wrong attempts; make a new code")
-                else:
-                    await chan.send(t="fail", reason="wrong code")
                 log.info("pairing: a wrong code was tried (%d of %d)", offer.failures,
                          MAX_FAILURES)
+                if offer.failures >= MAX_FAILURES:
+                    offer.state, offer.reason = "failed", "too many wrong attempts"
+                    await chan.send(t="fail", code="burned",
+                                    reason="wrong code, and too many wrong attempts: the code "
+                                    "is burned; make a new one")
+                else:
+                    await chan.send(t="fail", reason="wrong code", code="wrong_code")
                 return
             mine, _ = self._me()
             await chan.send(t="confirm", confirm=role.confirmation(of_joiner=False),
@@ -232,8 +257,7 @@ class PairingService:
             result = derive(role, mine, peer)
             await self._trust(result, offer.repair)
             offer.state, offer.result = "paired", result
-            if self.on_offer_change is not None:
-                self.on_offer_change(None)
+            self._offers_changed()
             await chan.send(t="done")
             log.info("paired with %s (%s); verification %s", peer.name,
                      peer.device_id.short, result.verification)
@@ -244,6 +268,8 @@ class PairingService:
         finally:
             if offer is not None:
                 offer.busy = False
+                if offer.state != "waiting":
+                    self._offers_changed()
             await stream.close()
 
     # -- joiner ------------------------------------------------------------------------
@@ -253,16 +279,42 @@ class PairingService:
         try:
             invitation = parse_code_or_uri(text)
         except BadCode as exc:
-            raise PairingFailed(str(exc)) from None
-        candidates = [address] if address else list(invitation.addresses)
-        if not candidates and invitation.kind == "code" and self.find_inviter is not None:
-            candidates = await self.find_inviter(invitation.password)
+            raise PairingFailed(str(exc), "bad_code") from None
+        errors: list[str] = []
+        if address or invitation.addresses:  # one device, at one of these addresses
+            devices: tuple[tuple[str, ...], ...] = ((address,) if address else
+                                                    tuple(invitation.addresses),)
+        elif invitation.kind == "code" and self.find_inviters is not None:
+            found = await self.find_inviters(invitation.nameplate)
+            devices = found.devices
+            if not devices:
+                errors.append(f"no device on this LAN shows nameplate {invitation.nameplate} "
+                              f"(looked for {found.looked:.0f} s)")
+        else:
+            devices = ()
+        refused: PairingFailed | None = None
+        for candidates in devices:  # two inviters may show one nameplate: try each
+            try:
+                return await self._join_device(candidates, invitation, errors)
+            except PairingFailed as exc:
+                if exc.code == "unreachable":
+                    continue
+                if exc.code not in ("wrong_code", "busy", "expired") or len(devices) == 1:
+                    raise
+                refused = refused if refused and refused.code == "wrong_code" else exc
+        if refused is not None:  # a device answered: the relay holds the same offers
+            raise refused
         relays = list(invitation.relays) or self._relays()
-        if not candidates and not relays:
+        if not devices and not relays:
             raise PairingFailed(
-                "cannot find the device showing this code on the LAN; check that both are "
-                "on the same network, use the URI of its QR code, or use a relay")
-        errors = []
+                "cannot find the device showing this code: " + "; ".join(errors)
+                + "; check that both are on the same network, use the URI of its QR code, "
+                "or use a relay", "not_found")
+        return await self._join_by_relay(relays, invitation, errors)
+
+    async def _join_device(self, candidates: tuple[str, ...], invitation: Invitation,
+                           errors: list[str]) -> PairingResult:
+        """Pair with one device at the first of its addresses that answers."""
         for candidate in candidates:
             host, _, port = candidate.rpartition(":")
             try:
@@ -274,9 +326,13 @@ class PairingService:
                 result = await self._join_over(stream, invitation)
             finally:
                 await stream.close()
-            await self._registry.record_seen(
-                result.peer.device_id, [candidate])
+            await self._registry.record_seen(result.peer.device_id, [candidate])
             return result
+        raise PairingFailed("cannot reach the other device: " + "; ".join(errors),
+                            "unreachable")
+
+    async def _join_by_relay(self, relays: list[str], invitation: Invitation,
+                             errors: list[str]) -> PairingResult:
         from p2pgate.relay.client import RelayUnavailable, open_mailbox  # (import cycle)
 
         for url in relays:
@@ -291,9 +347,10 @@ class PairingService:
                 return await self._join_over(relayed, invitation)
             finally:
                 await relayed.close()
-        raise PairingFailed("cannot reach the other device: " + "; ".join(errors))
+        raise PairingFailed("cannot reach the other device: " + "; ".join(errors),
+                            "unreachable")
 
-    async def _join_over(self, stream: Stream, invitation: Any) -> PairingResult:
+    async def _join_over(self, stream: Stream, invitation: Invitation) -> PairingResult:
         chan = _Framed(stream)
         role = Role(joiner=True, password=invitation.password)
         await stream.write(PAIR_MAGIC)
@@ -305,14 +362,14 @@ class PairingService:
             await chan.send(t="confirm", confirm=role.confirmation(of_joiner=True))
             confirmed = await chan.receive()
             if not role.check(_bytes(confirmed, "confirm")):
-                raise PairingFailed("the other device failed to prove the code")
+                raise PairingFailed("the other device failed to prove the code", "refused")
             peer = open_sealed(role, _bytes(confirmed, "sealed"))
             mine, _ = self._me()
             await chan.send(t="sealed", sealed=seal(role, mine))
             result = derive(role, mine, peer)
             await chan.receive()  # "done": the inviter has written its registry
         except (RemoteProtocolError, StreamClosed, TimeoutError) as exc:
-            raise PairingFailed(f"pairing failed: {exc}") from None
+            raise PairingFailed(f"pairing failed: {exc}", "failed") from None
         await self._trust(result, repair=True)
         log.info("paired with %s; verification %s", peer.name, result.verification)
         return result
@@ -335,6 +392,17 @@ class PairingService:
                                                   peer.disc_key)
         except IllegalTransition as exc:
             raise PairingFailed(str(exc)) from None
+
+
+def _refusal(offer: Offer | None) -> tuple[str, str] | None:
+    """Why a joiner cannot try this offer now (message, code), or None."""
+    if offer is None or offer.state in ("paired", "expired"):
+        return "this code has expired or was already used; make a new one", "expired"
+    if offer.state == "failed":
+        return "this code burned after 3 wrong tries; make a new one", "burned"
+    if offer.busy:
+        return "another device is pairing with this code; try again", "busy"
+    return None
 
 
 def mailbox_id(name: str) -> str:

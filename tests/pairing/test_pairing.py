@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 
+from p2pgate.discovery.mdns import InvitersFound
 from p2pgate.net.peers import Listener
 from p2pgate.pairing.codes import BadCode, make_code, parse_code_or_uri
 from p2pgate.pairing.service import PairingFailed, PairingService
@@ -84,10 +85,13 @@ async def test_wrong_code_fails_clearly_burns_after_three_and_leaves_no_trace(de
                 await svc_b.join(wrong, address)
             expected = "too many wrong attempts" if attempt == 2 else "wrong code"
             assert expected in str(err.value)
+            assert err.value.code == ("burned" if attempt == 2 else "wrong_code")
+            assert svc_a.status(offer.nameplate).failures == attempt + 1
         assert await a.registry.devices() == []
         assert await b.registry.devices() == []
-        with pytest.raises(PairingFailed, match="expired or was already used"):
+        with pytest.raises(PairingFailed, match="burned after 3 wrong tries") as err:
             await svc_b.join(offer.code, address)  # burned: even the right code fails now
+        assert err.value.code == "burned"
 
 
 async def test_expired_code_fails(devices):  # noqa: F811
@@ -114,3 +118,77 @@ async def test_raced_joiners_only_one_wins(devices):  # noqa: F811
         assert len(winners) == 1
         assert len(losers) == 1
         assert len(await a.registry.trusted()) == 1
+
+
+@contextlib.asynccontextmanager
+async def second_inviter(devices, nameplate):  # noqa: F811
+    """Another inviter on the LAN whose open offer happens to show `nameplate`."""
+    c = await devices("laptop")
+    svc_c = PairingService(c.identity, c.registry, lambda: "laptop", b"C" * 32, lambda: [])
+
+    async def no_sessions(_):
+        raise AssertionError("no session expected")
+
+    listener = Listener(c.trust, c.hello, no_sessions, pairing=svc_c.handle)
+    await listener.start("127.0.0.1", 0)
+    svc_c.nameplates_in_use = lambda: frozenset(range(1, 100)) - {nameplate}
+    try:
+        offer, _ = svc_c.create_offer()
+        assert offer.nameplate == nameplate
+        yield c, svc_c, offer, f"127.0.0.1:{listener.port}"
+    finally:
+        await listener.stop()
+
+
+def _lan(*addresses):
+    async def find(nameplate):
+        return InvitersFound(tuple((a,) for a in addresses), 0.1)
+    return find
+
+
+async def test_two_inviters_showing_one_nameplate_the_joiner_tries_each(devices):  # noqa: F811
+    async with inviter_and_joiner(devices) as (a, b, svc_a, svc_b, address_a):
+        offer_a, _ = svc_a.create_offer()
+        async with second_inviter(devices, offer_a.nameplate) as (c, svc_c, offer_c, address_c):
+            svc_b.find_inviters = _lan(address_a, address_c)
+            result = await svc_b.join(offer_c.code)  # the desktop is tried first
+            assert result.peer.name == "laptop"
+            assert svc_c.status(offer_c.nameplate).state == "paired"
+            # the failed confirmation counted against the desktop's offer only
+            assert svc_a.status(offer_a.nameplate).failures == 1
+            assert svc_a.status(offer_a.nameplate).state == "waiting"
+            assert await a.registry.devices() == []
+
+
+async def test_wrong_words_found_by_nameplate_say_wrong_code_and_count(devices):  # noqa: F811
+    async with inviter_and_joiner(devices) as (a, b, svc_a, svc_b, address):
+        offer, _ = svc_a.create_offer()
+        svc_b.find_inviters = _lan(address)
+        words = offer.code.split("-")
+        wrong = f"{words[0]}-acid-acorn" if words[1:] != ["acid", "acorn"] else f"{words[0]}-fig-fox"
+        with pytest.raises(PairingFailed, match="wrong code") as err:
+            await svc_b.join(wrong)
+        assert err.value.code == "wrong_code"
+        assert svc_a.status(offer.nameplate).failures == 1
+        assert await b.registry.devices() == []
+        svc_b.find_inviters = _lan()
+        with pytest.raises(PairingFailed, match="no device on this LAN shows nameplate") as err:
+            await svc_b.join(offer.code)
+        assert err.value.code == "not_found"
+
+
+async def test_advertised_nameplates_follow_the_offers(devices):  # noqa: F811
+    now = [1000.0]
+    async with inviter_and_joiner(devices, clock=lambda: now[0]) as (a, b, svc_a, svc_b,
+                                                                       address):
+        shown = []
+        svc_a.on_offer_change = shown.append
+        svc_a.nameplates_in_use = lambda: frozenset(range(1, 100)) - {7, 8}
+        first, _ = svc_a.create_offer(ttl=60)
+        second, _ = svc_a.create_offer(ttl=600)
+        assert {first.nameplate, second.nameplate} == {7, 8}
+        assert shown == [frozenset({first.nameplate}), frozenset({7, 8})]
+        await svc_b.join(second.code, address)
+        assert shown[-1] == frozenset({first.nameplate})  # paired: no longer shown
+        now[0] += 61
+        assert svc_a.advertised() == frozenset()  # expired
