@@ -165,7 +165,8 @@ async def test_wrong_words_found_by_nameplate_say_wrong_code_and_count(devices):
         offer, _ = svc_a.create_offer()
         svc_b.find_inviters = _lan(address)
         words = offer.code.split("-")
-        wrong = f"{words[0]}-acid-acorn" if words[1:] != ["acid", "acorn"] else f"{words[0]}-fig-fox"
+        pair = "fig-fox" if words[1:] == ["acid", "acorn"] else "acid-acorn"
+        wrong = f"{words[0]}-{pair}"
         with pytest.raises(PairingFailed, match="wrong code") as err:
             await svc_b.join(wrong)
         assert err.value.code == "wrong_code"
