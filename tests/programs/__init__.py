@@ -1,0 +1,1 @@
+"""Small programs the multi-process tests run inside namespaces (`python -m tests.programs.X`)."""
