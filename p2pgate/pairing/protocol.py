@@ -34,14 +34,14 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from p2pgate.deviceid import DeviceID
 from p2pgate.errors import RemoteProtocolError
 
-__all__ = ["Identity", "PairingResult", "Role", "derive", "open_sealed", "seal"]
+__all__ = ["PairingIdentity", "PairingResult", "Role", "derive", "open_sealed", "seal"]
 
 _IDS = {"idA": b"p2pgate-joiner", "idB": b"p2pgate-inviter"}
-MAX_MESSAGE = 16 << 10
+
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
+class PairingIdentity:
     """What one side tells the other once the code is confirmed."""
 
     cert_der: bytes
@@ -58,7 +58,7 @@ class Identity:
                            "k": _b64(self.k_part), "disc": _b64(self.disc_key)}).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> Identity:
+    def decode(cls, data: bytes) -> PairingIdentity:
         try:
             d = json.loads(data)
             ident = cls(_unb64(d["cert"]), str(d["name"])[:64], _unb64(d["k"]),
@@ -72,7 +72,7 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class PairingResult:
-    peer: Identity
+    peer: PairingIdentity
     k_pair: bytes
     verification: str
 
@@ -118,14 +118,14 @@ class Role:
         return hmac.compare_digest(self.confirmation(not self.joiner), tag)
 
 
-def seal(role: Role, identity: Identity) -> bytes:
+def seal(role: Role, identity: PairingIdentity) -> bytes:
     assert role.key is not None  # noqa: S101
     nonce = os.urandom(12)
     key = _hkdf(role.key, b"p2pgate pairing seal " + role.name)
     return nonce + ChaCha20Poly1305(key).encrypt(nonce, identity.encode(), role.transcript)
 
 
-def open_sealed(role: Role, data: bytes) -> Identity:
+def open_sealed(role: Role, data: bytes) -> PairingIdentity:
     assert role.key is not None  # noqa: S101
     other = b"inviter" if role.joiner else b"joiner"
     key = _hkdf(role.key, b"p2pgate pairing seal " + other)
@@ -133,10 +133,10 @@ def open_sealed(role: Role, data: bytes) -> Identity:
         plain = ChaCha20Poly1305(key).decrypt(data[:12], data[12:], role.transcript)
     except (InvalidTag, ValueError):
         raise RemoteProtocolError("sealed pairing message does not open") from None
-    return Identity.decode(plain)
+    return PairingIdentity.decode(plain)
 
 
-def derive(role: Role, mine: Identity, peer: Identity) -> PairingResult:
+def derive(role: Role, mine: PairingIdentity, peer: PairingIdentity) -> PairingResult:
     """K_pair from K and both halves; the verification string both sides show."""
     assert role.key is not None  # noqa: S101
     joiner, inviter = (mine, peer) if role.joiner else (peer, mine)

@@ -1,122 +1,46 @@
-"""Pairing on the node: offers (inviter side), joining, and the registry writes.
+"""Pairing on the node: the asyncio adapter around the offer book and the handshakes.
 
-The listener hands every `P2PG-PAIR` connection to `PairingService.handle`. The
-registry is written only after both sides proved the code, so a wrong, expired,
-replayed or raced code leaves no pending or half-trusted device. Offers are single
-use, expire (default 5 minutes) and burn after 3 failed confirmations.
+The listener hands every `P2PG-PAIR` connection to `PairingService.handle`; offers
+also wait in the relays' mailboxes for joiners on other networks. The registry is
+written only after both sides proved the code, so a wrong, expired, replayed or
+raced code leaves no pending or half-trusted device. Offers are single use, expire
+(default 5 minutes) and burn after 3 failed confirmations (`offers.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 from p2pgate.discovery.mdns import InvitersFound
-from p2pgate.errors import P2PGateError, RemoteProtocolError
-from p2pgate.identity import Identity as DeviceIdentity
+from p2pgate.errors import RemoteProtocolError
+from p2pgate.identity import Identity
 from p2pgate.net.admission import PAIR_MAGIC
-from p2pgate.pairing.codes import BadCode, Invitation, make_code, make_uri, parse_code_or_uri
-from p2pgate.pairing.protocol import (
-    MAX_MESSAGE,
-    Identity,
-    PairingResult,
-    Role,
-    derive,
-    open_sealed,
-    seal,
-)
+from p2pgate.pairing.codes import BadCode, Invitation, make_uri, parse_code_or_uri
+from p2pgate.pairing.errors import PairingFailed
+from p2pgate.pairing.handshake import InviterHandshake, JoinerHandshake
+from p2pgate.pairing.offers import Offer, OfferBook
+from p2pgate.pairing.protocol import PairingIdentity, PairingResult
+from p2pgate.pairing.wire import Message, MessageDecoder, encode
 from p2pgate.registry import DeviceRegistry, DeviceState, IllegalTransition
 from p2pgate.stream import Stream, StreamClosed, TcpStream
 
-__all__ = ["Offer", "PairingFailed", "PairingService"]
+__all__ = ["Offer", "PairingFailed", "PairingService", "mailbox_id"]
 
 log = logging.getLogger("p2pgate.pairing")
 
-MAX_FAILURES = 3
-STEP_TIMEOUT = 30.0
-_LEN = struct.Struct(">I")
-
-
-class PairingFailed(P2PGateError):
-    """Pairing did not complete; the message says why, for people.
-
-    `code` names the outcome for programs: `wrong_code`, `burned`, `expired` (also
-    used or unknown), `busy`, `not_found`, `unreachable`, `refused`, `failed`.
-    """
-
-    def __init__(self, message: str, code: str = "failed") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Offer:
-    nameplate: int
-    code: str
-    secret: str
-    expires_at: float
-    repair: bool = False
-    failures: int = 0
-    busy: bool = False
-    state: str = "waiting"  # waiting, paired, failed, expired
-    result: PairingResult | None = None
-    reason: str | None = None
-
-
-class _Framed:
-    def __init__(self, stream: Stream, initial: bytes = b"") -> None:
-        self._stream, self._buf = stream, bytearray(initial)
-
-    async def send(self, **fields: Any) -> None:
-        data = json.dumps({k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
-                           for k, v in fields.items()}).encode()
-        await self._stream.write(_LEN.pack(len(data)) + data)
-
-    async def receive(self) -> dict[str, Any]:
-        async with asyncio.timeout(STEP_TIMEOUT):
-            while True:
-                if len(self._buf) >= 4:
-                    (n,) = _LEN.unpack_from(self._buf)
-                    if n > MAX_MESSAGE:
-                        raise RemoteProtocolError("pairing message too large")
-                    if len(self._buf) >= 4 + n:
-                        data = bytes(self._buf[4:4 + n])
-                        del self._buf[:4 + n]
-                        try:
-                            msg = json.loads(data)
-                        except ValueError:
-                            raise RemoteProtocolError("pairing message is not JSON") from None
-                        if not isinstance(msg, dict):
-                            raise RemoteProtocolError("pairing message is not an object")
-                        if msg.get("t") == "fail":
-                            raise PairingFailed(str(msg.get("reason", "the other side refused")),
-                                                str(msg.get("code", "refused")))
-                        return msg
-                chunk = await self._stream.read(65536)
-                if not chunk:
-                    raise PairingFailed("the other device closed the connection")
-                self._buf += chunk
-
-
-def _bytes(msg: dict[str, Any], key: str) -> bytes:
-    try:
-        return base64.b64decode(msg[key], validate=True)
-    except (KeyError, TypeError, ValueError):
-        raise RemoteProtocolError(f"pairing message lacks {key}") from None
+_Handshake = InviterHandshake | JoinerHandshake
 
 
 class PairingService:
-    def __init__(self, identity: DeviceIdentity, registry: DeviceRegistry,
+    """Opens offers, serves joiners (LAN and relay mailbox), and joins other devices."""
+
+    def __init__(self, identity: Identity, registry: DeviceRegistry,
                  name: Callable[[], str], disc_key: bytes,
                  addresses: Callable[[], list[str]], clock: Callable[[], float] = time.time,
                  relays: Callable[[], list[str]] = list) -> None:
@@ -127,59 +51,65 @@ class PairingService:
         self._addresses = addresses
         self._relays = relays  # where offers also wait in a mailbox (pairing across networks)
         self._clock = clock
+        self._book = OfferBook()
         self._mailboxes: set[asyncio.Task[None]] = set()
-        self.offers: dict[int, Offer] = {}
+        self._expiry: asyncio.TimerHandle | None = None
         # set by the node: LAN lookup by nameplate, a hook to advertise the open
         # nameplates, and the nameplates other devices on the LAN show
         self.find_inviters: Callable[[int], Awaitable[InvitersFound]] | None = None
         self.on_offer_change: Callable[[frozenset[int]], None] | None = None
         self.nameplates_in_use: Callable[[], frozenset[int]] = frozenset
 
-    def _me(self) -> tuple[Identity, bytes]:
-        part = os.urandom(32)
-        return Identity(self._identity.cert_der, self._name(), part, self.disc_key), part
+    @property
+    def offers(self) -> dict[int, Offer]:
+        return self._book.offers
+
+    def _me(self) -> PairingIdentity:
+        return PairingIdentity(self._identity.cert_der, self._name(), os.urandom(32),
+                               self.disc_key)
 
     # -- inviter -----------------------------------------------------------------------
 
     def create_offer(self, ttl: float = 300.0, repair: bool = False) -> tuple[Offer, str]:
-        now = self._clock()
-        self._expire(now)
-        taken = set(self.advertised()) | self.nameplates_in_use()
-        for _ in range(1000):  # avoid our open offers and those shown on the LAN
-            code, secret = make_code()
-            nameplate = int(code.split("-")[0])
-            if nameplate not in taken:
-                break
-        offer = Offer(nameplate, code, secret, now + ttl, repair)
-        self.offers[nameplate] = offer
-        with contextlib.suppress(RuntimeError):  # no loop: nothing to withdraw later
-            asyncio.get_running_loop().call_later(max(0.0, ttl), self._offers_changed)
-        self._offers_changed()
+        """Open an offer; returns it and the URI of its QR code."""
+        offer = self._book.open(self._clock(), ttl, repair, self.nameplates_in_use())
+        self._book_changed()
         relays = self._relays()
         for url in relays:  # a joiner on another network meets us in the relay's mailbox
-            for box in (mailbox_id(f"code {nameplate}"), mailbox_id(f"uri {secret}")):
+            for box in (mailbox_id(f"code {offer.nameplate}"), mailbox_id(f"uri {offer.secret}")):
                 task = asyncio.ensure_future(self._wait_in_mailbox(offer, url, box))
                 self._mailboxes.add(task)
                 task.add_done_callback(self._mailboxes.discard)
-        return offer, make_uri(code, secret, self._addresses(), relays)
+        return offer, make_uri(offer.code, offer.secret, self._addresses(), relays)
+
+    def status(self, nameplate: int) -> Offer | None:
+        """The offer showing this nameplate, up to date."""
+        offer = self._book.status(nameplate, self._clock())
+        self._book_changed()
+        return offer
 
     def advertised(self) -> frozenset[int]:
-        """Nameplates shown on the LAN: waiting offers, and burned ones until they expire
-        (so a joiner with the right words learns that the code burned)."""
-        now = self._clock()
-        return frozenset(n for n, o in self.offers.items()
-                         if o.state in ("waiting", "failed") and o.expires_at > now)
+        """Nameplates to show on the LAN now."""
+        return self._book.advertised(self._clock())
 
-    def _expire(self, now: float) -> None:
-        for n, offer in list(self.offers.items()):
-            if offer.expires_at <= now and offer.state == "waiting":
-                offer.state = "expired"
-            if offer.expires_at + 600 <= now:
-                del self.offers[n]
+    def _book_changed(self) -> None:
+        """Pass the book's events on and re-arm its expiry timer."""
+        while (event := self._book.next_event()) is not None:
+            if self.on_offer_change is not None:
+                self.on_offer_change(event.nameplates)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        timer = self._book.get_timer()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to re-arm
+            if timer is not None:
+                self._expiry = asyncio.get_running_loop().call_later(
+                    max(0.0, timer - self._clock()), self._expired)
 
-    def _offers_changed(self) -> None:
-        if self.on_offer_change is not None:
-            self.on_offer_change(self.advertised())
+    def _expired(self) -> None:
+        self._expiry = None
+        self._book.handle_timer(self._clock())
+        self._book_changed()
 
     async def _wait_in_mailbox(self, offer: Offer, url: str, box: str) -> None:
         """Serve joiners arriving through one relay mailbox while the offer waits."""
@@ -206,71 +136,72 @@ class PairingService:
             await self.handle(stream, b"")
 
     async def close(self) -> None:
+        """Stop waiting in mailboxes."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in list(self._mailboxes):
             task.cancel()
         for task in list(self._mailboxes):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def status(self, nameplate: int) -> Offer | None:
-        offer = self.offers.get(nameplate)
-        if offer is not None and offer.state == "waiting" and offer.expires_at <= self._clock():
-            offer.state = "expired"
-        return offer
-
     async def handle(self, stream: Stream, initial: bytes) -> None:
         """Serve one joiner on a `P2PG-PAIR` connection."""
-        chan = _Framed(stream, initial)
-        offer: Offer | None = None
+        shake = InviterHandshake(self._book, self._me, self._clock())
         try:
-            hello = await chan.receive()
-            offer = self.status(int(hello.get("nameplate", -1)))
-            refusal = _refusal(offer)
-            if refusal is not None:
-                offer = None  # nothing of this attempt may touch the offer
-                await chan.send(t="fail", reason=refusal[0], code=refusal[1])
-                return
-            assert offer is not None  # noqa: S101 (no refusal: a waiting offer)
-            offer.busy = True
-            kind = hello.get("kind")
-            password = (offer.secret if kind == "uri" else offer.code).encode()
-            role = Role(joiner=False, password=password)
-            role.finish(_bytes(hello, "pake"))
-            await chan.send(t="pake", pake=role.message)
-            confirm = await chan.receive()
-            if not role.check(_bytes(confirm, "confirm")):
-                offer.failures += 1
-                log.info("pairing: a wrong code was tried (%d of %d)", offer.failures,
-                         MAX_FAILURES)
-                if offer.failures >= MAX_FAILURES:
-                    offer.state, offer.reason = "failed", "too many wrong attempts"
-                    await chan.send(t="fail", code="burned",
-                                    reason="wrong code, and too many wrong attempts: the code "
-                                    "is burned; make a new one")
-                else:
-                    await chan.send(t="fail", reason="wrong code", code="wrong_code")
-                return
-            mine, _ = self._me()
-            await chan.send(t="confirm", confirm=role.confirmation(of_joiner=False),
-                            sealed=seal(role, mine))
-            peer = open_sealed(role, _bytes(await chan.receive(), "sealed"))
-            result = derive(role, mine, peer)
-            await self._trust(result, offer.repair)
-            offer.state, offer.result = "paired", result
-            self._offers_changed()
-            await chan.send(t="done")
-            log.info("paired with %s (%s); verification %s", peer.name,
-                     peer.device_id.short, result.verification)
-        except (PairingFailed, RemoteProtocolError, StreamClosed, TimeoutError, ValueError) as exc:
-            log.info("pairing attempt failed: %s", exc)
-            if offer is not None and offer.state == "waiting":
-                offer.reason = str(exc)
+            await self._drive(shake, stream, initial)
+            if shake.failure is not None:
+                log.info("pairing attempt failed: %s", shake.failure)
+                if shake.failure.code in ("wrong_code", "burned") and shake.offer is not None:
+                    log.info("pairing: a wrong code was tried (%d of 3)", shake.offer.failures)
+            elif shake.result is not None:
+                log.info("paired with %s (%s); verification %s", shake.result.peer.name,
+                         shake.result.peer.device_id.short, shake.result.verification)
         finally:
-            if offer is not None:
-                offer.busy = False
-                if offer.state != "waiting":
-                    self._offers_changed()
+            shake.release()
+            self._book_changed()
             await stream.close()
+
+    async def _drive(self, shake: _Handshake, stream: Stream, initial: bytes = b"") -> None:
+        """Run a handshake over a stream: feed it what arrives, send what it returns,
+        honour its deadline, and (inviter) write the registry when it asks."""
+        decoder = MessageDecoder()
+        inbox = decoder.feed(initial) if initial else []
+        try:
+            while not shake.finished:
+                if isinstance(shake, InviterHandshake) and shake.state == "trusting":
+                    assert shake.result is not None  # noqa: S101
+                    assert shake.offer is not None  # noqa: S101
+                    try:
+                        await self._trust(shake.result, shake.offer.repair)
+                        out = shake.trusted(self._clock())
+                    except PairingFailed as exc:
+                        out = shake.refuse(exc)
+                else:
+                    while not inbox:
+                        inbox = decoder.feed(await self._read(stream, shake))
+                    out = shake.receive(inbox.pop(0), self._clock())
+                await self._send(stream, out)
+        except (RemoteProtocolError, StreamClosed, TimeoutError) as exc:
+            shake.abort(str(exc) or type(exc).__name__)
+
+    async def _read(self, stream: Stream, shake: _Handshake) -> bytes:
+        deadline = shake.get_timer()
+        wait = None if deadline is None else max(0.0, deadline - self._clock())
+        try:
+            async with asyncio.timeout(wait):
+                chunk = await stream.read(65536)
+        except TimeoutError:
+            shake.handle_timer(deadline or self._clock())
+            raise
+        if not chunk:
+            raise StreamClosed("the other device closed the connection")
+        return chunk
+
+    @staticmethod
+    async def _send(stream: Stream, messages: list[Message]) -> None:
+        if messages:
+            await stream.write(b"".join(encode(m) for m in messages))
 
     # -- joiner ------------------------------------------------------------------------
 
@@ -351,58 +282,37 @@ class PairingService:
                             "unreachable")
 
     async def _join_over(self, stream: Stream, invitation: Invitation) -> PairingResult:
-        chan = _Framed(stream)
-        role = Role(joiner=True, password=invitation.password)
+        shake = JoinerHandshake(invitation, self._me, self._clock())
         await stream.write(PAIR_MAGIC)
-        await chan.send(t="hello", nameplate=invitation.nameplate, kind=invitation.kind,
-                        pake=role.message)
-        try:
-            answer = await chan.receive()
-            role.finish(_bytes(answer, "pake"))
-            await chan.send(t="confirm", confirm=role.confirmation(of_joiner=True))
-            confirmed = await chan.receive()
-            if not role.check(_bytes(confirmed, "confirm")):
-                raise PairingFailed("the other device failed to prove the code", "refused")
-            peer = open_sealed(role, _bytes(confirmed, "sealed"))
-            mine, _ = self._me()
-            await chan.send(t="sealed", sealed=seal(role, mine))
-            result = derive(role, mine, peer)
-            await chan.receive()  # "done": the inviter has written its registry
-        except (RemoteProtocolError, StreamClosed, TimeoutError) as exc:
-            raise PairingFailed(f"pairing failed: {exc}", "failed") from None
-        await self._trust(result, repair=True)
-        log.info("paired with %s; verification %s", peer.name, result.verification)
-        return result
+        await self._send(stream, shake.start())
+        await self._drive(shake, stream)
+        if shake.failure is not None:
+            raise shake.failure
+        assert shake.result is not None  # noqa: S101 (done means a result)
+        await self._trust(shake.result, repair=True)
+        log.info("paired with %s; verification %s", shake.result.peer.name,
+                 shake.result.verification)
+        return shake.result
 
     # -- both ----------------------------------------------------------------------------
 
     async def _trust(self, result: PairingResult, repair: bool) -> None:
         peer = result.peer
         if peer.cert_der == self._identity.cert_der:
-            raise PairingFailed("a device cannot pair with itself")
+            raise PairingFailed("a device cannot pair with itself", "refused")
         existing = await self._registry.get(peer.device_id)
         if existing is not None and existing.state is DeviceState.REVOKED and not repair:
-            raise PairingFailed("that device was revoked; pair again with --repair")
+            raise PairingFailed("that device was revoked; pair again with --repair", "refused")
         if existing is not None and existing.state in (DeviceState.TRUSTED,
                                                        DeviceState.BLOCKED):
-            raise PairingFailed(f"already paired with {existing.name} ({existing.state})")
+            raise PairingFailed(f"already paired with {existing.name} ({existing.state})",
+                                "refused")
         try:
             await self._registry.begin_pairing(peer.cert_der, peer.name, repair=True)
             await self._registry.complete_pairing(peer.device_id, result.k_pair,
                                                   peer.disc_key)
         except IllegalTransition as exc:
-            raise PairingFailed(str(exc)) from None
-
-
-def _refusal(offer: Offer | None) -> tuple[str, str] | None:
-    """Why a joiner cannot try this offer now (message, code), or None."""
-    if offer is None or offer.state in ("paired", "expired"):
-        return "this code has expired or was already used; make a new one", "expired"
-    if offer.state == "failed":
-        return "this code burned after 3 wrong tries; make a new one", "burned"
-    if offer.busy:
-        return "another device is pairing with this code; try again", "busy"
-    return None
+            raise PairingFailed(str(exc), "refused") from None
 
 
 def mailbox_id(name: str) -> str:

@@ -1,0 +1,182 @@
+"""The pairing cores with time as an argument: offers, both handshakes, the wire."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from p2pgate.errors import RemoteProtocolError
+from p2pgate.identity import Identity
+from p2pgate.pairing.codes import parse_code_or_uri
+from p2pgate.pairing.handshake import STEP_TIMEOUT, InviterHandshake, JoinerHandshake
+from p2pgate.pairing.offers import MAX_FAILURES, OfferBook, OffersChanged, Refusal
+from p2pgate.pairing.protocol import PairingIdentity
+from p2pgate.pairing.wire import MAX_MESSAGE, MessageDecoder, encode
+
+T0 = 1_000.0
+
+
+def me(name):
+    cert = Identity.generate().cert_der
+    return lambda: PairingIdentity(cert, name, bytes(32), bytes(32))
+
+
+def events(book):
+    out = []
+    while (e := book.next_event()) is not None:
+        out.append(e)
+    return out
+
+
+def wire(messages):
+    """What the other side decodes: the messages through the real framing."""
+    return MessageDecoder().feed(b"".join(encode(m) for m in messages))
+
+
+def run(inviter, joiner, now=T0):
+    """Deliver messages both ways until neither side has anything to say."""
+    to_inviter = joiner.start()
+    for _ in range(10):
+        to_joiner = [m for msg in wire(to_inviter) for m in inviter.receive(msg, now)]
+        if inviter.state == "trusting":
+            to_joiner += inviter.trusted(now)
+        to_inviter = [m for msg in wire(to_joiner) for m in joiner.receive(msg, now)]
+        if not to_inviter and not to_joiner:
+            return
+    raise AssertionError("the handshake did not settle in 10 rounds")
+
+
+def test_offers_expire_burn_and_are_advertised_by_nameplate_only():
+    book = OfferBook()
+    offer = book.open(T0, ttl=60)
+    assert events(book) == [OffersChanged(frozenset({offer.nameplate}))]
+    assert book.get_timer() == T0 + 60
+    book.handle_timer(T0 + 59.9)
+    assert offer.state == "waiting"
+    assert events(book) == []
+    book.handle_timer(T0 + 60)
+    assert offer.state == "expired"
+    assert events(book) == [OffersChanged(frozenset())]
+    assert book.get_timer() is None
+    book.handle_timer(T0 + 60 + 600)
+    assert book.offers == {}  # forgotten
+
+
+def test_the_third_wrong_code_burns_and_a_busy_offer_refuses_others():
+    book = OfferBook()
+    offer = book.open(T0, ttl=300)
+    assert book.claim(offer.nameplate, T0) is offer
+    assert book.claim(offer.nameplate, T0).code == "busy"
+    for n in range(1, MAX_FAILURES + 1):
+        refusal = book.wrong_code(offer, T0 + n)
+        book.release(offer)
+        assert refusal.code == ("burned" if n == MAX_FAILURES else "wrong_code")
+        if n < MAX_FAILURES:
+            assert book.claim(offer.nameplate, T0 + n) is offer
+    assert offer.state == "failed"
+    assert book.advertised(T0 + 10) == frozenset({offer.nameplate})  # until it expires
+    assert book.claim(offer.nameplate, T0 + 10) == Refusal(
+        "this code burned after 3 wrong tries; make a new one", "burned")
+    assert book.claim(99 if offer.nameplate != 99 else 98, T0).code == "expired"
+    assert book.get_timer() == T0 + 300
+    book.handle_timer(T0 + 300)
+    assert book.advertised(T0 + 300) == frozenset()
+    assert book.get_timer() is None  # a burned offer past its time wakes nobody
+
+
+def test_new_offers_avoid_nameplates_in_use():
+    book = OfferBook()
+    offer = book.open(T0, 300, avoid=set(range(1, 100)) - {42})
+    assert offer.nameplate == 42
+    again = book.open(T0, 300, avoid=set(range(1, 100)) - {42, 43})
+    assert again.nameplate == 43  # ours are avoided too
+
+
+def test_handshake_by_code_and_by_uri():
+    for kind in ("code", "uri"):
+        book = OfferBook()
+        offer = book.open(T0, 300)
+        text = offer.code if kind == "code" else (
+            f"p2pgate://pair?c={offer.code}&k={offer.secret}")
+        inviter = InviterHandshake(book, me("desk"), T0)
+        joiner = JoinerHandshake(parse_code_or_uri(text), me("phone"), T0)
+        run(inviter, joiner)
+        assert (inviter.state, joiner.state) == ("done", "done")
+        assert inviter.result.verification == joiner.result.verification
+        assert inviter.result.k_pair == joiner.result.k_pair
+        assert (inviter.result.peer.name, joiner.result.peer.name) == ("phone", "desk")
+        assert offer.state == "paired"
+
+
+def test_wrong_words_fail_on_both_sides_and_count_once():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    nameplate, words = offer.code.split("-", 1)
+    wrong = f"{nameplate}-" + ("fig-fox" if words == "acid-acorn" else "acid-acorn")
+    inviter = InviterHandshake(book, me("desk"), T0)
+    joiner = JoinerHandshake(parse_code_or_uri(wrong), me("phone"), T0)
+    run(inviter, joiner)
+    assert joiner.failure.code == "wrong_code"
+    assert inviter.failure.code == "wrong_code"
+    assert inviter.result is None
+    assert joiner.result is None
+    inviter.release()
+    assert (offer.failures, offer.busy, offer.state) == (1, False, "waiting")
+
+
+def test_a_silent_peer_fails_the_step_at_its_deadline():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    inviter = InviterHandshake(book, me("desk"), T0)
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0)
+    inviter.receive(wire(joiner.start())[0], T0 + 5)  # then the joiner goes silent
+    assert inviter.get_timer() == T0 + 5 + STEP_TIMEOUT
+    inviter.handle_timer(T0 + 5 + STEP_TIMEOUT - 0.1)
+    assert inviter.state == "confirm"
+    inviter.handle_timer(T0 + 5 + STEP_TIMEOUT)
+    assert inviter.state == "failed"
+    assert inviter.get_timer() is None
+    inviter.release()
+    assert offer.busy is False
+    assert offer.failures == 0  # silence is no guess
+
+
+@pytest.mark.parametrize("msg", [{"t": "confirm", "confirm": "AAAA"}, {"t": "hello"},
+                                 {"t": "hello", "nameplate": "x"},
+                                 {"t": "hello", "nameplate": 1, "pake": "not base64!"}])
+def test_a_peer_that_breaks_the_protocol_ends_the_handshake_cleanly(msg):
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    if "nameplate" in msg and msg["nameplate"] == 1:
+        msg = {**msg, "nameplate": offer.nameplate}
+    inviter = InviterHandshake(book, me("desk"), T0)
+    inviter.receive(msg, T0)
+    assert inviter.state == "failed"
+    inviter.release()
+    assert offer.busy is False
+
+
+def test_wire_decoder_reassembles_and_refuses_junk():
+    data = encode({"t": "pake", "pake": b"\x00\x01"}) + encode({"t": "done"})
+    decoder = MessageDecoder()
+    got = [m for i in range(len(data)) for m in decoder.feed(data[i:i + 1])]
+    assert got == [{"t": "pake", "pake": "AAE="}, {"t": "done"}]
+    for junk in (b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x01{",
+                 (MAX_MESSAGE + 1).to_bytes(4, "big")):
+        with pytest.raises(RemoteProtocolError):
+            MessageDecoder().feed(junk)
+
+
+def test_the_pairing_cores_import_no_io():
+    code = (
+        "import sys\n"
+        "import p2pgate.pairing.offers, p2pgate.pairing.handshake, p2pgate.pairing.wire\n"
+        "bad = [m for m in ('asyncio', 'socket', 'ssl', 'aiohttp', 'libsql')"
+        " if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
