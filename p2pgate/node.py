@@ -29,9 +29,9 @@ from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
 from p2pgate.deviceid import DeviceID
-from p2pgate.dht.node import DhtNode
-from p2pgate.dht.records import RecordContent
 from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviter
+from p2pgate.discovery.dht.node import DhtNode
+from p2pgate.discovery.dht.records import RecordContent
 from p2pgate.discovery.wan import WanDiscovery
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError

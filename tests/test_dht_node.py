@@ -10,8 +10,8 @@ import time
 
 import umsgpack
 
-from p2pgate.dht.node import DhtNode, HardenedProtocol, RecordStore
-from p2pgate.dht.records import RecordContent, seal_record
+from p2pgate.discovery.dht.node import DhtNode, HardenedProtocol, RecordStore
+from p2pgate.discovery.dht.records import RecordContent, seal_record
 from p2pgate.identity import Identity
 
 ME = Identity.generate()

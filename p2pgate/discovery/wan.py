@@ -1,7 +1,7 @@
 """Finding paired devices across networks: private records in the hardened DHT.
 
 For every trusted peer we publish one record per 24 h epoch under a key only that
-peer can derive (`p2pgate.dht.records`), holding our addresses, the public address
+peer can derive (`p2pgate.discovery.dht.records`), holding our addresses, the public address
 a relay observed for us, and our relays, sealed with the pair secret and signed.
 We look up each peer's record for us (current and adjacent epochs) and hand what
 it says to the connection manager. Someone who knows only a device ID cannot even
@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from p2pgate.deviceid import DeviceID
-from p2pgate.dht.node import DhtNode
-from p2pgate.dht.records import RecordContent, dht_key, epoch_of, open_record, seal_record
+from p2pgate.discovery.dht.node import DhtNode
+from p2pgate.discovery.dht.records import RecordContent, dht_key, epoch_of, open_record, seal_record
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.registry import Device, DeviceRegistry
 
