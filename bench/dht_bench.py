@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pgate.dht.node import DhtNode, HardenedProtocol  # noqa: E402
-from p2pgate.dht.records import RecordContent, seal_record  # noqa: E402
+from p2pgate.discovery.dht.node import DhtNode, HardenedProtocol  # noqa: E402
+from p2pgate.discovery.dht.records import RecordContent, seal_record  # noqa: E402
 from p2pgate.identity import Identity  # noqa: E402
 
 ME = Identity.generate()

@@ -29,9 +29,8 @@ from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
 from p2pgate.deviceid import DeviceID
-from p2pgate.dht.node import DhtNode
-from p2pgate.dht.records import RecordContent
-from p2pgate.discovery import LanDiscovery, PeerDiscovered, PeerLost, find_inviters
+from p2pgate.discovery.dht.node import DhtNode
+from p2pgate.discovery.mdns import LanDiscovery, PeerDiscovered, PeerLost, find_inviters
 from p2pgate.discovery.wan import WanDiscovery
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
@@ -244,23 +243,13 @@ class Node:
         cfg = self.config
         dht = DhtNode()
         await dht.listen(port, interface=cfg.listen[0])  # UDP, on the P2P port number
-
-        def content() -> RecordContent:
-            observed = next((r.observed_address for r in self._relays if r.observed_address),
-                            None)
-            return RecordContent(tuple(listen_addresses(cfg.listen[0], port)), cfg.relays,
-                                 observed)
-
-        async def found(peer: DeviceID, record: RecordContent) -> None:
-            if record.relays:
-                await registry.record_seen(peer, None, record.relays)
-            await manager.discovered(peer, record.addresses)
-
-        self._wan = WanDiscovery(dht, registry, self.identity.device_id,
-                                 self.identity.private_key, content, found,
-                                 lambda peer: manager.path_of(peer) in (None, "relay"),
-                                 lookup_every=cfg.dht_lookup_interval)
-        await self._wan.start([(host, p) for host, p in cfg.bootstrap])
+        self._wan = WanDiscovery(
+            dht, registry, self.identity.device_id, self.identity.private_key,
+            addresses=lambda: listen_addresses(cfg.listen[0], port), relays=cfg.relays,
+            observed=lambda: [relay.observed_address for relay in self._relays],
+            on_found=manager.discovered, path_of=manager.path_of,
+            lookup_every=cfg.dht_lookup_interval)
+        await self._wan.start(list(cfg.bootstrap))
         log.info("DHT node on UDP %s:%d, bootstrapping from %d node(s)", cfg.listen[0], port,
                  len(cfg.bootstrap))
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pgate.dht.records import (
+from p2pgate.discovery.dht.records import (
     EPOCH,
     MAX_RECORD,
     RecordContent,

@@ -78,7 +78,7 @@ async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
     print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})", flush=True)
     dht = None
     if config.dht_port is not None:  # a DHT bootstrap node beside the relay
-        from p2pgate.dht.node import DhtNode
+        from p2pgate.discovery.dht.node import DhtNode
 
         dht = DhtNode()
         await dht.listen(config.dht_port, interface=host)

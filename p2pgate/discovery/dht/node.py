@@ -23,7 +23,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import IStorage
 
-from p2pgate.dht.records import MAX_RECORD, Record, validate
+from p2pgate.discovery.dht.records import MAX_RECORD, Record, validate
 from p2pgate.errors import RemoteProtocolError
 
 __all__ = ["DhtNode", "HardenedProtocol", "RecordStore"]
