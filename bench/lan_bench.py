@@ -30,8 +30,8 @@ CONFIG = 'rate_limit = 1000000\nrate_burst = 1000000\nallowed_hosts = ["{ip}"]\n
 
 
 def seed(node_dir, count: int) -> None:
-    from p2pgate.store import connect, load_key, migrate
-    from p2pgate.syncstore import LibsqlStorage
+    from p2pgate.storage.database import connect, load_key, migrate
+    from p2pgate.storage.syncstore import LibsqlStorage
     from sync.replica import Replica
 
     conn = connect(node_dir.data_dir.database, load_key(node_dir.data_dir.database_key))

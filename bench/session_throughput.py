@@ -25,10 +25,10 @@ CHUNK = 64 << 10
 
 async def _devices(root: Path):  # type: ignore[no-untyped-def]
     from p2pgate.identity import Identity
+    from p2pgate.identity.paths import DataDir
     from p2pgate.net.peers import Trust
-    from p2pgate.paths import DataDir
-    from p2pgate.registry import DeviceRegistry
-    from p2pgate.store import Database
+    from p2pgate.storage.database import Database
+    from p2pgate.storage.registry import DeviceRegistry
 
     made = []
     for name in ("a", "b"):

@@ -56,8 +56,8 @@ FIELDS = [f"f{i}" for i in range(7)]
 @contextmanager
 def libsql_storage() -> Iterator[Any]:
     """A fresh encrypted libSQL file (durability `normal`, as a phone would run)."""
-    from p2pgate.store import connect, migrate
-    from p2pgate.syncstore import LibsqlStorage
+    from p2pgate.storage.database import connect, migrate
+    from p2pgate.storage.syncstore import LibsqlStorage
 
     with tempfile.TemporaryDirectory() as tmp:
         conn = connect(Path(tmp) / "bench.db", "b" * 32, durability="normal")

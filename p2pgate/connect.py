@@ -27,13 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.documents import Documents
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.frames import Hello
 from p2pgate.net.peers import DialFailed, Trust, dial
 from p2pgate.net.session import Session, SessionClosed, SessionOptions
-from p2pgate.registry import Device, DeviceRegistry
 from p2pgate.relay.client import RelayClient, RelayError
+from p2pgate.storage.registry import Device, DeviceRegistry
 from sync.session import PeerSession
 
 __all__ = ["ConnectionManager"]

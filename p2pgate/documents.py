@@ -21,9 +21,9 @@ from typing import Any
 from p2pgate.api.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
 from p2pgate.api.events import ChangeRecord
 from p2pgate.api.routes import DocumentView
-from p2pgate.deviceid import DeviceID
-from p2pgate.store import Connection, Database
-from p2pgate.syncstore import EventRow, LibsqlStorage
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.storage.database import Connection, Database
+from p2pgate.storage.syncstore import EventRow, LibsqlStorage
 from sync.errors import LocalProtocolError
 from sync.events import ChangeRefused, ClockSkewDetected, PeerSynced, ProtocolErrorOccurred
 from sync.model import DocState, doc_conflicts, render_doc

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,22 +27,23 @@ from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
-from p2pgate.deviceid import DeviceID
 from p2pgate.discovery.dht.node import DhtNode
 from p2pgate.discovery.mdns import LanDiscovery, PeerDiscovered, PeerLost, find_inviters
 from p2pgate.discovery.wan import WanDiscovery
 from p2pgate.documents import Documents
 from p2pgate.errors import P2PGateError
-from p2pgate.files import read_secret, write_file
 from p2pgate.identity import Identity
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.identity.files import read_secret, write_file
+from p2pgate.identity.paths import DataDir, runtime_file
 from p2pgate.net import Hello, Listener, Trust
 from p2pgate.net.addresses import listen_addresses
 from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
-from p2pgate.paths import DataDir, runtime_file
-from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.relay.client import RelayClient, SpliceStream
-from p2pgate.store import Connection, Database, load_key
+from p2pgate.storage.database import Database, load_key
+from p2pgate.storage.keys import discovery_key, new_discovery_key
+from p2pgate.storage.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.supervisor import Supervisor
 
 __all__ = ["Node", "NodeError"]
@@ -307,29 +307,3 @@ class Node:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.stop()
-
-
-async def discovery_key(db: Database) -> bytes:
-    """This device's discovery key (peers learn it at pairing), made on first use."""
-
-    def _load(conn: Connection) -> bytes:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'disc_key'").fetchone()
-        if row is not None:
-            return bytes.fromhex(row[0])
-        key = secrets.token_bytes(32)
-        conn.execute("INSERT INTO meta (key, value) VALUES ('disc_key', ?)", (key.hex(),))
-        return key
-
-    return await db.write(_load)
-
-
-async def new_discovery_key(db: Database) -> bytes:
-    """Replace this device's discovery key."""
-    key = secrets.token_bytes(32)
-
-    def _store(conn: Connection) -> None:
-        conn.execute("INSERT INTO meta (key, value) VALUES ('disc_key', ?) ON CONFLICT (key) "
-                      "DO UPDATE SET value = excluded.value", (key.hex(),))
-
-    await db.write(_store)
-    return key

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from p2pgate.cli.firstrun import initialise
 from p2pgate.identity import Identity
-from p2pgate.node import discovery_key
-from p2pgate.paths import DataDir
-from p2pgate.registry import DeviceRegistry
-from p2pgate.setup import initialise
-from p2pgate.store import Database, load_key
+from p2pgate.identity.paths import DataDir
+from p2pgate.storage.database import Database, load_key
+from p2pgate.storage.keys import discovery_key
+from p2pgate.storage.registry import DeviceRegistry
 
 _counter = itertools.count()
 T = TypeVar("T")

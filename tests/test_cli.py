@@ -3,7 +3,7 @@ import stat
 import subprocess
 import sys
 
-from p2pgate.deviceid import DeviceID
+from p2pgate.identity.deviceid import DeviceID
 
 
 def run(*args, home, env=None):

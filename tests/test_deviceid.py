@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pgate.deviceid import DeviceID, InvalidDeviceID
+from p2pgate.identity.deviceid import DeviceID, InvalidDeviceID
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 digests = st.binary(min_size=32, max_size=32)

@@ -16,8 +16,8 @@ from p2pgate.discovery.dht.node import DhtNode
 from p2pgate.discovery.dht.records import RecordContent, dht_key, epoch_of, open_record, seal_record
 from p2pgate.discovery.wan import WanDiscovery, record_content
 from p2pgate.identity import Identity
-from p2pgate.registry import DeviceRegistry
-from p2pgate.store import Database
+from p2pgate.storage.database import Database
+from p2pgate.storage.registry import DeviceRegistry
 from p2pgate.supervisor import Supervisor
 
 ME, PEER = Identity.generate(), Identity.generate()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import sync.statesync
-from p2pgate.deviceid import DeviceID
 from p2pgate.documents import Documents
 from p2pgate.identity import Identity
-from p2pgate.store import Database
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.storage.database import Database
 from sync import CollectionPolicy, PeerPolicy, Replica
 
 FILTERED = {"notes": {"mode": "both", "filter": {"body": {"$exists": True}}}}

@@ -6,10 +6,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from p2pgate.deviceid import DeviceID
-from p2pgate.files import SecretFileError
 from p2pgate.identity import Identity, IdentityError
-from p2pgate.paths import DataDir
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.identity.files import SecretFileError
+from p2pgate.identity.paths import DataDir
 
 
 def test_certificate_is_exactly_what_design_says():

@@ -1,14 +1,14 @@
 import pytest
 
 from p2pgate.identity import Identity
-from p2pgate.registry import (
+from p2pgate.storage.database import Database
+from p2pgate.storage.registry import (
     DeviceChanged,
     DeviceRegistry,
     DeviceState,
     IllegalTransition,
     UnknownDevice,
 )
-from p2pgate.store import Database
 
 T, P, B, R = DeviceState.TRUSTED, DeviceState.PENDING, DeviceState.BLOCKED, DeviceState.REVOKED
 

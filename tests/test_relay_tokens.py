@@ -4,7 +4,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pgate.deviceid import DeviceID
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.relay.access_tokens import (
     MAX_TTL,
     TokenRefused,

@@ -6,7 +6,14 @@ import textwrap
 
 import pytest
 
-from p2pgate.store import MIGRATIONS, Database, StoreError, connect, migrate, schema_version
+from p2pgate.storage.database import (
+    MIGRATIONS,
+    Database,
+    StoreError,
+    connect,
+    migrate,
+    schema_version,
+)
 
 KEY = "0123456789abcdef" * 4
 MARKER = b"PLAINTEXT-MARKER-7f3a"
@@ -128,7 +135,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from p2pgate.store import Database
+    from p2pgate.storage.database import Database
 
     async def main(path, key, pause_at, rows):
         db = await Database.open(Path(path), key)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pgate.store import connect, migrate
-from p2pgate.syncstore import LibsqlStorage
+from p2pgate.storage.database import connect, migrate
+from p2pgate.storage.syncstore import LibsqlStorage
 from sync import CollectionPolicy, PeerPolicy, Replica
 
 KEY = "c" * 32

@@ -2,8 +2,8 @@
 
 import pytest
 
-from p2pgate.store import connect, migrate
-from p2pgate.syncstore import LibsqlStorage, decode_state, encode_state
+from p2pgate.storage.database import connect, migrate
+from p2pgate.storage.syncstore import LibsqlStorage, decode_state, encode_state
 from sync.errors import LocalProtocolError
 from sync.model import Change
 from sync.replica import Replica

@@ -18,9 +18,9 @@ from p2pgate.api.errors import BadRequest, Conflict, Forbidden, NotFound, Unproc
 from p2pgate.api.events import EventHub, Reset
 from p2pgate.api.http import Route, json_body, model_body, principal_of, respond, validate
 from p2pgate.api.tokens import COLLECTION_NAME, TokenError, TokenStore
-from p2pgate.deviceid import DeviceID, InvalidDeviceID
+from p2pgate.identity.deviceid import DeviceID, InvalidDeviceID
 from p2pgate.pairing.service import PairingFailed, PairingService
-from p2pgate.registry import Device, DeviceRegistry, UnknownDevice
+from p2pgate.storage.registry import Device, DeviceRegistry, UnknownDevice
 from sync.filters import FilterError, compile_filter
 
 __all__ = ["ApiServices", "DocumentService", "DocumentView", "api_routes"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from p2pgate.errors import LocalProtocolError
-from p2pgate.store import Connection, Database
+from p2pgate.storage.database import Connection, Database
 
 __all__ = ["AppToken", "Principal", "Scope", "TokenError", "TokenStore", "parse_scope"]
 

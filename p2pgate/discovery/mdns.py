@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from p2pgate.deviceid import DeviceID
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
     "SERVICE", "InvitersFound", "LanDiscovery", "PeerDiscovered", "PeerLost", "discovery_tag",

@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.discovery.dht.records import EPOCH, RecordContent, epoch_of
 from p2pgate.errors import LocalProtocolError
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = ["Command", "LookupPeer", "PublishRecord", "RecordRefresh", "needs_lookup"]
 

@@ -29,12 +29,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.discovery.dht.node import DhtNode
 from p2pgate.discovery.dht.records import RecordContent, dht_key, open_record, seal_record
 from p2pgate.discovery.refresh import LookupPeer, PublishRecord, RecordRefresh, needs_lookup
 from p2pgate.errors import LocalProtocolError, P2PGateError, RemoteProtocolError
-from p2pgate.registry import Device, DeviceRegistry
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.storage.registry import Device, DeviceRegistry
 from p2pgate.supervisor import Supervisor
 
 __all__ = ["DhtError", "WanDiscovery", "record_content"]

@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from p2pgate.deviceid import DeviceID
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
     "ADMIT_MAGIC", "PAIR_MAGIC", "Admitted", "AdmissionListener", "Challenge", "NeedMore",

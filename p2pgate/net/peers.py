@@ -14,8 +14,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import P2PGateError, RemoteProtocolError
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.admission import (
     AdmissionListener,
     Admitted,
@@ -29,7 +29,7 @@ from p2pgate.net.admission import (
 from p2pgate.net.frames import Hello
 from p2pgate.net.session import Session, SessionClosed, SessionOptions
 from p2pgate.net.tls import TlsStream, make_context
-from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
+from p2pgate.storage.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.stream import Stream, StreamClosed, TcpStream
 
 __all__ = ["DialFailed", "Listener", "PairingHandler", "Trust", "dial"]

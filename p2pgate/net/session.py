@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import P2PGateError, RemoteProtocolError
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.frames import (
     DEFAULT_MAX_FRAME,
     ClosedEvent,

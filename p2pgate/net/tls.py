@@ -16,8 +16,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import RemoteProtocolError
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.stream import Stream, StreamClosed
 
 __all__ = ["NO_CHECK_TIME", "PeerNotTrusted", "TlsStream", "make_context"]

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from spake2 import SPAKE2_A, SPAKE2_B
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import RemoteProtocolError
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = ["PairingIdentity", "PairingResult", "Role", "derive", "open_sealed", "seal"]
 

@@ -27,7 +27,7 @@ from p2pgate.pairing.handshake import InviterHandshake, JoinerHandshake
 from p2pgate.pairing.offers import Offer, OfferBook
 from p2pgate.pairing.protocol import PairingIdentity, PairingResult
 from p2pgate.pairing.wire import Message, MessageDecoder, encode
-from p2pgate.registry import DeviceRegistry, DeviceState, IllegalTransition
+from p2pgate.storage.registry import DeviceRegistry, DeviceState, IllegalTransition
 from p2pgate.stream import Stream, StreamClosed, TcpStream
 
 __all__ = ["Offer", "PairingFailed", "PairingService", "mailbox_id"]

@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import P2PGateError
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
     "MAX_TTL", "AccessToken", "TokenRefused", "issue_token", "key_id", "public_key_text",

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from p2pgate.api.ratelimit import RateLimiter
-from p2pgate.deviceid import DeviceID
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = ["Broker", "Send", "Session"]
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.relay.server import auth_payload
 from p2pgate.stream import StreamClosed
 

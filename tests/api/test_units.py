@@ -8,7 +8,7 @@ from p2pgate.api.events import ChangeRecord, EventHub, Reset
 from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Scope, TokenError, TokenStore, parse_scope
 from p2pgate.config import ConfigError, load_config, parse_host_port
-from p2pgate.store import Database
+from p2pgate.storage.database import Database
 
 # -- config ------------------------------------------------------------------------
 

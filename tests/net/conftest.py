@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import pytest
 
 from p2pgate.identity import Identity
+from p2pgate.identity.paths import DataDir
 from p2pgate.net.frames import Hello
 from p2pgate.net.peers import Trust
-from p2pgate.paths import DataDir
-from p2pgate.registry import DeviceRegistry
-from p2pgate.store import Database
+from p2pgate.storage.database import Database
+from p2pgate.storage.registry import DeviceRegistry
 
 
 @dataclass

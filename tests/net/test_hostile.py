@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pgate.deviceid import DeviceID
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.admission import (
     ADMIT_MAGIC,
     PAIR_MAGIC,

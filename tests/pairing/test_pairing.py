@@ -11,7 +11,7 @@ from p2pgate.discovery.mdns import InvitersFound
 from p2pgate.net.peers import Listener
 from p2pgate.pairing.codes import BadCode, make_code, parse_code_or_uri
 from p2pgate.pairing.service import PairingFailed, PairingService
-from p2pgate.registry import DeviceState
+from p2pgate.storage.registry import DeviceState
 from tests.net.conftest import devices  # noqa: F401 (fixture)
 
 

@@ -28,8 +28,8 @@ def storages(kind: str) -> Iterator[Any]:
     if kind == "memory":
         yield MemoryStorage
         return
-    from p2pgate.store import connect, migrate
-    from p2pgate.syncstore import LibsqlStorage
+    from p2pgate.storage.database import connect, migrate
+    from p2pgate.storage.syncstore import LibsqlStorage
 
     conns = []
     with tempfile.TemporaryDirectory(prefix="p2pg-sync-") as tmp:

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import RemoteProtocolError
+from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
     "EPOCH", "MAX_RECORD", "Record", "RecordContent", "dht_key", "epoch_of", "open_record",

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import LocalProtocolError
-from p2pgate.files import read_secret, write_file, write_secret
-from p2pgate.paths import DataDir
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.identity.files import read_secret, write_file, write_secret
+from p2pgate.identity.paths import DataDir
 
 __all__ = ["Identity", "IdentityError", "make_certificate"]
 

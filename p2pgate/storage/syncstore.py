@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from p2pgate.store import Connection
+from p2pgate.storage.database import Connection
 from sync.codec import ChangesMessage, decode, encode
 from sync.errors import LocalProtocolError
 from sync.fields import CounterState, FieldState, LwwState, SetState, TextState

@@ -15,10 +15,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pgate.deviceid import DeviceID
+from p2pgate.cli.logs import setup_logging
 from p2pgate.errors import LocalProtocolError
-from p2pgate.files import read_secret, write_secret
-from p2pgate.logs import setup_logging
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.identity.files import read_secret, write_secret
 from p2pgate.relay.access_tokens import MAX_TTL, issue_token, key_id, public_key_text
 from p2pgate.relay.config import load_relay_config
 from p2pgate.relay.server import RelayServer

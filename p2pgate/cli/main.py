@@ -13,14 +13,14 @@ import sys
 from collections.abc import Sequence
 
 from p2pgate import __version__
-from p2pgate.cli_remote import add_remote_commands
+from p2pgate.cli.firstrun import initialise
+from p2pgate.cli.logs import setup_logging
+from p2pgate.cli.relay import add_relay_command
+from p2pgate.cli.remote import add_remote_commands
 from p2pgate.config import load_config
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
-from p2pgate.logs import setup_logging
-from p2pgate.paths import resolve_data_dir
-from p2pgate.relay.cli import add_relay_command
-from p2pgate.setup import initialise
+from p2pgate.identity.paths import resolve_data_dir
 
 __all__ = ["main"]
 

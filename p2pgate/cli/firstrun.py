@@ -11,10 +11,10 @@ import platform
 import secrets
 from dataclasses import dataclass
 
-from p2pgate.files import write_secret
 from p2pgate.identity import Identity
-from p2pgate.paths import DataDir
-from p2pgate.store import ENV_DB_KEY, connect, create_key_file, load_key, migrate
+from p2pgate.identity.files import write_secret
+from p2pgate.identity.paths import DataDir
+from p2pgate.storage.database import ENV_DB_KEY, connect, create_key_file, load_key, migrate
 
 __all__ = ["Initialised", "initialise"]
 

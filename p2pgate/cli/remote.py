@@ -17,7 +17,7 @@ from rich.table import Table
 from p2pgate.client import Client, ClientError, NodeUnreachable
 from p2pgate.config import load_config
 from p2pgate.errors import P2PGateError
-from p2pgate.paths import DataDir, resolve_data_dir, runtime_file
+from p2pgate.identity.paths import DataDir, resolve_data_dir, runtime_file
 
 __all__ = ["add_remote_commands"]
 

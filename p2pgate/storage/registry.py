@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from p2pgate.deviceid import DeviceID
 from p2pgate.errors import LocalProtocolError
-from p2pgate.store import Connection, Database
+from p2pgate.identity.deviceid import DeviceID
+from p2pgate.storage.database import Connection, Database
 
 __all__ = [
     "Device",

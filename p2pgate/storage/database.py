@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import libsql
 
 from p2pgate.errors import P2PGateError
-from p2pgate.files import read_secret, write_secret
+from p2pgate.identity.files import read_secret, write_secret
 
 __all__ = [
     "ENV_DB_KEY",
