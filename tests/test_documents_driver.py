@@ -55,6 +55,7 @@ def test_a_zero_timer_is_due_and_a_session_with_more_to_send_runs_again_at_once(
         if stepped.timer == 0.0:
             at_once += 1
             assert driver.get_timer() == 0.0  # a real value, not "no timer"
+            assert driver.due(T0)
         elif not received and not stepped.messages:
             break
     assert len(theirs.list_docs("notes", limit=100)) == 30
@@ -91,6 +92,8 @@ def test_the_retransmit_timer_runs_when_due_and_not_before():
     assert len(driver.step([], T0).messages) == 1  # our Hello
     timer = driver.get_timer()
     assert timer == T0 + ours.retransmit_after
+    assert not driver.due(timer - 0.001)
+    assert driver.due(timer)
     early = driver.step([], timer - 0.001)
     assert early.messages == []
     assert early.timer == timer

@@ -100,6 +100,11 @@ class SyncDriver:
                   if t is not None]
         return min(timers) if timers else None
 
+    def due(self, now: float) -> bool:
+        """Whether to step again at `now` already (more to send, or a timer ran out)."""
+        timer = self.get_timer()
+        return timer is not None and timer <= now
+
     def handle_timer(self, now: float) -> None:
         """Run the session's and the replica's timers if they are due at `now`."""
         timer = self.session.get_timer()

@@ -54,6 +54,10 @@ def _view(collection: str, doc_id: str, state: DocState | None, cursor: int) -> 
 
 
 class Documents:
+    """The node's documents: the API's document service, the app change feed, and
+    the sync sessions the connection manager drives (`peer_open`, `peer_step`,
+    `peer_close`). Open with `Documents.open`."""
+
     def __init__(self, db: Database, replica: Replica, storage: LibsqlStorage,
                  clock: Callable[[], float]) -> None:
         self._db = db
@@ -207,6 +211,8 @@ class Documents:
     def _reload(self) -> None:
         self._cache.clear()
         self.replica = _make_replica(self._storage, str(self.replica.device_id))
+        for driver in self._drivers.values():  # as before: timers and vectors of the new one
+            driver.replica = self.replica
 
     async def collect_garbage(self, peer_timeout: float) -> tuple[int, int]:
         """Drop from the log and purge the tombstones every peer synced within
