@@ -12,6 +12,11 @@ so the sender's retransmission repairs it. Quarantine states per origin:
 
 While an origin is held, its later changes queue behind the held one (bounded by
 `quarantine_limit` changes in all; past that they are dropped, unacknowledged).
+
+The replica holds the state and commits atomic batches; the decisions live in
+pure functions beside it: `sync.intake` (remote changes, the quarantine),
+`sync.statemerge` (joining peer states), `sync.gc` (garbage collection). Sessions
+reach the replica only through `sync.host.SessionHost`.
 """
 
 from __future__ import annotations
