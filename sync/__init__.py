@@ -30,6 +30,7 @@ from sync.events import (
     QuarantineReleased,
     SessionClosed,
 )
+from sync.host import SessionHost
 from sync.model import Change, DocState, Edit
 from sync.policy import CollectionPolicy, PeerPolicy
 from sync.replica import DocumentNotFound, Replica
@@ -65,6 +66,7 @@ __all__ = [
     "RemoteProtocolError",
     "Replica",
     "SessionClosed",
+    "SessionHost",
     "SessionState",
     "Storage",
     "StoredState",

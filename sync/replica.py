@@ -12,51 +12,49 @@ so the sender's retransmission repairs it. Quarantine states per origin:
 
 While an origin is held, its later changes queue behind the held one (bounded by
 `quarantine_limit` changes in all; past that they are dropped, unacknowledged).
+
+The replica holds the state and commits atomic batches; the decisions live in
+pure functions beside it: `sync.intake` (remote changes, the quarantine),
+`sync.statemerge` (joining peer states), `sync.gc` (garbage collection). Sessions
+reach the replica only through `sync.host.SessionHost`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from sync.clock import COUNTER_BITS, HybridClock
 from sync.errors import LocalProtocolError
-from sync.events import (
-    ChangeRefused,
-    ClockSkewDetected,
-    DocumentChanged,
-    Event,
-    QuarantineReleased,
-)
+from sync.events import DocumentChanged, Event
 from sync.fields import FIELD_TYPES
+from sync.gc import plan_collection
+from sync.intake import Intake, release_held, take_changes
 from sync.model import (
-    K_STATE,
     Change,
     DocState,
     Edit,
     FieldOp,
     apply_edit,
-    contains_edit,
     doc_conflicts,
     doc_visible,
-    filter_view,
-    merge_docs,
     newest_stamp,
     render_doc,
 )
 from sync.ops import check_name, delete_ops, patch_ops, put_ops
 from sync.policy import Flow, PeerPolicy
-from sync.rbsr import ItemSet, doc_key, item_digest
+from sync.rbsr import ItemSet
 from sync.session import PeerSession
-from sync.storage import Batch, GcState, MemoryStorage, Storage
+from sync.statemerge import item_set, log_forwarded, plan_merge
+from sync.storage import Batch, MemoryStorage, Storage
 
 __all__ = ["DocumentNotFound", "Replica"]
 
 DEFAULT_MAX_SKEW = 300.0
 _NO_TYPES: dict[str, int] = {}
 _COMPLETE = PeerPolicy()
-FORWARD_EDITS = 32  # merged states per forwarding change
 
 
 class DocumentNotFound(LocalProtocolError):
@@ -68,7 +66,8 @@ class Replica:
 
     `now` is always Unix time in seconds. Local operations return the document as
     it now is; `next_event()` reports what happened (document changes for apps,
-    clock skew, session events).
+    clock skew, session events). Its sessions use only its `sync.host.SessionHost`
+    interface.
     """
 
     def __init__(
@@ -254,24 +253,7 @@ class Replica:
 
     def item_set(self, flow: Flow) -> ItemSet:
         """The documents we may exchange under `flow`, as reconciliation items."""
-        items = []
-        storage = self.storage
-        for collection in storage.collections():
-            if not flow.shared(collection):
-                continue
-            filtered = flow.filtered(collection)
-            after = None
-            while True:
-                page = storage.list_docs(collection, after, 1000)
-                for doc_id, state in page:
-                    if filtered and not flow.matches(collection, filter_view(state)):
-                        continue
-                    key = doc_key(collection, doc_id)
-                    items.append((key, item_digest(key, state.version)))
-                if len(page) < 1000:
-                    break
-                after = page[-1][0]
-        return ItemSet(items)
+        return item_set(self.storage, flow)
 
     # ------------------------------------------------------------ garbage collection
 
@@ -287,28 +269,11 @@ class Replica:
         A peer left out of `acknowledged` (gone too long, or new) that comes back
         reconciles by document state instead of the log, and a document it still holds
         that we purged, made only of edits from before the horizon, is deleted again
-        (a fresh tombstone; see `_merge_states`)."""
-        base, horizon = dict(self.gc.log_base), dict(self.gc.horizon)
-        dropped = 0
-        for origin, have in self._vv.items():
-            safe = min((vv.get(origin, 0) for vv in acknowledged.values()), default=have)
-            safe = min(safe, have)
-            if safe <= base.get(origin, 0):
-                continue
-            last = self.storage.changes_since(origin, safe - 1, 1)
-            dropped += safe - base.get(origin, 0)
-            base[origin] = safe
-            horizon[origin] = max(horizon.get(origin, 0), last[0].hlc)
-        purge: list[tuple[str, str]] = []
-        for collection in self.storage.collections():
-            after = None
-            while page := self.storage.list_docs(collection, after, 1000):
-                purge.extend((collection, doc_id) for doc_id, state in page
-                             if not doc_visible(state) and _within(state.version, horizon))
-                after = page[-1][0]
+        (a fresh tombstone; see `merge_states`)."""
+        gc, dropped, purge = plan_collection(self.storage, self.gc, self._vv, acknowledged)
         if dropped or purge:
-            self.gc = GcState(base, horizon)
-            self.storage.compact(self.gc, purge)
+            self.gc = gc
+            self.storage.compact(gc, purge)
         return dropped, len(purge)
 
     # ------------------------------------------------------------ peers
@@ -330,8 +295,14 @@ class Replica:
         """The oldest event not yet taken, or None."""
         return self._events.popleft() if self._events else None
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
+        """Report `event` through `next_event()` (for the replica's sessions)."""
         self._events.append(event)
+
+    @property
+    def applied(self) -> Mapping[str, int]:
+        """The live version vector, read-only (`version_vector()` is a copy)."""
+        return MappingProxyType(self._vv)
 
     def _changed(self, keys: list[tuple[str, str]], source: str | None = None,
                  echo: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
@@ -350,165 +321,51 @@ class Replica:
         self.clock.observe(newest_stamp(state), now)
         self._local(collection, doc_id, now, lambda d: delete_ops(self.device_id, d), state)
 
-    def _merge_states(self, peer_id: str, docs: list[tuple[str, str, DocState]], flow: Flow,
-                      now: float) -> float | None:
+    def merge_states(self, peer_id: str, docs: list[tuple[str, str, DocState]], flow: Flow,
+                     now: float) -> float | None:
         """Join document states a peer sent, as one atomic batch, and log the joined
         states as our own changes so that complete replicas get them too. A state
         stamped too far ahead is left aside; returns when to ask for it again."""
-        batch = Batch()
-        events: list[Event] = []
-        edits: list[Edit] = []
-        echo: set[tuple[str, str]] = set()
-        zombies: list[tuple[str, str, DocState]] = []
-        retry: float | None = None
-        for collection, doc_id, state in docs:
-            key = (collection, doc_id)
-            newest = newest_stamp(state)
-            if self._too_far_ahead(newest, now):
-                ahead = self.clock.ahead_by(newest, now)
-                events.append(ClockSkewDetected(peer_id, "", 0, newest, ahead))
-                at = now + ahead - self.max_skew + 1
-                retry = at if retry is None else min(retry, at)
-                continue
-            old = batch.docs.get(key) or self.storage.get_doc(collection, doc_id)
-            if old is None and _within(state.version, self.gc.horizon):
-                if doc_visible(state):  # we purged it as deleted: delete it again
-                    zombies.append((collection, doc_id, state))
-                continue
-            new = state if old is None else merge_docs(old, state)
-            if old is not None and new.version == old.version:
-                continue
-            if not flow.may_receive(collection, filter_view(new)):
-                events.append(ChangeRefused(peer_id, collection, doc_id,
-                                            "the policy for this device refuses it"))
-                continue
-            self.clock.observe(newest, now)
-            batch.docs[key] = new
-            edits.append(Edit(collection, doc_id, 0, ((K_STATE, "*", new, None),)))
-            if new.version == state.version:
-                echo.add(key)
-        for collection, doc_id, state in zombies:
+        plan = plan_merge(self.storage, self.clock, self.gc.horizon, self.max_skew, peer_id,
+                          docs, flow, now)
+        for collection, doc_id, state in plan.zombies:
             self._bury(collection, doc_id, state, now)
-        if not edits:
-            self._events.extend(events)
-            return retry
-        me, seq = self.device_id, self._vv.get(self.device_id, 0)
-        for start in range(0, len(edits), FORWARD_EDITS):
-            seq += 1
-            hlc = self.clock.tick(now)
-            chunk = tuple(edits[start : start + FORWARD_EDITS])
-            batch.changes.append(Change(me, seq, hlc, chunk))
-            events.extend(DocumentChanged(e.collection, e.doc_id, peer_id, seq, hlc,
-                                          not doc_visible(batch.docs[(e.collection, e.doc_id)]))
-                          for e in chunk)
-        batch.clock = self.clock.last
-        self.storage.apply_batch(batch)
+        if not plan.edits:
+            self._events.extend(plan.events)
+            return plan.retry
+        me = self.device_id
+        seq = log_forwarded(plan, me, self._vv.get(me, 0), self.clock, peer_id, now)
+        self.storage.apply_batch(plan.batch)
         self._vv[me] = seq
-        self._events.extend(events)
-        self._changed(list(batch.docs), peer_id, echo)
-        return retry
+        self._events.extend(plan.events)
+        self._changed(list(plan.batch.docs), peer_id, plan.echo)
+        return plan.retry
 
     # ------------------------------------------------------------ remote changes
 
-    def _known(self, origin: str) -> int:
-        return self._vv.get(origin, 0) + len(self._held.get(origin, ()))
-
-    def _too_far_ahead(self, hlc: int, now: float) -> bool:
-        return (hlc >> COUNTER_BITS) > int(now * 1000) + int(self.max_skew * 1000)
-
-    def _receive(self, peer_id: str, changes: list[Change], now: float) -> None:
-        """Apply (or hold) changes a session received, as one atomic batch."""
+    def receive_changes(self, peer_id: str, changes: list[Change], now: float) -> None:
+        """Apply (or hold) logged changes a session received, as one atomic batch."""
         self._release(now)
-        batch = Batch()
-        vv = dict(self._vv)
-        held = {o: list(cs) for o, cs in self._held.items()}
-        nheld = sum(len(cs) for cs in held.values())
-        events: list[Event] = []
-        for change in changes:
-            origin = change.origin
-            queue = held.get(origin)
-            if change.seq != vv.get(origin, 0) + (len(queue) if queue else 0) + 1:
-                continue
-            if queue or self._too_far_ahead(change.hlc, now):
-                if nheld >= self.quarantine_limit:
-                    continue
-                if not queue:
-                    ahead = self.clock.ahead_by(change.hlc, now)
-                    events.append(ClockSkewDetected(peer_id, origin, change.seq, change.hlc, ahead))
-                held.setdefault(origin, []).append(change)
-                batch.hold.append(change)
-                nheld += 1
-                continue
-            self._apply(change, batch, events, now)
-            vv[origin] = change.seq
-        if not batch.changes and not batch.hold:
-            return
-        batch.clock = self.clock.last
-        self.storage.apply_batch(batch)
-        self._vv = vv
-        self._held = {o: cs for o, cs in held.items() if cs}
-        self._events.extend(events)
-        self._changed(list(batch.docs))
-
-    def _apply(self, change: Change, batch: Batch, events: list[Event], now: float) -> None:
-        stamp = (change.hlc, change.origin)
-        docs = batch.docs
-        for edit in change.edits:
-            key = (edit.collection, edit.doc_id)
-            doc = docs.get(key)
-            if doc is None:
-                doc = self.storage.get_doc(*key)
-            forwarded = bool(edit.ops) and edit.ops[0][0] == K_STATE
-            if not forwarded and contains_edit(doc, stamp):
-                continue  # it reached us inside a forwarded state already
-            new = apply_edit(doc, edit, stamp)
-            if forwarded and doc is not None and new.version == doc.version:
-                continue
-            docs[key] = new
-            events.append(
-                DocumentChanged(
-                    edit.collection,
-                    edit.doc_id,
-                    change.origin,
-                    change.seq,
-                    change.hlc,
-                    not doc_visible(new),
-                )
-            )
-        self.clock.observe(change.hlc, now)
-        batch.changes.append(change)
+        intake = take_changes(self.storage, self.clock, self._vv, self._held, peer_id,
+                              changes, now, self.max_skew, self.quarantine_limit)
+        if intake.batch.changes or intake.batch.hold:
+            self._commit(intake)
 
     def _release(self, now: float, accept: str | None = None) -> None:
         if not self._held:
             return
-        batch = Batch()
-        events: list[Event] = []
-        vv = dict(self._vv)
-        held = {o: list(cs) for o, cs in self._held.items()}
-        for origin, queue in held.items():
-            forced = origin == accept
-            first = queue[0]
-            while queue:
-                change = queue[0]
-                if not forced and self._too_far_ahead(change.hlc, now):
-                    if change is not first:
-                        ahead = self.clock.ahead_by(change.hlc, now)
-                        events.append(ClockSkewDetected("", origin, change.seq, change.hlc, ahead))
-                    break
-                queue.pop(0)
-                events.append(QuarantineReleased(origin, change.seq, forced))
-                forced = False
-                batch.release.append((origin, change.seq))
-                self._apply(change, batch, events, now)
-                vv[origin] = change.seq
-        if not batch.release:
-            return
-        batch.clock = self.clock.last
-        self.storage.apply_batch(batch)
-        self._vv = vv
-        self._held = {o: cs for o, cs in held.items() if cs}
-        self._events.extend(events)
-        self._changed(list(batch.docs))
+        intake = release_held(self.storage, self.clock, self._vv, self._held, now,
+                              self.max_skew, accept)
+        if intake.batch.release:
+            self._commit(intake)
+
+    def _commit(self, intake: Intake) -> None:
+        intake.batch.clock = self.clock.last
+        self.storage.apply_batch(intake.batch)
+        self._vv = intake.vv
+        self._held = {o: cs for o, cs in intake.held.items() if cs}
+        self._events.extend(intake.events)
+        self._changed(list(intake.batch.docs))
 
     # ------------------------------------------------------------ quarantine
 
@@ -533,6 +390,3 @@ class Replica:
         """Apply held changes whose time has come."""
         self._release(now)
 
-
-def _within(version: Mapping[str, int], horizon: Mapping[str, int]) -> bool:
-    return bool(version) and all(hlc <= horizon.get(o, 0) for o, hlc in version.items())

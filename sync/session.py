@@ -31,7 +31,6 @@ closes with a code and a `ProtocolErrorOccurred` event.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from sync.codec import (
     CLOSE_NORMAL,
@@ -49,11 +48,9 @@ from sync.codec import (
 from sync.codec import decode as decode_message
 from sync.errors import RemoteProtocolError
 from sync.events import PeerSynced, ProtocolErrorOccurred, SessionClosed
+from sync.host import SessionHost
 from sync.policy import Flow, PeerPolicy
 from sync.statesync import StateSync
-
-if TYPE_CHECKING:
-    from sync.replica import Replica
 
 __all__ = ["MESSAGE_TARGET", "WINDOW", "PeerSession", "SessionState"]
 
@@ -70,7 +67,7 @@ class SessionState(Enum):
 class PeerSession:
     """The protocol state of one connection to one peer. Create with `Replica.connect`."""
 
-    def __init__(self, replica: Replica, peer_id: str, now: float) -> None:
+    def __init__(self, replica: SessionHost, peer_id: str, now: float) -> None:
         self.replica = replica
         self.peer_id = peer_id
         self.state = SessionState.AWAITING_HELLO
@@ -109,7 +106,7 @@ class PeerSession:
             msg = decode_message(data)
             if isinstance(msg, Close):
                 self.state = SessionState.CLOSED
-                self.replica._emit(SessionClosed(self.peer_id, msg.code, msg.reason, True))
+                self.replica.emit(SessionClosed(self.peer_id, msg.code, msg.reason, True))
                 return
             if isinstance(msg, Hello):
                 self._on_hello(msg)
@@ -159,7 +156,7 @@ class PeerSession:
         self.flow = flow = Flow(replica.policy_for(self.peer_id), self._theirs)
         # a side whose log lost what the other lacks makes both reconcile by state
         behind = replica.behind_log(self._peer_vv) or any(
-            replica._vv.get(o, 0) < b for o, b in self._their_base.items())
+            replica.applied.get(o, 0) < b for o, b in self._their_base.items())
         if flow.complete and not behind:
             self.by_state = None
             self._sent = dict(self._peer_vv)
@@ -178,7 +175,7 @@ class PeerSession:
             self._choose_mode()
 
     def _on_changes(self, msg: ChangesMessage, now: float) -> None:
-        self.replica._receive(self.peer_id, msg.changes, now)
+        self.replica.receive_changes(self.peer_id, msg.changes, now)
         peer = self._peer_vv
         for change in msg.changes:
             if change.seq > peer.get(change.origin, 0):
@@ -201,18 +198,18 @@ class PeerSession:
     def _fail(self, code: int, reason: str) -> None:
         self.state = SessionState.CLOSED
         self._outbox = [encode(Close(code, reason))]
-        self.replica._emit(ProtocolErrorOccurred(self.peer_id, code, reason))
+        self.replica.emit(ProtocolErrorOccurred(self.peer_id, code, reason))
 
     def _check_synced(self) -> None:
         if self.state is not SessionState.SYNCING or self.by_state is not None:
             return
-        mine = self.replica._vv
+        mine = self.replica.applied
         peer = self._peer_vv
         synced = all(peer.get(o, 0) >= s for o, s in mine.items()) and all(
             mine.get(o, 0) >= s for o, s in peer.items()
         )
         if synced and not self._synced:
-            self.replica._emit(PeerSynced(self.peer_id, dict(mine)))
+            self.replica.emit(PeerSynced(self.peer_id, dict(mine)))
         self._synced = synced
 
     # ------------------------------------------------------------ output
@@ -228,7 +225,7 @@ class PeerSession:
             self._hello_due = False
             need = self.state is SessionState.AWAITING_HELLO or self._need_reply
             self._need_reply = False
-            self._told = dict(replica._vv)
+            self._told = dict(replica.applied)
             policy, base = replica.policy_for(self.peer_id), replica.gc.log_base
             terms = None if policy.complete and not base else policy.to_wire() | (
                 {"log_base": base} if base else {})
@@ -239,9 +236,9 @@ class PeerSession:
             self.by_state.messages(now, out)
         elif self.state is SessionState.SYNCING:
             self._send_changes(out, now)
-            if self._ack_due or self._told != replica._vv:
+            if self._ack_due or self._told != replica.applied:
                 self._ack_due = False
-                self._told = dict(replica._vv)
+                self._told = dict(replica.applied)
                 out.append(encode(Ack(self._told)))
             self._check_synced()
         self.bytes_sent += sum(map(len, out))
@@ -259,7 +256,7 @@ class PeerSession:
             return
         was_idle = budget == WINDOW
         enc = ChangesEncoder()
-        for origin, have in replica._vv.items():
+        for origin, have in replica.applied.items():
             start = max(sent.get(origin, 0), peer.get(origin, 0))
             if have <= start or budget <= 0:
                 continue
@@ -310,4 +307,4 @@ class PeerSession:
         self.state = SessionState.CLOSED
         if notify_peer:
             self._outbox.append(encode(Close(code, reason)))
-        self.replica._emit(SessionClosed(self.peer_id, code, reason, False))
+        self.replica.emit(SessionClosed(self.peer_id, code, reason, False))

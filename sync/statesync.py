@@ -18,17 +18,13 @@ connection simply means a new session and a new round.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sync.codec import MAX_MESSAGE_SIZE, DocsMessage, Recon, encode, encode_docs
 from sync.events import PeerSynced
+from sync.host import SessionHost
 from sync.model import filter_view
 from sync.policy import Flow
 from sync.rbsr import FP, IDS, ItemSet, split_key
 from sync.statecodec import encode_state
-
-if TYPE_CHECKING:
-    from sync.replica import Replica
 
 __all__ = ["StateSync"]
 
@@ -37,7 +33,9 @@ SEND_BUDGET = 4 << 20  # bytes of states per messages_to_send call
 
 
 class StateSync:
-    def __init__(self, replica: Replica, peer_id: str, flow: Flow, initiator: bool,
+    """The state reconciliation of one `PeerSession` (created and fed by it)."""
+
+    def __init__(self, replica: SessionHost, peer_id: str, flow: Flow, initiator: bool,
                  rounds: int = 0) -> None:
         self.replica = replica
         self.peer_id = peer_id
@@ -84,7 +82,7 @@ class StateSync:
         self._synced = False
 
     def on_docs(self, msg: DocsMessage, now: float) -> None:
-        retry = self.replica._merge_states(self.peer_id, msg.docs, self.flow, now)
+        retry = self.replica.merge_states(self.peer_id, msg.docs, self.flow, now)
         if retry is not None:
             self._retry_at = retry if self._retry_at is None else min(self._retry_at, retry)
 
@@ -112,7 +110,7 @@ class StateSync:
             self._send_docs(out)
         if not self._reconciling and not self._to_send and not self._synced:
             self._synced = True
-            self.replica._emit(PeerSynced(self.peer_id, self.replica.version_vector()))
+            self.replica.emit(PeerSynced(self.peer_id, self.replica.version_vector()))
 
     def _send_docs(self, out: list[bytes]) -> None:
         storage, flow = self.replica.storage, self.flow

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from p2pgate.documents.errors import (
+    DocumentError,
+    DocumentNotFound,
+    FieldTypeConflict,
+    InvalidDocument,
+    VersionMismatch,
+)
 from p2pgate.errors import P2PGateError
 
 __all__ = [
     "ApiError", "BadRequest", "Conflict", "Forbidden", "NotFound", "PreconditionFailed",
     "TooLarge", "TooManyRequests", "Unauthorized", "Unavailable", "Unprocessable",
+    "from_domain",
 ]
 
 
@@ -62,3 +70,23 @@ class TooManyRequests(ApiError):
 
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
+
+
+_DOMAIN: dict[type[DocumentError], type[ApiError]] = {
+    DocumentNotFound: NotFound,
+    VersionMismatch: PreconditionFailed,
+    InvalidDocument: Unprocessable,
+    FieldTypeConflict: Conflict,
+}
+
+
+def from_domain(exc: P2PGateError) -> ApiError | None:
+    """The HTTP error for a domain error of a layer below (None: not one we map)."""
+    if isinstance(exc, ApiError):
+        return exc
+    for domain, api in _DOMAIN.items():
+        if isinstance(exc, domain):
+            return api(str(exc), code=exc.code)
+    if isinstance(exc, DocumentError):
+        return Unprocessable(str(exc), code=exc.code)
+    return None

@@ -15,19 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from p2pgate.documents.views import ChangeRecord
+
 __all__ = ["ChangeFeed", "ChangeRecord", "EventHub", "Reset"]
 
 _PAGE = 500
 _QUEUE = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeRecord:
-    cursor: int
-    collection: str
-    doc_id: str
-    deleted: bool
-    origin: str
 
 
 @dataclass(frozen=True, slots=True)

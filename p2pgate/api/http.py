@@ -28,10 +28,12 @@ from p2pgate.api.errors import (
     TooManyRequests,
     Unauthorized,
     Unprocessable,
+    from_domain,
 )
 from p2pgate.api.models import ErrorBody, ErrorResponse
 from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Principal, TokenStore
+from p2pgate.errors import P2PGateError
 
 __all__ = [
     "Auth", "Route", "build_application", "json_body", "model_body", "principal_of", "respond",
@@ -174,10 +176,14 @@ def build_application(
             if auth != "public" and auth is not None:
                 _authenticate(request, auth)
             response = await handler(request)
-        except ApiError as exc:
-            if exc.status >= 500:
-                log.error("%s %s %s: %s", rid, request.method, request.path, exc)
-            return _with_cors(request, _error_response(rid, exc))
+        except P2PGateError as exc:  # ours, or a lower layer's domain error: one mapping
+            mapped = from_domain(exc)
+            if mapped is None:
+                log.exception("%s %s %s failed", rid, request.method, request.path)
+                return _error_response(rid, ApiError("internal error; see the node's log"))
+            if mapped.status >= 500:
+                log.error("%s %s %s: %s", rid, request.method, request.path, mapped)
+            return _with_cors(request, _error_response(rid, mapped))
         except web.HTTPException as exc:
             return _with_cors(request, _error_response(rid, _from_http_exception(exc)))
         except Exception:

@@ -18,6 +18,7 @@ from p2pgate.api.errors import BadRequest, Conflict, Forbidden, NotFound, Unproc
 from p2pgate.api.events import EventHub, Reset
 from p2pgate.api.http import Route, json_body, model_body, principal_of, respond, validate
 from p2pgate.api.tokens import COLLECTION_NAME, TokenError, TokenStore
+from p2pgate.documents.views import DocumentView
 from p2pgate.identity.deviceid import DeviceID, InvalidDeviceID
 from p2pgate.pairing.service import PairingFailed, PairingService
 from p2pgate.storage.registry import Device, DeviceRegistry, UnknownDevice
@@ -28,17 +29,6 @@ __all__ = ["ApiServices", "DocumentService", "DocumentView", "api_routes"]
 log = logging.getLogger("p2pgate.api")
 
 WS_PROTOCOL = "p2pgate.v1"
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentView:
-    collection: str
-    doc_id: str
-    data: dict[str, Any]
-    version: str
-    deleted: bool
-    cursor: int
-    created: bool = False
 
 
 class DocumentService(Protocol):

@@ -12,9 +12,10 @@ Encryption at rest uses libSQL's built-in page encryption. The key comes from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -29,9 +30,11 @@ __all__ = [
     "MIGRATIONS",
     "Connection",
     "Database",
+    "MappedConnection",
     "StoreError",
     "create_key_file",
     "load_key",
+    "map_store_errors",
 ]
 
 ENV_DB_KEY = "P2PGATE_DB_KEY"
@@ -50,6 +53,35 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any: ...
     def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def map_store_errors() -> Iterator[None]:
+    """Turn the libsql driver's statement errors (it raises bare `ValueError`) into
+    `StoreError`; use it around driver calls only, not around our own code."""
+    try:
+        yield
+    except (ValueError, libsql.Error) as exc:
+        raise StoreError(f"a database statement failed: {exc}") from exc
+
+
+class MappedConnection:
+    """A connection whose statement errors surface as `StoreError`."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        with map_store_errors():
+            return self._conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+        with map_store_errors():
+            return self._conn.executemany(sql, parameters)
+
+    def close(self) -> None:
+        with map_store_errors():
+            self._conn.close()
 
 
 # Each entry moves the schema one version up and runs in its own transaction.

@@ -4,10 +4,13 @@ import asyncio
 
 import pytest
 
+from p2pgate.api.errors import NotFound, from_domain
 from p2pgate.api.events import ChangeRecord, EventHub, Reset
 from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Scope, TokenError, TokenStore, parse_scope
 from p2pgate.config import ConfigError, load_config, parse_host_port
+from p2pgate.documents import DocumentNotFound, FieldTypeConflict, InvalidDocument, VersionMismatch
+from p2pgate.errors import P2PGateError
 from p2pgate.storage.database import Database
 
 # -- config ------------------------------------------------------------------------
@@ -100,7 +103,7 @@ async def test_admin_and_app_tokens(tokens):
     assert store.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert store.authenticate("garbage") is None
     # stored hashed: the secret part never reaches the database
-    secret = token.rsplit("_", 1)[1]
+    secret = token.split("_", 2)[2]  # p2pg_ID_SECRET; the secret itself may hold "_"
     rows = await db.read(lambda c: c.execute("SELECT * FROM app_tokens").fetchall())
     assert secret not in repr(rows)
     # survives a reload
@@ -177,3 +180,21 @@ async def test_hub_resets_expired_and_unknown_cursors():
     stream = hub.stream(99, lambda c: True)
     assert await _take(stream, 1) == [Reset(3, "unknown cursor")]
     await stream.aclose()
+
+
+@pytest.mark.parametrize(("domain", "status", "code"), [
+    (DocumentNotFound("no document 'a' in 'c'"), 404, "not_found"),
+    (FieldTypeConflict("field types are fixed"), 409, "conflict"),
+    (VersionMismatch("the document changed"), 412, "precondition_failed"),
+    (InvalidDocument("n: not a number"), 422, "invalid"),
+])
+def test_domain_errors_map_to_one_http_status_each(domain, status, code):
+    mapped = from_domain(domain)
+    assert mapped is not None
+    assert (mapped.status, mapped.code, str(mapped)) == (status, code, str(domain))
+
+
+def test_an_error_without_a_mapping_is_not_guessed():
+    assert from_domain(P2PGateError("something else")) is None
+    already = NotFound("x")
+    assert from_domain(already) is already

@@ -18,18 +18,25 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from p2pgate.api.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
-from p2pgate.api.events import ChangeRecord
-from p2pgate.api.routes import DocumentView
+from p2pgate.documents.driver import BacklogMeasured, PeerCaughtUp, SyncDriver
+from p2pgate.documents.errors import (
+    DocumentError,
+    DocumentNotFound,
+    FieldTypeConflict,
+    InvalidDocument,
+    VersionMismatch,
+)
+from p2pgate.documents.views import ChangeRecord, DocumentView
 from p2pgate.identity.deviceid import DeviceID
-from p2pgate.storage.database import Connection, Database
+from p2pgate.storage.database import Connection, Database, MappedConnection
 from p2pgate.storage.syncstore import EventRow, LibsqlStorage
 from sync.errors import LocalProtocolError
 from sync.events import ChangeRefused, ClockSkewDetected, PeerSynced, ProtocolErrorOccurred
 from sync.model import DocState, doc_conflicts, render_doc
 from sync.ops import OPERATORS
 from sync.policy import CollectionPolicy, PeerPolicy
-from sync.replica import DocumentNotFound, Replica
+from sync.replica import DocumentNotFound as MissingInReplica
+from sync.replica import Replica
 from sync.session import PeerSession
 
 __all__ = ["Documents"]
@@ -47,6 +54,10 @@ def _view(collection: str, doc_id: str, state: DocState | None, cursor: int) -> 
 
 
 class Documents:
+    """The node's documents: the API's document service, the app change feed, and
+    the sync sessions the connection manager drives (`peer_open`, `peer_step`,
+    `peer_close`). Open with `Documents.open`."""
+
     def __init__(self, db: Database, replica: Replica, storage: LibsqlStorage,
                  clock: Callable[[], float]) -> None:
         self._db = db
@@ -60,12 +71,13 @@ class Documents:
         self.backlog: dict[str, tuple[int, int]] = {}  # peer -> (changes it lacks, ours)
         self.collected = (0, 0)  # (log changes, deleted documents) garbage-collected so far
         self._flusher: asyncio.Future[None] | None = None
+        self._drivers: dict[PeerSession, SyncDriver] = {}  # until `peer_close`
 
     @classmethod
     async def open(cls, db: Database, device_id: DeviceID, *, event_retention: int = 100_000,
                    clock: Callable[[], float] = time.time) -> Documents:
         def _open(conn: Connection) -> tuple[Replica, LibsqlStorage]:
-            storage = LibsqlStorage(conn, event_retention)
+            storage = LibsqlStorage(MappedConnection(conn), event_retention)
             return _make_replica(storage, str(device_id)), storage
 
         replica, storage = await db.read(_open)
@@ -103,7 +115,9 @@ class Documents:
 
         def _open() -> PeerSession:
             self.replica.set_policy(peer, peer_policy(policy or {}))
-            return self.replica.connect(peer, self._clock())
+            session = self.replica.connect(peer, self._clock())
+            self._drivers[session] = SyncDriver(self.replica, session)
+            return session
 
         session: PeerSession = await self._call(_open)
         return session
@@ -114,35 +128,29 @@ class Documents:
 
     async def peer_step(self, session: PeerSession, received: list[bytes]
                         ) -> tuple[list[bytes], bool, float | None]:
-        """Feed what the peer sent, run timers; returns (to send, closed, next timer)."""
-        peer = session.peer_id
+        """Feed what the peer sent, run timers; returns (to send, closed, next timer).
+
+        The timer is absolute (Unix seconds); one in the past, 0.0 included, means
+        "step again at once". The decisions are `SyncDriver`'s."""
 
         def _step() -> tuple[list[bytes], bool, float | None]:
-            now = self._clock()
-            if session.closed:
-                return session.messages_to_send(now), True, None
-            for data in received:
-                session.receive(data, now)
-            timer = session.get_timer()
-            if timer is not None and timer <= now:
-                session.handle_timer(now)
-            held = self.replica.get_timer()
-            if held is not None and held <= now:
-                self.replica.handle_timer(now)
-            out = session.messages_to_send(now)
-            ours, theirs = self.replica.version_vector(), session.peer_version_vector()
-            if session.by_state is None and ours == theirs:
-                self._storage.note_acknowledged(peer, theirs, now)
-            self.backlog[peer] = (sum(max(0, seq - theirs.get(origin, 0))
-                                      for origin, seq in ours.items()), sum(ours.values()))
-            timers = [t for t in (session.get_timer(), self.replica.get_timer())
-                      if t is not None]  # 0.0 means "at once"
-            return out, session.closed, min(timers) if timers else None
+            driver = self._drivers.get(session)
+            if driver is None:  # a session the caller made itself
+                driver = self._drivers[session] = SyncDriver(self.replica, session)
+            stepped = driver.step(received, self._clock())
+            while (happened := driver.next_event()) is not None:
+                if isinstance(happened, PeerCaughtUp):
+                    self._storage.note_acknowledged(happened.peer_id, happened.version_vector,
+                                                    happened.at)
+                elif isinstance(happened, BacklogMeasured):
+                    self.backlog[happened.peer_id] = (happened.lacking, happened.total)
+            return stepped.messages, stepped.closed, stepped.timer
 
         return await self._call(_step)  # type: ignore[no-any-return]
 
     async def peer_close(self, session: PeerSession, reason: str) -> None:
         def _close() -> None:
+            self._drivers.pop(session, None)
             session.close(self._clock(), reason=reason, notify_peer=False)
 
         await self._call(_close)
@@ -203,6 +211,8 @@ class Documents:
     def _reload(self) -> None:
         self._cache.clear()
         self.replica = _make_replica(self._storage, str(self.replica.device_id))
+        for driver in self._drivers.values():  # as before: timers and vectors of the new one
+            driver.replica = self.replica
 
     async def collect_garbage(self, peer_timeout: float) -> tuple[int, int]:
         """Drop from the log and purge the tombstones every peer synced within
@@ -228,7 +238,7 @@ class Documents:
             current = self.replica.field_types(collection)
             changed = {f for f, t in fields.items() if f in current and current[f] != t}
             if changed:
-                raise Conflict(f"field types are fixed once declared: {sorted(changed)}")
+                raise FieldTypeConflict(f"field types are fixed once declared: {sorted(changed)}")
             merged = {**current, **fields}
             self.replica.declare(collection, merged)
             self._storage.save_declaration(collection, merged)
@@ -249,11 +259,11 @@ class Documents:
         status = self._storage.doc_status(collection, doc_id)
         exists = status is not None and not status[1]
         if must_exist and not exists:
-            raise NotFound(f"no document {doc_id!r} in {collection!r}")
+            raise DocumentNotFound(f"no document {doc_id!r} in {collection!r}")
         if if_match is not None and (
             status is None or not exists or if_match not in (str(status[0]), "*")
         ):
-            raise PreconditionFailed("the document changed (If-Match does not match)")
+            raise VersionMismatch("the document changed (If-Match does not match)")
         data = write()
         cursor = self._storage.cursor  # the write's batch was the latest
         return DocumentView(collection, doc_id, data or {}, str(cursor), data is None, cursor,
@@ -290,7 +300,7 @@ class Documents:
             if type(value) is dict and len(value) == 1:
                 (key,) = value
                 if key.startswith("$") and key not in OPERATORS:
-                    raise Unprocessable(f"{name}: unknown operator {key} "
+                    raise InvalidDocument(f"{name}: unknown operator {key} "
                                         f"(one of {', '.join(OPERATORS)})")
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
@@ -313,7 +323,7 @@ class Documents:
         def _conflicts() -> dict[str, tuple[Any, str]]:
             state, _ = self._row(collection, doc_id)
             if render_doc(state) is None:
-                raise NotFound(f"no document {doc_id!r} in {collection!r}")
+                raise DocumentNotFound(f"no document {doc_id!r} in {collection!r}")
             return {f: (c["value"], str(c["device"]))
                     for f, c in doc_conflicts(state).items()}
 
@@ -335,13 +345,15 @@ def _make_replica(storage: LibsqlStorage, device_id: str) -> Replica:
 
 
 def _mapped(fn: Callable[[], Any]) -> Any:
-    """Run `fn`, turning the sync engine's errors into API errors."""
+    """Run `fn`, turning the sync engine's errors into the service's own."""
     try:
         return fn()
-    except DocumentNotFound as exc:
-        raise NotFound(str(exc)) from None
+    except DocumentError:
+        raise
+    except MissingInReplica as exc:
+        raise DocumentNotFound(str(exc)) from None
     except LocalProtocolError as exc:
-        raise Unprocessable(str(exc)) from None
+        raise InvalidDocument(str(exc)) from None
 
 
 def _record(row: EventRow) -> ChangeRecord:
