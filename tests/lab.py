@@ -192,7 +192,7 @@ def disc_key_of(node: NodeDir) -> bytes:
     async def _read() -> bytes:
         db = await Database.open(node.data_dir.database, load_key(node.data_dir.database_key))
         try:
-            row = await db.read(lambda c: c.execute(
+            row = await db.run(lambda c: c.execute(
                 "SELECT value FROM meta WHERE key = 'disc_key'").fetchone())
             return bytes.fromhex(row[0])
         finally:

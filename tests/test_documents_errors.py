@@ -27,7 +27,7 @@ async def test_documents_surface_a_damaged_schema_as_a_store_error(tmp_path):
     db = await Database.open(tmp_path / "db", "k" * 32)
     try:
         documents = await Documents.open(db, DeviceID.parse(str(Identity.generate().device_id)))
-        await db.read(lambda conn: conn.execute("DROP TABLE sync_docs"))
+        await db.run(lambda conn: conn.execute("DROP TABLE sync_docs"))
         with pytest.raises(StoreError, match="no such table"):
             await documents.put("notes", "a", {"body": "x"}, None)
     finally:

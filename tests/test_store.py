@@ -44,7 +44,7 @@ async def test_database_and_wal_files_hold_no_plaintext(tmp_path, allow_blocking
     assert any(p.name.endswith("-wal") for p in files_while_open), "expected WAL mode"
     for p in files_while_open:
         assert MARKER not in p.read_bytes(), p.name
-    rows = await db.read(lambda c: c.execute("SELECT count(*) FROM devices").fetchone())
+    rows = await db.run(lambda c: c.execute("SELECT count(*) FROM devices").fetchone())
     assert rows[0] == 200
     await db.close()
     for p in _raw_files(path):
@@ -64,7 +64,7 @@ async def test_wrong_or_missing_key_is_a_clear_error(tmp_path):
 async def test_fresh_file_migrates_to_latest(tmp_path):
     async with await Database.open(tmp_path / "p.db", KEY) as db:
         assert await db.schema_version() == len(MIGRATIONS)
-        tables = await db.read(
+        tables = await db.run(
             lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master").fetchall()}
         )
     assert {"devices", "meta", "app_tokens", "schema_version"} <= tables
@@ -77,7 +77,7 @@ async def test_migration_from_previous_version_keeps_data(tmp_path):
         await _insert_marker_rows(old, 3)
     async with await Database.open(path, KEY) as db:
         assert await db.schema_version() == len(MIGRATIONS)
-        rows = await db.read(
+        rows = await db.run(
             lambda c: c.execute("SELECT device_id, policy FROM devices ORDER BY 1").fetchall()
         )
     assert rows == [("dev-0", "{}"), ("dev-1", "{}"), ("dev-2", "{}")]
@@ -107,7 +107,7 @@ async def test_failed_write_rolls_back_every_row(tmp_path):
 
         with pytest.raises(RuntimeError):
             await db.write(_half_then_fail)
-        count = await db.read(lambda c: c.execute("SELECT count(*) FROM meta").fetchone()[0])
+        count = await db.run(lambda c: c.execute("SELECT count(*) FROM meta").fetchone()[0])
         assert count == 0
 
 
@@ -117,7 +117,7 @@ async def test_large_integers_up_to_2_pow_53_survive(tmp_path):
         await db.write(lambda c: c.execute(
             "INSERT INTO devices (device_id, name, cert_der, state, first_seen)"
             " VALUES ('x', 'x', x'00', 'trusted', ?)", (big,)))
-        got = await db.read(lambda c: c.execute("SELECT first_seen FROM devices").fetchone()[0])
+        got = await db.run(lambda c: c.execute("SELECT first_seen FROM devices").fetchone()[0])
     assert got == big
 
 
@@ -125,7 +125,7 @@ async def test_closed_database_refuses_work(tmp_path):
     db = await Database.open(tmp_path / "p.db", KEY)
     await db.close()
     with pytest.raises(StoreError, match="closed"):
-        await db.read(lambda c: None)
+        await db.run(lambda c: None)
 
 
 # -- crash safety: SIGKILL in the middle of a multi-row write ------------------------

@@ -91,7 +91,7 @@ class TokenStore:
         self._apps: dict[str, AppToken] = {}
 
     async def load(self) -> None:
-        rows = await self._db.read(
+        rows = await self._db.run(
             lambda c: c.execute(
                 "SELECT token_id, name, scopes, created_at, expires_at, token_hash "
                 "FROM app_tokens"

@@ -80,7 +80,7 @@ class Documents:
             storage = LibsqlStorage(MappedConnection(conn), event_retention)
             return _make_replica(storage, str(device_id)), storage
 
-        replica, storage = await db.read(_open)
+        replica, storage = await db.run(_open)
         return cls(db, replica, storage, clock)
 
     # -- events ------------------------------------------------------------------------
@@ -97,13 +97,13 @@ class Documents:
         return self._storage.horizon
 
     async def changes_after(self, cursor: int, limit: int) -> list[ChangeRecord]:
-        rows = await self._db.read(lambda _: self._storage.events_after(cursor, limit))
+        rows = await self._db.run(lambda _: self._storage.events_after(cursor, limit))
         return [_record(r) for r in rows]
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the database thread, then publish what it committed."""
         try:
-            return await self._db.read(lambda _: _mapped(fn))
+            return await self._db.run(lambda _: _mapped(fn))
         finally:
             self._publish()
 
@@ -182,9 +182,9 @@ class Documents:
             while self._pending:
                 group, self._pending = self._pending, []
                 try:
-                    outcomes = await self._db.read(functools.partial(self._run_group, group))
+                    outcomes = await self._db.run(functools.partial(self._run_group, group))
                 except Exception as exc:  # the commit failed: nothing of the group landed
-                    await self._db.read(lambda _: self._reload())
+                    await self._db.run(lambda _: self._reload())
                     outcomes = [exc] * len(group)
                 self._publish()
                 for (_, future), outcome in zip(group, outcomes, strict=True):

@@ -255,14 +255,15 @@ class Database:
             raise
         return cls(executor, conn, path)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _submit(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise StoreError("the database is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(conn)` on the database thread (no transaction is opened)."""
-        return await self._run(lambda: fn(self._conn))
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(conn)` on the database thread; `fn` opens any transaction it needs
+        (plain reads need none; the documents service commits its own groups)."""
+        return await self._submit(lambda: fn(self._conn))
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(conn)` on the database thread inside one transaction."""
@@ -277,17 +278,17 @@ class Database:
             self._conn.execute("COMMIT")
             return result
 
-        return await self._run(_transaction)
+        return await self._submit(_transaction)
 
     async def schema_version(self) -> int:
-        return await self.read(schema_version)
+        return await self.run(schema_version)
 
     async def close(self) -> None:
         """Checkpoint and close; the writer thread ends."""
         if self._closed:
             return
         try:
-            await self._run(self._close_conn)
+            await self._submit(self._close_conn)
         finally:
             self._closed = True
             self._executor.shutdown(wait=False)

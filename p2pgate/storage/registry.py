@@ -138,7 +138,7 @@ class DeviceRegistry:
     # -- reading -----------------------------------------------------------------
 
     async def get(self, device_id: DeviceID) -> Device | None:
-        return await self._db.read(lambda conn: _fetch(conn, device_id))
+        return await self._db.run(lambda conn: _fetch(conn, device_id))
 
     async def require(self, device_id: DeviceID) -> Device:
         device = await self.get(device_id)
@@ -156,7 +156,7 @@ class DeviceRegistry:
             devices = [_row_to_device(r) for r in rows]
             return [d for d in devices if wanted is None or d.state in wanted]
 
-        return await self._db.read(_list)
+        return await self._db.run(_list)
 
     async def trusted(self) -> list[Device]:
         return await self.devices([DeviceState.TRUSTED])

@@ -104,7 +104,7 @@ async def test_admin_and_app_tokens(tokens):
     assert store.authenticate("garbage") is None
     # stored hashed: the secret part never reaches the database
     secret = token.split("_", 2)[2]  # p2pg_ID_SECRET; the secret itself may hold "_"
-    rows = await db.read(lambda c: c.execute("SELECT * FROM app_tokens").fetchall())
+    rows = await db.run(lambda c: c.execute("SELECT * FROM app_tokens").fetchall())
     assert secret not in repr(rows)
     # survives a reload
     again = TokenStore(db, "the-admin-token", clock=lambda: now[0])
