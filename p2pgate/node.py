@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -43,7 +42,7 @@ from p2pgate.pairing.service import PairingService
 from p2pgate.relay.client import RelayClient, SpliceStream
 from p2pgate.storage.database import Database, load_key
 from p2pgate.storage.keys import discovery_key, new_discovery_key
-from p2pgate.storage.registry import DeviceChanged, DeviceRegistry, DeviceState
+from p2pgate.storage.registry import DeviceChanged, DeviceRegistry
 from p2pgate.supervisor import Supervisor
 
 __all__ = ["Node", "NodeError"]
@@ -66,9 +65,7 @@ class Node:
         self._manager: ConnectionManager | None = None
         self._listener: Listener | None = None
         self._mdns: LanDiscovery | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._supervisor = Supervisor()
-        self._collector: asyncio.Task[None] | None = None
         self._disc_key = b""
         self._relays: list[RelayClient] = []
         self._wan: WanDiscovery | None = None
@@ -95,7 +92,7 @@ class Node:
         self._trust = trust = Trust(registry, self.data_dir.device_cert, self.data_dir.device_key)
         await trust.load()
         options = SessionOptions(cfg.keepalive, cfg.keepalive_timeout)
-        self._relays = [RelayClient(url, self.identity, self._accepts_invitation(registry),
+        self._relays = [RelayClient(url, self.identity, registry.is_trusted_device,
                                     self._relayed_session) for url in cfg.relays]
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello,
@@ -134,8 +131,7 @@ class Node:
             await self.stop()
             raise NodeError(f"cannot listen on {host}:{port} for the API: {exc.strerror}") from None
         if port == 0:  # tests ask for any free port
-            server = site._server  # noqa: SLF001 (aiohttp exposes no public accessor)
-            port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            port = self._runner.addresses[0][1]
             shown = f"[{host}]" if ":" in host else host
             self.api_url = f"http://{shown}:{port}"
         host, port = cfg.listen
@@ -146,7 +142,8 @@ class Node:
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
         manager.start()
         self._relay_tasks = [asyncio.ensure_future(r.run()) for r in self._relays]
-        self._collector = asyncio.ensure_future(self._collect_garbage(documents))
+        self._supervisor.spawn("garbage collection", lambda: documents.collect_garbage_every(
+            cfg.gc_interval, cfg.gc_peer_timeout))
         registry.subscribe(self._on_device_change)
         log.info("P2P listening on %s:%d", host, self._listener.port)
         if self._mdns is not None:
@@ -183,14 +180,6 @@ class Node:
         pairing.find_inviters = lambda nameplate: find_inviters(ips, nameplate)
         return mdns
 
-    @staticmethod
-    def _accepts_invitation(registry: DeviceRegistry
-                            ) -> Callable[[DeviceID], Awaitable[bool]]:
-        async def accepts(peer: DeviceID) -> bool:
-            device = await registry.get(peer)
-            return device is not None and device.state is DeviceState.TRUSTED
-        return accepts
-
     def _visitor_client(self, url: str) -> RelayClient:
         """A client for a peer's relay we only dial through (it accepts no invitation)."""
         async def refuse(_: DeviceID) -> bool:
@@ -207,11 +196,8 @@ class Node:
             await stream.close()
 
     def _on_device_change(self, change: DeviceChanged) -> None:
-        if change.old_state is DeviceState.TRUSTED and change.new_state in (
-                DeviceState.REVOKED, DeviceState.BLOCKED, None):
-            task = asyncio.ensure_future(self._rotate_discovery_key())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if change.lost_trust:
+            self._supervisor.fire("discovery key rotation", self._rotate_discovery_key())
 
     async def _rotate_discovery_key(self) -> None:
         """A device lost our trust: advertise under a new discovery key, which the
@@ -225,18 +211,6 @@ class Node:
         if self._manager is not None:
             await self._manager.reconnect_all("discovery key rotated")
         log.info("discovery key rotated")
-
-    async def _collect_garbage(self, documents: Documents) -> None:
-        while True:
-            await asyncio.sleep(self.config.gc_interval)
-            try:
-                dropped, purged = await documents.collect_garbage(self.config.gc_peer_timeout)
-            except P2PGateError as exc:
-                log.warning("garbage collection failed: %s", exc)
-                continue
-            if dropped or purged:
-                log.info("garbage collection: %d logged changes, %d deleted documents",
-                         dropped, purged)
 
     async def _start_dht(self, manager: ConnectionManager, registry: DeviceRegistry,
                          port: int) -> None:
@@ -265,8 +239,6 @@ class Node:
             await self._mdns.stop()
         if self._wan is not None:
             await self._wan.stop()
-        for task in list(self._background):
-            task.cancel()
         for task in self._relay_tasks:
             task.cancel()
         for task in self._relay_tasks:
@@ -278,10 +250,6 @@ class Node:
             await self._listener.stop()
         if self._manager is not None:
             await self._manager.stop()
-        if self._collector is not None:
-            self._collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._collector
         if self._trust is not None:
             await self._trust.close()
         if self._runner is not None:

@@ -231,6 +231,16 @@ class Documents:
         result: tuple[int, int] = await self._call(_collect)
         return result
 
+    async def collect_garbage_every(self, interval: float, peer_timeout: float) -> None:
+        """Collect garbage every `interval` seconds, forever (run it under a supervisor:
+        a failure ends the loop, which the supervisor logs and restarts)."""
+        while True:
+            await asyncio.sleep(interval)
+            dropped, purged = await self.collect_garbage(peer_timeout)
+            if dropped or purged:
+                log.info("garbage collection: %d logged changes, %d deleted documents",
+                         dropped, purged)
+
     # -- the DocumentService the API uses ------------------------------------------------
 
     async def declare(self, collection: str, fields: dict[str, str]) -> dict[str, str]:

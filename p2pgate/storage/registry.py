@@ -84,6 +84,12 @@ class DeviceChanged:
     old_state: DeviceState | None
     new_state: DeviceState | None
 
+    @property
+    def lost_trust(self) -> bool:
+        """A trusted device was revoked, blocked or removed (our discovery key rotates)."""
+        return self.old_state is DeviceState.TRUSTED and self.new_state in (
+            DeviceState.REVOKED, DeviceState.BLOCKED, None)
+
 
 _COLUMNS = (
     "device_id, name, cert_der, k_pair, disc_key, state, first_seen, last_seen, "
@@ -160,6 +166,11 @@ class DeviceRegistry:
 
     async def trusted(self) -> list[Device]:
         return await self.devices([DeviceState.TRUSTED])
+
+    async def is_trusted_device(self, device_id: DeviceID) -> bool:
+        """Whether `device_id` is trusted now (e.g. to accept its relay invitation)."""
+        device = await self.get(device_id)
+        return device is not None and device.state is DeviceState.TRUSTED
 
     async def is_trusted(self, cert_der: bytes) -> bool:
         """True if `cert_der` is exactly the certificate of a trusted device."""
