@@ -6,26 +6,15 @@ import pytest
 
 pytestmark = pytest.mark.netns
 
-CONNECT = ("import socket, sys\n"
-           "try:\n"
-           "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()\n"
-           "    print('open')\n"
-           "except OSError as e:\n"
-           "    print(type(e).__name__)\n")
-SERVE = ("import socket, time\n"
-         "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-         "s.bind(('0.0.0.0', 9000)); s.listen(16)\n"
-         "while True:\n"
-         "    c, _ = s.accept(); c.close()\n")
-
-
 def reach(src, dst):
-    return src.run(sys.executable, "-c", CONNECT, dst.ip, "9000").stdout.strip()
+    out = src.run(sys.executable, "-m", "tests.programs.tcp", "connect", dst.ip, "9000")
+    return out.stdout.strip()
 
 
 def test_cut_and_restore_unicast_and_link_down(lab, tmp_path):
     a, b, c = lab.host("a"), lab.host("b"), lab.host("c")
-    b.spawn(sys.executable, "-c", SERVE, log=tmp_path / "serve.log")
+    b.spawn(sys.executable, "-m", "tests.programs.tcp", "serve", "9000",
+            log=tmp_path / "serve.log")
     from tests.lab import wait_for
     wait_for(lambda: reach(a, b) == "open", what="server up")
     lab.cut_unicast(a, b)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import textwrap
 
 import pytest
 
@@ -14,32 +13,6 @@ from tests.lab import make_node_dir, node_argv, trust_each_other, wait_for
 pytestmark = pytest.mark.netns
 
 DOCS = 10_000
-CLIENT = textwrap.dedent("""
-    import asyncio, sys
-    from p2pgate.client import Client
-    async def main(url, token, op, prefix="", count="0"):
-        async with Client(url, token) as c:
-            if op == "write":
-                async def worker(k):
-                    for i in range(k, int(count), 16):
-                        await c.put("notes", f"{prefix}{i:05d}", {"i": i, "body": "x" * 100})
-                await asyncio.gather(*(worker(k) for k in range(16)))
-            elif op == "wait":  # until the cursor passes `count`, polling fast
-                while (await c.node()).cursor <= int(count):
-                    await asyncio.sleep(0.005)
-            else:
-                total, after = 0, None
-                while True:
-                    page = await c.list_docs("notes", limit=1000, after=after)
-                    total += len(page.items)
-                    if page.next_after is None:
-                        break
-                    after = page.next_after
-                print(total)
-    asyncio.run(main(*sys.argv[1:]))
-""")
-
-
 def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
     hosts = {n: lab.host(n) for n in ("phone", "desk")}
     nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
@@ -57,8 +30,9 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
         return proc
 
     def client(n, *args):
-        out = hosts[n].run(sys.executable, "-c", CLIENT, nodes[n].runtime()["api_url"],
-                           nodes[n].admin_token(), *args, timeout=300)
+        out = hosts[n].run(sys.executable, "-m", "tests.programs.notes",
+                           nodes[n].runtime()["api_url"], nodes[n].admin_token(), *args,
+                           timeout=300)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
@@ -68,9 +42,9 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
     phone.wait(30)
     desk = start("desk")  # the phone is away: these writes are the desktop's alone
     client("desk", "write", "d", "200")
-    waiter = hosts["desk"].spawn(sys.executable, "-c", CLIENT, nodes["desk"].runtime()["api_url"],
-                                 nodes["desk"].admin_token(), "wait", "", "1200",
-                                 log=tmp_path / "waiter.log")
+    waiter = hosts["desk"].spawn(sys.executable, "-m", "tests.programs.notes",
+                                 nodes["desk"].runtime()["api_url"], nodes["desk"].admin_token(),
+                                 "wait", "1200", log=tmp_path / "waiter.log")
     phone = start("phone")  # the initial sync starts; pull the plug in the middle of it
     assert waiter.wait(60) == 0
     desk.kill()

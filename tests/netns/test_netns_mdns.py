@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 import pytest
 
@@ -13,25 +12,7 @@ from tests.lab import disc_key_of, make_node_dir, node_argv, trust_each_other, w
 
 pytestmark = pytest.mark.netns
 
-BROWSE = textwrap.dedent("""
-    import json, sys, time
-    from zeroconf import IPVersion, ServiceBrowser, Zeroconf
-    zc = Zeroconf(interfaces=[sys.argv[1]], ip_version=IPVersion.V4Only)
-    found = {}
-    def on_change(zeroconf, service_type, name, state_change):
-        found[name] = None
-    browser = ServiceBrowser(zc, "_p2pgate._tcp.local.", handlers=[on_change])
-    time.sleep(4)
-    out = []
-    for name in found:
-        info = zc.get_service_info("_p2pgate._tcp.local.", name, 3000)
-        if info:
-            out.append({"name": name, "server": info.server,
-                        "txt": {k.decode(): (v or b"").decode()
-                                for k, v in info.properties.items()}})
-    browser.cancel(); zc.close()
-    print(json.dumps(out))
-""")
+BROWSE = ["-m", "tests.programs.mdns_browse"]
 
 
 def test_paired_nodes_find_each_other_and_a_stranger_sees_only_noise(lab, tmp_path):
@@ -52,7 +33,7 @@ def test_paired_nodes_find_each_other_and_a_stranger_sees_only_noise(lab, tmp_pa
     assert connected[0]["name"] == "phone"
     assert "LAN: found" in (tmp_path / "desk.log").read_text()
 
-    seen = json.loads(evil.run(sys.executable, "-c", BROWSE, evil.ip, timeout=30).stdout)
+    seen = json.loads(evil.run(sys.executable, *BROWSE, evil.ip, timeout=30).stdout)
     assert len(seen) == 2  # the services are visible ...
     text = json.dumps(seen)
     for node in (phone, desk):  # ... but say nothing about who runs them
@@ -80,7 +61,7 @@ def test_revoking_a_device_rotates_the_discovery_key(lab, tmp_path):
         return {p["name"] for p in json.loads(out.stdout)["peers"]} if out.returncode == 0 else None
 
     def desk_recognised_by(n, key):
-        seen = json.loads(hosts[n].run(sys.executable, "-c", BROWSE, hosts[n].ip,
+        seen = json.loads(hosts[n].run(sys.executable, *BROWSE, hosts[n].ip,
                                        timeout=30).stdout)
         return any(discovery_tag(key, bytes.fromhex(s["txt"].get("n", ""))).hex()
                    == s["txt"].get("t") for s in seen)

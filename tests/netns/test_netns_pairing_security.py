@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from p2pgate.pairing.codes import WORDS
-from tests.lab import make_node_dir, node_argv, wait_for
+from tests.lab import make_node_dir, node_argv
+from tests.netns.nodes import Devices
 
 pytestmark = pytest.mark.netns
 
@@ -54,26 +55,21 @@ def test_stranger_learns_no_code_an_early_offer_is_found_wrong_words_count(lab, 
     for n, host in hosts.items():
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771", mdns=True), log=tmp_path / f"{n}.log")
 
-    def api(n, method, path, body=""):
-        out = hosts[n].run(sys.executable, "-m", "tests.programs.api",
-                           str(nodes[n].runtime()["api_url"]), nodes[n].admin_token(), method,
-                           path, body)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+    devices = Devices(hosts, nodes, wait=False)
+    api = devices.call
 
     def join(n, code):
-        return hosts[n].run(sys.executable, "-m", "p2pgate", "--data-dir",
-                            str(nodes[n].data_dir.root), "join", code, "--json")
+        return devices.cli(n, "join", code, "--json")
 
     def failures(nameplate):
         return api("desk", "GET", f"/api/v1/pairing/{nameplate}")["body"]["failures"]
 
     # the offer is opened the moment the desktop's API answers (LAN discovery not up yet)
-    wait_for(lambda: (nodes["desk"].data_dir.root / "node.json").exists(), what="desk start")
+    devices.wait_started("desk")
     offer = api("desk", "POST", "/api/v1/pairing", "{}")["body"]
     nameplate = int(offer["code"].split("-")[0])
     for n in ("phone", "evil"):
-        wait_for(lambda n=n: (nodes[n].data_dir.root / "node.json").exists(), what="start")
+        devices.wait_started(n)
 
     # a stranger captures every TXT record and searches the codes of that nameplate
     seen = json.loads(hosts["evil"].run(sys.executable, "-m", "tests.programs.mdns_browse",
@@ -103,8 +99,8 @@ def test_stranger_learns_no_code_an_early_offer_is_found_wrong_words_count(lab, 
     assert joined.returncode == 0, joined.stderr
     racer.communicate(timeout=60)
     assert racer.returncode != 0
-    devices = api("desk", "GET", "/api/v1/devices")["body"]["items"]
-    assert [d["name"] for d in devices] == ["phone"]
+    listed = api("desk", "GET", "/api/v1/devices")["body"]["items"]
+    assert [d["name"] for d in listed] == ["phone"]
     assert api("evil", "GET", "/api/v1/devices")["body"]["items"] == []
 
     # three wrong tries burn a code: the right words are refused afterwards

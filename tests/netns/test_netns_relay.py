@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 import time
 
 import pytest
@@ -15,15 +14,6 @@ from tests.lab import make_node_dir, node_argv, trust_each_other, wait_for
 from tests.netns.nodes import Devices
 
 pytestmark = pytest.mark.netns
-
-CAPTURE = textwrap.dedent("""
-    import socket, sys
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-    with open(sys.argv[1], "wb") as out:
-        while True:
-            out.write(s.recv(65536))
-            out.flush()
-""")
 
 SECRET = "the relay must never read this sentence"
 
@@ -34,7 +24,8 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
     nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
     trust_each_other(nodes["phone"], nodes["desk"], [f"{phone.ip}:7771"], [f"{desk.ip}:7771"])
     capture = tmp_path / "relay.pcap"
-    relay.spawn(sys.executable, "-c", CAPTURE, str(capture), log=tmp_path / "capture.log")
+    relay.spawn(sys.executable, "-m", "tests.programs.capture", str(capture),
+                log=tmp_path / "capture.log")
     (tmp_path / "relay.toml").write_text("drain_timeout = 1\n")
     relay_argv = (sys.executable, "-m", "p2pgate", "relay", "--listen", f"{relay.ip}:8443",
                   "--config", str(tmp_path / "relay.toml"))

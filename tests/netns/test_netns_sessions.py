@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 import pytest
 
@@ -19,42 +18,6 @@ def peers_of(host, node):
     if result.returncode != 0:
         return None
     return json.loads(result.stdout)["peers"]
-
-
-WRITE = textwrap.dedent("""
-    import asyncio, json, sys
-    from p2pgate.client import Client
-    async def main(url, token, doc):
-        async with Client(url, token) as c:
-            print((await c.put("notes", "n1", json.loads(doc))).model_dump_json())
-    asyncio.run(main(*sys.argv[1:]))
-""")
-
-READ = textwrap.dedent("""
-    import asyncio, sys
-    from p2pgate.client import Client, ClientError
-    async def main(url, token):
-        async with Client(url, token) as c:
-            try:
-                print((await c.get("notes", "n1")).model_dump_json())
-            except ClientError:
-                print("")
-    asyncio.run(main(*sys.argv[1:]))
-""")
-
-PROBE = textwrap.dedent("""
-    import socket, sys
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    s.sendall(b"P2PG-ADMIT\\x01" + bytes(16) + bytes(32) + b"hello?")
-    s.settimeout(2)
-    got = b""
-    try:
-        while chunk := s.recv(4096):
-            got += chunk
-    except OSError:
-        pass
-    print(len(got))
-""")
 
 
 def test_two_namespaces_open_a_pinned_session_and_a_stranger_learns_nothing(lab, tmp_path):
@@ -78,12 +41,16 @@ def test_two_namespaces_open_a_pinned_session_and_a_stranger_learns_nothing(lab,
     assert connected[0]["address"].startswith(phone_host.ip)
 
     # a note written on the phone reaches the desktop across the veth links
-    wrote = phone_host.run(sys.executable, "-c", WRITE, phone.runtime()["api_url"],
-                           phone.admin_token(), json.dumps({"title": "from the phone"}))
+    wrote = phone_host.run(sys.executable, "-m", "tests.programs.notes",
+                           phone.runtime()["api_url"], phone.admin_token(), "put", "n1",
+                           json.dumps({"title": "from the phone"}))
     assert wrote.returncode == 0, wrote.stderr
-    seen = wait_for(lambda: desk_host.run(sys.executable, "-c", READ, desk.runtime()["api_url"],
-                                          desk.admin_token()).stdout.strip(),
-                    what="note on the desktop")
+    def read():
+        out = desk_host.run(sys.executable, "-m", "tests.programs.notes",
+                            desk.runtime()["api_url"], desk.admin_token(), "get", "n1")
+        return out.stdout.strip() if '"data"' in out.stdout else None
+
+    seen = wait_for(read, what="note on the desktop")
     assert json.loads(seen)["data"] == {"title": "from the phone"}
     def human_status():
         out = desk_host.run(sys.executable, "-m", "p2pgate", "--data-dir",
@@ -97,7 +64,8 @@ def test_two_namespaces_open_a_pinned_session_and_a_stranger_learns_nothing(lab,
     # the stranger is refused and learns nothing
     assert peers_of(stranger_host, stranger) == []
     assert [p["name"] for p in peers_of(desk_host, desk)] == ["phone"]
-    probe = stranger_host.run(sys.executable, "-c", PROBE, desk_host.ip, str(port))
+    probe = stranger_host.run(sys.executable, "-m", "tests.programs.probe", desk_host.ip,
+                              str(port))
     assert probe.stdout.strip() == "0", probe.stderr
     desk_log = (tmp_path / "desk.log").read_text()
     assert "stranger" not in desk_log

@@ -1,0 +1,107 @@
+"""An app on a device: the `notes` collection through the SDK (URL TOKEN OP ARGS...).
+
+Document OPs print the document (or `{"error": STATUS}`): `put ID JSON`, `patch ID JSON`,
+`get ID`, `conflicts ID`, and `cput`/`cget` with a collection first; `revoke DEVICE`.
+Others: `ids`, `count` (pages through the collection), `events` (every change so far,
+by ID), `watch ID` (prints change events until one for ID), `peers`, `alone` (prints
+`ready` once a peer is connected, then the wall-clock time at which none is), `write
+PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor passes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+from p2pgate.client import Client, ClientError
+
+
+async def _count(c: Client) -> int:
+    total, after = 0, None
+    while True:
+        page = await c.list_docs("notes", limit=1000, after=after)
+        total += len(page.items)
+        if page.next_after is None:
+            return total
+        after = page.next_after
+
+
+async def _write(c: Client, prefix: str, count: int) -> None:
+    async def worker(k: int) -> None:
+        for i in range(k, count, 16):
+            await c.put("notes", f"{prefix}{i:05d}", {"i": i, "body": "x" * 100})
+
+    await asyncio.gather(*(worker(k) for k in range(16)))
+
+
+async def _events(c: Client) -> list[str]:
+    ids: list[str] = []
+
+    async def collect() -> None:
+        async for event in c.events(cursor=0):
+            ids.append(event.id)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(collect(), 2)
+    return ids
+
+
+async def _document(c: Client, op: str, args: tuple[str, ...]) -> Any:
+    if op == "cput":
+        return await c.put(args[0], args[1], json.loads(args[2]))
+    if op == "cget":
+        return await c.get(args[0], args[1])
+    if op == "put":
+        return await c.put("notes", args[0], json.loads(args[1]))
+    if op == "patch":
+        return await c.patch("notes", args[0], json.loads(args[1]))
+    if op == "get":
+        return await c.get("notes", args[0])
+    if op == "conflicts":
+        return await c.conflicts("notes", args[0])
+    return await c.device_action(args[0], "revoke")
+
+
+async def main(url: str, token: str, op: str, *args: str) -> None:
+    async with Client(url, token) as c:
+        if op in ("put", "patch", "get", "conflicts", "cput", "cget", "revoke"):
+            try:
+                answer = (await _document(c, op, args)).model_dump(mode="json")
+            except ClientError as exc:
+                answer = {"error": exc.status}
+            print(json.dumps({**answer, "at": time.time()} if op == "revoke" else answer))
+        elif op == "alone":
+            while not (await c.peers()).items:  # noqa: ASYNC110 (polling another process)
+                await asyncio.sleep(0.02)
+            print("ready", flush=True)
+            while (await c.peers()).items:  # noqa: ASYNC110 (polling another process)
+                await asyncio.sleep(0.02)
+            print(time.time())
+        elif op == "ids":
+            print(json.dumps(sorted(d.id for d in (await c.list_docs("notes", limit=1000)).items)))
+        elif op == "count":
+            print(await _count(c))
+        elif op == "events":
+            print(json.dumps(await _events(c)))
+        elif op == "watch":
+            async for event in c.events(cursor=0):
+                print(event.model_dump_json(), flush=True)
+                if event.id == args[0]:
+                    return
+        elif op == "peers":
+            print(json.dumps((await c.peers()).items))
+        elif op == "write":
+            await _write(c, args[0], int(args[1]))
+        elif op == "wait":
+            while (await c.node()).cursor <= int(args[0]):  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.005)
+        else:
+            raise SystemExit(f"unknown op {op!r}")
+
+
+if __name__ == "__main__":
+    asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 300))
