@@ -23,7 +23,6 @@ from aiohttp import web
 from p2pgate.api.events import EventHub
 from p2pgate.api.http import build_application
 from p2pgate.api.openapi import openapi_document
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
@@ -42,6 +41,7 @@ from p2pgate.net.addresses import listen_addresses
 from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
 from p2pgate.paths import DataDir, runtime_file
+from p2pgate.ratelimit import RateLimiter
 from p2pgate.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.relay.client import RelayClient, SpliceStream
 from p2pgate.store import Connection, Database, load_key

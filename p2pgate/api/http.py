@@ -30,8 +30,8 @@ from p2pgate.api.errors import (
     Unprocessable,
 )
 from p2pgate.api.models import ErrorBody, ErrorResponse
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Principal, TokenStore
+from p2pgate.ratelimit import RateLimiter
 
 __all__ = [
     "Auth", "Route", "build_application", "json_body", "model_body", "principal_of", "respond",

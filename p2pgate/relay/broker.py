@@ -17,8 +17,8 @@ import heapq
 import secrets
 from dataclasses import dataclass, field
 
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.deviceid import DeviceID
+from p2pgate.ratelimit import RateLimiter
 
 __all__ = ["Broker", "Send", "Session"]
 

@@ -27,8 +27,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.deviceid import DeviceID
+from p2pgate.ratelimit import RateLimiter
 from p2pgate.relay.access_tokens import TokenRefused, verify_token
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig

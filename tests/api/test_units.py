@@ -5,9 +5,9 @@ import asyncio
 import pytest
 
 from p2pgate.api.events import ChangeRecord, EventHub, Reset
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Scope, TokenError, TokenStore, parse_scope
 from p2pgate.config import ConfigError, load_config, parse_host_port
+from p2pgate.ratelimit import RateLimiter
 from p2pgate.store import Database
 
 # -- config ------------------------------------------------------------------------
