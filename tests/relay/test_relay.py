@@ -139,7 +139,7 @@ async def test_auth_bound_to_relay_url_and_bad_signature_refused():
             hello = await ws.receive_json()
             import base64
 
-            from p2pgate.relay.server import auth_payload
+            from p2pgate.relay.auth import auth_payload
             stamp = int(time.time())
             wrong_url = auth_payload("ws://other-relay:1", hello["nonce"], stamp)
             await ws.send_json({"t": "auth", "cert": base64.b64encode(ident.cert_der).decode(),
