@@ -1,13 +1,12 @@
 """The relay server: a thin aiohttp adapter around the relay's sans-I/O cores.
 
-Endpoints: `/v1/control` (a device's control WebSocket: login, then the `Broker`),
-`/v1/splice` (one side of a relayed session, met by the `SpliceMatcher`),
-`/v1/mailbox` (pairing rendezvous, `Mailboxes`), `/health`, `/metrics`. Every
-WebSocket passes `IpAdmission` first; splices are paced by `Throughput`. A splice
+Endpoints: `/v1/control` (a device's control WebSocket: login by `auth`, then the
+`Broker`), `/v1/splice` and `/v1/mailbox` (byte splices, `splicing.Splicer`),
+`/health`, `/metrics`. Every WebSocket passes `IpAdmission` first. A splice
 carries only what the devices send: their admission and pinned mutual TLS run inside
 it, so the relay sees ciphertext, device IDs and byte counts, never a payload.
-The cores decide; this module reads clocks, arms one timer for all of them, sleeps
-where a meter says so, and maps socket and aiohttp errors at its boundary.
+The cores decide; this module reads clocks, arms the broker's timer, and maps socket
+and aiohttp errors at its boundary.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -29,9 +27,9 @@ from p2pgate.errors import RemoteProtocolError
 from p2pgate.relay.auth import AuthRefused, check_access, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
-from p2pgate.relay.limits import IpAdmission, Throughput, client_ip
+from p2pgate.relay.limits import IpAdmission, client_ip
 from p2pgate.relay.metrics import Metrics
-from p2pgate.relay.rendezvous import Mailboxes, Refused, Replaced, SpliceMatcher
+from p2pgate.relay.splicing import Splicer, first_message
 from p2pgate.supervisor import Supervisor
 
 __all__ = ["RelayServer"]
@@ -39,42 +37,6 @@ __all__ = ["RelayServer"]
 log = logging.getLogger("p2pgate.relay")
 
 PROTOCOL_VERSION = 1
-SPLICE_WAIT = 30.0
-MAILBOX_WAIT = 3600.0  # the longest a pairing code lives
-MAX_MAILBOXES = 10_000
-FIRST_MESSAGE_WAIT = 10.0
-
-
-@dataclass(slots=True)
-class _Half:
-    """A WebSocket waiting in a rendezvous core; `partner` resolves to the other side
-    (None: nobody came)."""
-
-    ws: web.WebSocketResponse
-    partner: asyncio.Future[web.WebSocketResponse | None]
-
-    def resolve(self, other: web.WebSocketResponse | None) -> None:
-        if not self.partner.done():
-            self.partner.set_result(other)
-
-
-async def _first_message(ws: web.WebSocketResponse) -> dict[str, Any]:
-    """The client's first message, a JSON object, or RemoteProtocolError."""
-    try:
-        msg = await ws.receive(timeout=FIRST_MESSAGE_WAIT)
-        data = json.loads(msg.data) if msg.type == WSMsgType.TEXT else None
-    except (TimeoutError, ValueError) as exc:
-        raise RemoteProtocolError(f"no valid first message: {exc}") from None
-    if not isinstance(data, dict):
-        raise RemoteProtocolError("the first message is not a JSON object")
-    return data
-
-
-def _fields(data: dict[str, Any], *names: str) -> list[str]:
-    try:
-        return [str(data[name]) for name in names]
-    except KeyError as exc:
-        raise RemoteProtocolError(f"missing {exc}") from None
 
 
 @contextlib.contextmanager
@@ -95,12 +57,8 @@ class RelayServer:
                              invite_rate=config.invite_rate,
                              max_sessions_per_device=config.max_sessions_per_device)
         self.admission = IpAdmission(config.max_connections_per_ip, config.accept_rate_per_ip)
-        self.throughput = Throughput(config.session_rate, config.global_rate)
-        self.splices: SpliceMatcher[_Half] = SpliceMatcher(SPLICE_WAIT)
-        # an inviter holds a connection: the per-IP connection limit bounds its boxes
-        self.mailboxes: Mailboxes[_Half] = Mailboxes(MAILBOX_WAIT, MAX_MAILBOXES,
-                                                     config.max_connections_per_ip)
         self.metrics = Metrics()
+        self.splicer = Splicer(config, self.broker, self.metrics, self._session_closed)
         self._controls: dict[DeviceID, web.WebSocketResponse] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks = Supervisor(logger=log)
@@ -123,8 +81,7 @@ class RelayServer:
         self.broker.unavailable_delay = config.unavailable_delay
         self.broker.max_sessions = config.max_sessions_per_device
         self.admission.max_connections = config.max_connections_per_ip
-        self.mailboxes.max_boxes_per_ip = config.max_connections_per_ip
-        self.throughput.set_rates(config.session_rate, config.global_rate)
+        self.splicer.reload(config)
         log.info("configuration reloaded")
 
     def application(self) -> web.Application:
@@ -150,6 +107,7 @@ class RelayServer:
             await ws.close(code=1001, message=b"relay shutting down")
         if self._timer is not None:
             self._timer.cancel()
+        self.splicer.close()
         await self._tasks.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -183,14 +141,15 @@ class RelayServer:
         try:
             with _client_errors(ip):
                 await ws.prepare(request)
-                try:
-                    await serve(ws, ip)
-                except RemoteProtocolError as exc:
-                    self.metrics.inc("refusals_total", reason="malformed")
-                    log.info("malformed request from %s: %s", ip, exc)
-                await ws.close()
+                await serve(ws, ip)
+        except RemoteProtocolError as exc:
+            self.metrics.inc("refusals_total", reason="malformed")
+            log.info("malformed request from %s: %s", ip, exc)
         finally:
             self.admission.release(ip)
+            if ws.prepared:
+                with _client_errors(ip):
+                    await ws.close()
         return ws
 
     # -- control connections --------------------------------------------------------
@@ -210,7 +169,7 @@ class RelayServer:
         await ws.send_json({"t": "hello", "v": PROTOCOL_VERSION, "nonce": nonce})
         cfg = self.config
         try:
-            data = await _first_message(ws)
+            data = await first_message(ws)
             device = verify_login(data, url, nonce, time.time(), cfg.auth_skew)
             check_access(device, data.get("token"), access=cfg.access,
                          allowlist=cfg.allowlist, token_keys=cfg.token_keys,
@@ -278,7 +237,7 @@ class RelayServer:
                 with _client_errors(str(send.to.short)):
                     await ws.send_json(send.message)
 
-    # -- one timer for every core ----------------------------------------------------
+    # -- the broker's deadlines ---------------------------------------------------------
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -287,109 +246,28 @@ class RelayServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        timers = [t for t in (self.broker.get_timer(), self.splices.get_timer(),
-                              self.mailboxes.get_timer()) if t is not None]
-        if timers:
-            self._timer = asyncio.get_running_loop().call_at(min(timers), self._on_timer)
+        when = self.broker.get_timer()
+        if when is not None:
+            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._now()
-        for expired in self.splices.handle_timer(now) + self.mailboxes.handle_timer(now):
-            expired.conn.resolve(None)
-        sends = self.broker.handle_timer(now)
+        sends = self.broker.handle_timer(self._now())
         if sends:
             self._tasks.fire("relay: unavailable answers", self._deliver(sends))
         self._arm_timer()
 
-    # -- splices and the pairing mailbox ----------------------------------------------
+    # -- splices and the pairing mailbox ---------------------------------------------------
 
     async def _splice(self, request: web.Request) -> web.StreamResponse:
         return await self._websocket(request, self.config.max_frame,
-                                     lambda ws, _ip: self._run_splice(ws))
-
-    async def _run_splice(self, ws: web.WebSocketResponse) -> None:
-        sid, key = _fields(await _first_message(ws), "sid", "key")
-        if self.broker.claim(sid, key) is None:
-            self.metrics.inc("refusals_total", reason="bad_splice_key")
-            return
-        half = self._half(ws)
-        try:
-            await self._meet(half, self.splices.arrive(sid, half, self._now()), sid)
-        finally:
-            self.splices.leave(sid, half)
-            self._close_session(sid)
+                                     lambda ws, _ip: self.splicer.run_splice(ws))
 
     async def _mailbox(self, request: web.Request) -> web.StreamResponse:
         """Rendezvous for pairing across networks by nameplate: the devices run SPAKE2
         through it, so the relay learns neither the code nor the keys."""
-        return await self._websocket(request, 64 << 10, self._run_mailbox)
+        return await self._websocket(request, 64 << 10, self.splicer.run_mailbox)
 
-    async def _run_mailbox(self, ws: web.WebSocketResponse, ip: str) -> None:
-        box, role = _fields(await _first_message(ws), "box", "role")
-        if len(box) != 64 or role not in ("inviter", "joiner"):
-            raise RemoteProtocolError(f"bad mailbox request (role {role[:10]!r})")
-        if role == "joiner":
-            inviter = self.mailboxes.join(box)
-            if inviter is None:
-                await ws.send_json({"t": "absent"})
-            else:
-                await self._meet(self._half(ws), inviter, "mailbox")
-            return
-        half = self._half(ws)
-        outcome = self.mailboxes.invite(box, half, ip, self._now())
-        if isinstance(outcome, Refused):
-            self.metrics.inc("refusals_total", reason=outcome.reason)
-            return
-        if isinstance(outcome, Replaced):
-            outcome.old.resolve(None)
-        try:
-            await self._meet(half, None, "mailbox")
-        finally:
-            self.mailboxes.leave(box, half)
-
-    def _half(self, ws: web.WebSocketResponse) -> _Half:
-        return _Half(ws, asyncio.get_running_loop().create_future())
-
-    async def _meet(self, half: _Half, waiting: _Half | None, sid: str) -> None:
-        """Splice this side to the side that was `waiting`; with none, wait until a
-        partner resolves `half` (None: nobody came) and splice to it."""
-        if waiting is None:
-            self._arm_timer()
-            other = await half.partner
-            if other is not None:
-                await self._pump(half.ws, other, sid)
-            return
-        waiting.resolve(half.ws)
-        await half.ws.send_json({"t": "spliced"})
-        await waiting.ws.send_json({"t": "spliced"})
-        await self._pump(half.ws, waiting.ws, sid)
-
-    def _close_session(self, sid: str) -> None:
-        self.broker.close_session(sid)
+    def _session_closed(self) -> None:
         if not self.broker.sessions:
             self._no_sessions.set()
-
-    async def _pump(self, src: web.WebSocketResponse, dst: web.WebSocketResponse, sid: str
-                    ) -> None:
-        """Copy binary frames from src to dst under the rate limits, until either closes."""
-        meter = self.throughput.meter()
-        try:
-            while True:
-                try:
-                    msg = await src.receive(timeout=self.config.idle_timeout)
-                except TimeoutError:
-                    log.info("splice %s idle, closing", sid[:6])
-                    break
-                if msg.type != WSMsgType.BINARY:
-                    break
-                wait = meter.delay(len(msg.data), self._now())
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self.metrics.inc("bytes_total", len(msg.data))
-                await dst.send_bytes(msg.data)
-        except ConnectionError as exc:
-            log.info("splice %s: a side went away: %s", sid[:6], exc or type(exc).__name__)
-        finally:
-            await dst.close()
-            await src.close()
