@@ -45,21 +45,15 @@ class RelayUnavailable(RelayError):
 
 
 @contextlib.asynccontextmanager
-async def _relay_errors(url: str, error: type[RelayError] = RelayUnavailable,
-                        session: aiohttp.ClientSession | None = None) -> AsyncIterator[None]:
+async def _relay_errors(url: str, error: type[RelayError] = RelayUnavailable
+                        ) -> AsyncIterator[None]:
     """The boundary: aiohttp, socket and timeout errors (and undecodable answers) become
-    `error`; `session`, if given, is closed on any failure."""
+    `error`."""
     try:
         yield
     except (aiohttp.ClientError, aiohttp.WSMessageTypeError, OSError, ValueError) as exc:
         # (TimeoutError is an OSError; an undecodable JSON answer a ValueError)
-        if session is not None:
-            await session.close()
         raise error(f"relay {url}: {exc or type(exc).__name__}") from None
-    except BaseException:
-        if session is not None:
-            await session.close()
-        raise
 
 
 class SpliceStream:
@@ -103,14 +97,32 @@ class SpliceStream:
 async def open_mailbox(url: str, box: str, role: str, wait: float) -> SpliceStream:
     """A stream to whoever opens the same pairing mailbox on the relay at `url` (the
     inviter waits up to `wait` seconds; a joiner finding nobody gets RelayUnavailable)."""
+    return await _spliced(url.rstrip("/"), "/v1/mailbox", {"box": box, "role": role}, wait,
+                          f"nobody is waiting with this code at {url}", None)
+
+
+async def _spliced(relay_url: str, path: str, first: dict[str, str], wait: float,
+                   failure: str, peer: DeviceID | None, max_msg_size: int = 4 << 20
+                   ) -> SpliceStream:
+    """A splice WebSocket that sent `first` and heard "spliced" within `wait` seconds,
+    or RelayUnavailable(`failure`), with everything it opened closed."""
     session = aiohttp.ClientSession()
-    async with _relay_errors(url, session=session):
-        ws = await session.ws_connect(url.rstrip("/") + "/v1/mailbox", heartbeat=30)
-        await ws.send_json({"box": box, "role": role})
-        answer = await ws.receive(timeout=wait)
-        if answer.type != aiohttp.WSMsgType.TEXT or json.loads(answer.data).get("t") != "spliced":
-            raise RelayUnavailable(f"nobody is waiting with this code at {url}")
-    return SpliceStream(ws, session, None, url.rstrip("/"))
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    try:
+        async with _relay_errors(relay_url):
+            ws = await session.ws_connect(relay_url + path, heartbeat=30,
+                                          max_msg_size=max_msg_size)
+            await ws.send_json(first)
+            answer = await ws.receive(timeout=wait)
+            if answer.type != aiohttp.WSMsgType.TEXT or json.loads(answer.data).get(
+                    "t") != "spliced":
+                raise RelayUnavailable(failure)
+    except BaseException:
+        if ws is not None:
+            await ws.close()
+        await session.close()
+        raise
+    return SpliceStream(ws, session, peer, relay_url)
 
 
 async def _receive_object(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
@@ -244,15 +256,8 @@ class RelayClient:
         await self._on_session(stream)
 
     async def _open_splice(self, sid: str, key: str, peer: DeviceID) -> SpliceStream:
-        session = aiohttp.ClientSession()
-        async with _relay_errors(self.url, session=session):
-            ws = await session.ws_connect(self.url + "/v1/splice", heartbeat=30,
-                                          max_msg_size=0)
-            await ws.send_json({"sid": sid, "key": key})
-            spliced = await ws.receive(timeout=35)
-            if spliced.type != aiohttp.WSMsgType.TEXT:
-                raise RelayUnavailable("the other side never joined the splice")
-        return SpliceStream(ws, session, peer, self.url)
+        return await _spliced(self.url, "/v1/splice", {"sid": sid, "key": key}, 35,
+                              "the other side never joined the splice", peer, max_msg_size=0)
 
     async def connect(self, peer: DeviceID) -> SpliceStream:
         """A relayed stream to `peer`, or RelayUnavailable."""
