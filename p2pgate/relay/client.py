@@ -175,6 +175,8 @@ class RelayClient:
                         await self._control(session)
                     except RelayError as exc:
                         log.info("relay %s: %s", self.url, exc)
+                    except Exception:  # noqa: BLE001 (a bug: log it, keep the node reachable)
+                        log.exception("relay %s: unexpected failure", self.url)
                     finally:
                         self._lost()
                     if time.monotonic() - started > 10:
@@ -272,7 +274,7 @@ class RelayClient:
                 answer = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
         finally:
             self._requests.pop(req, None)
-        if answer["t"] != "ready":
+        if answer["t"] != "ready" or "sid" not in answer or "key" not in answer:
             raise RelayUnavailable(f"device {peer.short} is not reachable through {self.url}")
         return await self._open_splice(str(answer["sid"]), str(answer["key"]), peer)
 

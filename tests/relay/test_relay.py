@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 
 import aiohttp
@@ -25,8 +27,8 @@ class Relay:
 
 @contextlib.asynccontextmanager
 async def relay(**settings):
-    server = RelayServer(RelayConfig(listen=("127.0.0.1", 0), unavailable_delay=0.4,
-                                     **settings))
+    server = RelayServer(RelayConfig(**{"listen": ("127.0.0.1", 0), "unavailable_delay": 0.4,
+                                        **settings}))
     runner = web.AppRunner(server.application())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -329,3 +331,42 @@ async def test_malformed_mailbox_and_splice_requests_are_counted():
             await ws.send_json({"sid": "x", "key": "y"})
             await ws.receive()
         assert r.server.metrics.value("refusals_total", reason="bad_splice_key") == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_client_failures_surface_as_relay_errors_and_the_loop_keeps_trying(caplog):
+    url = f"ws://127.0.0.1:{_closed_port()}"
+    with pytest.raises(RelayUnavailable):
+        await open_mailbox(url, "d" * 64, "joiner", 1)
+    caplog.set_level(logging.INFO, "p2pgate.relay.client")
+    async with device(url) as (client, _, _):
+        with pytest.raises(RelayUnavailable):
+            await client.connect(Identity.generate().device_id)
+        for _ in range(500):
+            failures = [r for r in caplog.records if r.getMessage().startswith(f"relay {url}")]
+            if len(failures) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(failures) >= 3  # logged, and tried again each time
+        assert not client.connected
+
+
+async def test_a_pending_request_fails_with_relay_unavailable_when_the_relay_goes():
+    a_id = Identity.generate()
+    relay_up = contextlib.AsyncExitStack()
+    r = await relay_up.enter_async_context(relay(unavailable_delay=30))
+    async with device(r.url, a_id) as (a, _, _):
+        await asyncio.wait_for(a.wait_connected(), 5)
+        pending = asyncio.ensure_future(a.connect(Identity.generate().device_id))
+        for _ in range(500):  # until the relay holds the request
+            if r.server.broker.get_timer() is not None:
+                break
+            await asyncio.sleep(0.01)
+        await relay_up.aclose()
+        with pytest.raises(RelayUnavailable):
+            await asyncio.wait_for(pending, 5)
