@@ -49,8 +49,8 @@ class ByteBucket:
 
     rate: float
     burst: float = 0.05
-    _level: float = 0.0
-    _stamp: float | None = None
+    _level: float = field(default=0.0, init=False)
+    _stamp: float | None = field(default=None, init=False)
 
     def delay(self, n: int, now: float) -> float:
         """Count `n` bytes sent at `now`; return the seconds to wait before sending more."""

@@ -113,9 +113,7 @@ async def _spliced(relay_url: str, path: str, first: dict[str, str], wait: float
             ws = await session.ws_connect(relay_url + path, heartbeat=30,
                                           max_msg_size=max_msg_size)
             await ws.send_json(first)
-            answer = await ws.receive(timeout=wait)
-            if answer.type != aiohttp.WSMsgType.TEXT or json.loads(answer.data).get(
-                    "t") != "spliced":
+            if not _says_spliced(await ws.receive(timeout=wait)):
                 raise RelayUnavailable(failure)
     except BaseException:
         if ws is not None:
@@ -123,6 +121,13 @@ async def _spliced(relay_url: str, path: str, first: dict[str, str], wait: float
         await session.close()
         raise
     return SpliceStream(ws, session, peer, relay_url)
+
+
+def _says_spliced(msg: aiohttp.WSMessage) -> bool:
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        return False
+    data = json.loads(msg.data)
+    return isinstance(data, dict) and data.get("t") == "spliced"
 
 
 async def _receive_object(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class RelayServer:
                          ) -> web.StreamResponse:
         """Admit the client IP, then serve one WebSocket, keeping per-IP counts."""
         ip = self.client_ip(request)
-        refusal = "draining" if self._draining else self.admission.admit(ip, time.monotonic())
+        refusal = "draining" if self._draining else self.admission.admit(ip, self._now())
         if refusal is not None:
             return self._refuse(refusal)
         ws = web.WebSocketResponse(max_msg_size=max_size, heartbeat=30)
