@@ -130,10 +130,10 @@ def _says_spliced(msg: aiohttp.WSMessage) -> bool:
     return isinstance(data, dict) and data.get("t") == "spliced"
 
 
-async def _receive_object(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+async def _receive_object(ws: aiohttp.ClientWebSocketResponse, url: str) -> dict[str, Any]:
     data = await ws.receive_json(timeout=10)
     if not isinstance(data, dict):
-        raise RelayError("the relay's answer is not a JSON object")
+        raise RelayError(f"relay {url}: the answer is not a JSON object")
     return data
 
 
@@ -178,8 +178,8 @@ class RelayClient:
                     started = time.monotonic()
                     try:
                         await self._control(session)
-                    except RelayError as exc:
-                        log.info("relay %s: %s", self.url, exc)
+                    except RelayError as exc:  # its message names the relay
+                        log.info("%s", exc)
                     except Exception:  # noqa: BLE001 (a bug: log it, keep the node reachable)
                         log.exception("relay %s: unexpected failure", self.url)
                     finally:
@@ -202,15 +202,15 @@ class RelayClient:
         """One control connection, from login until it closes (RelayError on failure)."""
         async with _relay_errors(self.url, RelayError), \
                 session.ws_connect(self.url + "/v1/control", heartbeat=30) as ws:
-            hello = await _receive_object(ws)
+            hello = await _receive_object(ws, self.url)
             if hello.get("t") != "hello" or "nonce" not in hello:
-                raise RelayError("relay did not say hello")
+                raise RelayError(f"relay {self.url} did not say hello")
             await ws.send_json(login_message(self._identity.cert_der, self._identity.sign,
                                              self.url, str(hello["nonce"]), time.time(),
                                              self._token))
-            welcome = await _receive_object(ws)
+            welcome = await _receive_object(ws, self.url)
             if welcome.get("t") != "welcome":
-                raise RelayError(f"relay refused us: {welcome.get('reason', 'unknown')}")
+                raise RelayError(f"relay {self.url} refused us: {welcome.get('reason', '?')}")
             self.observed_address = welcome.get("observed")
             self._ws = ws
             self._connected.set()
