@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import socket
@@ -11,9 +12,11 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pgate.identity import Identity
 from p2pgate.relay.access_tokens import issue_token, key_id, public_key_text
+from p2pgate.relay.auth import auth_payload
 from p2pgate.relay.broker import Broker
 from p2pgate.relay.client import RelayClient, RelayUnavailable, open_mailbox
 from p2pgate.relay.config import RelayConfig
@@ -110,8 +113,6 @@ async def test_allowlist_and_tokens_are_enforced_with_reasons_in_metrics():
             assert not bad.connected
         assert r.server.metrics.value("auth_failures_total", reason="not_allowed") >= 1
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     signer = Ed25519PrivateKey.generate()
     keys = {key_id(signer.public_key()): public_key_text(signer.public_key())}
     dev = Identity.generate()
@@ -138,9 +139,6 @@ async def test_auth_bound_to_relay_url_and_bad_signature_refused():
         ident = Identity.generate()
         async with aiohttp.ClientSession() as s, s.ws_connect(r.url + "/v1/control") as ws:
             hello = await ws.receive_json()
-            import base64
-
-            from p2pgate.relay.auth import auth_payload
             stamp = int(time.time())
             wrong_url = auth_payload("ws://other-relay:1", hello["nonce"], stamp)
             await ws.send_json({"t": "auth", "cert": base64.b64encode(ident.cert_der).decode(),

@@ -81,8 +81,7 @@ def test_boxes_are_bounded_overall_and_per_ip():
     assert boxes.invite("3" * 64, "a3", "10.0.0.1", now=0.0) == Refused("ip_mailboxes")
     assert boxes.invite("3" * 64, "b1", "10.0.0.2", now=0.0) is None
     assert boxes.invite("4" * 64, "c1", "10.0.0.3", now=0.0) == Refused("mailboxes_full")
-    # another IP may not take over a box when that IP has no slot left... but a box
-    # replaced by the same IP does not need a new slot
+    # an IP with no slot left may still replace its own inviter (same box, same slot)
     assert boxes.invite("1" * 64, "a1 again", "10.0.0.1", now=1.0) == Replaced("a1")
     assert boxes.join("2" * 64) == "a2"  # a match frees the slot and the box
     assert boxes.invite("4" * 64, "c1", "10.0.0.3", now=2.0) is None
