@@ -9,7 +9,6 @@ and close the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from aiohttp import web
 from p2pgate.api.events import EventHub
 from p2pgate.api.http import build_application
 from p2pgate.api.openapi import openapi_document
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
@@ -39,6 +37,7 @@ from p2pgate.net import Hello, Listener, Trust
 from p2pgate.net.addresses import listen_addresses
 from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
+from p2pgate.ratelimit import RateLimiter
 from p2pgate.relay.client import RelayClient, SpliceStream
 from p2pgate.storage.database import Database, load_key
 from p2pgate.storage.keys import discovery_key, new_discovery_key
@@ -69,7 +68,6 @@ class Node:
         self._disc_key = b""
         self._relays: list[RelayClient] = []
         self._wan: WanDiscovery | None = None
-        self._relay_tasks: list[asyncio.Task[None]] = []
         self._pairing: PairingService | None = None
         self._db: Database | None = None
         self._stopped = asyncio.Event()
@@ -141,7 +139,8 @@ class Node:
             await self.stop()
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
         manager.start()
-        self._relay_tasks = [asyncio.ensure_future(r.run()) for r in self._relays]
+        for relay in self._relays:
+            self._supervisor.spawn(f"relay control {relay.url}", relay.run)
         self._supervisor.spawn("garbage collection", lambda: documents.collect_garbage_every(
             cfg.gc_interval, cfg.gc_peer_timeout))
         registry.subscribe(self._on_device_change)
@@ -239,11 +238,6 @@ class Node:
             await self._mdns.stop()
         if self._wan is not None:
             await self._wan.stop()
-        for task in self._relay_tasks:
-            task.cancel()
-        for task in self._relay_tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if self._pairing is not None:
             await self._pairing.close()
         if self._listener is not None:

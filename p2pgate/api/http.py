@@ -31,9 +31,9 @@ from p2pgate.api.errors import (
     from_domain,
 )
 from p2pgate.api.models import ErrorBody, ErrorResponse
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Principal, TokenStore
 from p2pgate.errors import P2PGateError
+from p2pgate.ratelimit import RateLimiter
 
 __all__ = [
     "Auth", "Route", "build_application", "json_body", "model_body", "principal_of", "respond",

@@ -27,6 +27,7 @@ from p2pgate.pairing.handshake import InviterHandshake, JoinerHandshake
 from p2pgate.pairing.offers import Offer, OfferBook
 from p2pgate.pairing.protocol import PairingIdentity, PairingResult
 from p2pgate.pairing.wire import Message, MessageDecoder, encode
+from p2pgate.relay.client import RelayUnavailable, open_mailbox
 from p2pgate.storage.registry import DeviceRegistry, DeviceState, IllegalTransition
 from p2pgate.stream import Stream, StreamClosed, TcpStream
 
@@ -113,8 +114,6 @@ class PairingService:
 
     async def _wait_in_mailbox(self, offer: Offer, url: str, box: str) -> None:
         """Serve joiners arriving through one relay mailbox while the offer waits."""
-        from p2pgate.relay.client import RelayUnavailable, open_mailbox  # (import cycle)
-
         while offer.state == "waiting":
             wait = offer.expires_at - self._clock()
             if wait <= 0:
@@ -264,8 +263,6 @@ class PairingService:
 
     async def _join_by_relay(self, relays: list[str], invitation: Invitation,
                              errors: list[str]) -> PairingResult:
-        from p2pgate.relay.client import RelayUnavailable, open_mailbox  # (import cycle)
-
         for url in relays:
             try:
                 relayed = await open_mailbox(url, mailbox_id(

@@ -17,8 +17,8 @@ import heapq
 import secrets
 from dataclasses import dataclass, field
 
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.ratelimit import RateLimiter
 
 __all__ = ["Broker", "Send", "Session"]
 
@@ -33,6 +33,8 @@ class Send:
 
 @dataclass(slots=True)
 class Session:
+    """One request for a relayed session, from invitation to its splice's end."""
+
     sid: str
     requester: DeviceID
     target: DeviceID
@@ -44,6 +46,8 @@ class Session:
 
 
 class Broker:
+    """Who is attached, who asked for whom: invitations, answers, splice keys."""
+
     def __init__(self, *, unavailable_delay: float, invite_rate: float,
                  max_sessions_per_device: int) -> None:
         self.unavailable_delay = unavailable_delay
@@ -66,12 +70,16 @@ class Broker:
         return device in self._attached
 
     def attach(self, device: DeviceID) -> None:
+        """`device` logged in on a control connection."""
         self._attached.add(device)
 
     def detach(self, device: DeviceID) -> None:
+        """`device`'s control connection closed."""
         self._attached.discard(device)
 
     def request(self, requester: DeviceID, target: DeviceID, req: int, now: float) -> list[Send]:
+        """`requester` asks for a session to `target` (request `req`): the invitation
+        to send, if any (a refusal is answered at the deadline, like any other)."""
         sid = secrets.token_urlsafe(12)
         session = Session(sid, requester, target, req, now + self.unavailable_delay)
         self._sessions[sid] = session
@@ -88,6 +96,8 @@ class Broker:
         return [Send(target, {"t": "invite", "sid": sid, "from": str(requester)})]
 
     def answer(self, target: DeviceID, sid: str, accept: bool) -> list[Send]:
+        """`target` accepted or refused invitation `sid`: the `ready` messages to send
+        to both sides on acceptance."""
         session = self._sessions.get(sid)
         if session is None or session.target != target or session.ready or session.refused:
             return []
@@ -114,15 +124,18 @@ class Broker:
         return session.keys.pop(key, None)
 
     def close_session(self, sid: str) -> None:
+        """The splice of `sid` ended (or never started)."""
         session = self._sessions.pop(sid, None)
         if session is not None and session.ready:
             for side in (session.requester, session.target):
                 self._count[side] -= 1
 
     def get_timer(self) -> float | None:
+        """The next answer deadline, or None."""
         return self._deadlines[0][0] if self._deadlines else None
 
     def handle_timer(self, now: float) -> list[Send]:
+        """The `unavailable` answers due at `now`."""
         out = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, sid = heapq.heappop(self._deadlines)

@@ -11,14 +11,13 @@ mutual TLS over it, so the relay carries only ciphertext.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -26,8 +25,9 @@ import aiohttp
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
 from p2pgate.identity.deviceid import DeviceID
-from p2pgate.relay.server import auth_payload
+from p2pgate.relay.auth import login_message
 from p2pgate.stream import StreamClosed
+from p2pgate.supervisor import Supervisor
 
 __all__ = ["RelayClient", "RelayError", "RelayUnavailable", "SpliceStream", "open_mailbox"]
 
@@ -42,6 +42,18 @@ class RelayError(P2PGateError):
 
 class RelayUnavailable(RelayError):
     """The relay could not give us a session to that device (absent or refusing)."""
+
+
+@contextlib.asynccontextmanager
+async def _relay_errors(url: str, error: type[RelayError] = RelayUnavailable
+                        ) -> AsyncIterator[None]:
+    """The boundary: aiohttp, socket and timeout errors (and undecodable answers) become
+    `error`."""
+    try:
+        yield
+    except (aiohttp.ClientError, aiohttp.WSMessageTypeError, OSError, ValueError) as exc:
+        # (TimeoutError is an OSError; an undecodable JSON answer a ValueError)
+        raise error(f"relay {url}: {exc or type(exc).__name__}") from None
 
 
 class SpliceStream:
@@ -85,23 +97,49 @@ class SpliceStream:
 async def open_mailbox(url: str, box: str, role: str, wait: float) -> SpliceStream:
     """A stream to whoever opens the same pairing mailbox on the relay at `url` (the
     inviter waits up to `wait` seconds; a joiner finding nobody gets RelayUnavailable)."""
+    return await _spliced(url.rstrip("/"), "/v1/mailbox", {"box": box, "role": role}, wait,
+                          f"nobody is waiting with this code at {url}", None)
+
+
+async def _spliced(relay_url: str, path: str, first: dict[str, str], wait: float,
+                   failure: str, peer: DeviceID | None, max_msg_size: int = 4 << 20
+                   ) -> SpliceStream:
+    """A splice WebSocket that sent `first` and heard "spliced" within `wait` seconds,
+    or RelayUnavailable(`failure`), with everything it opened closed."""
     session = aiohttp.ClientSession()
+    ws: aiohttp.ClientWebSocketResponse | None = None
     try:
-        ws = await session.ws_connect(url.rstrip("/") + "/v1/mailbox", heartbeat=30)
-        await ws.send_json({"box": box, "role": role})
-        answer = await ws.receive(timeout=wait)
-        if answer.type != aiohttp.WSMsgType.TEXT or json.loads(answer.data).get("t") != "spliced":
-            raise RelayUnavailable(f"nobody is waiting with this code at {url}")
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-        await session.close()
-        raise RelayUnavailable(f"relay {url}: {exc or type(exc).__name__}") from None
+        async with _relay_errors(relay_url):
+            ws = await session.ws_connect(relay_url + path, heartbeat=30,
+                                          max_msg_size=max_msg_size)
+            await ws.send_json(first)
+            if not _says_spliced(await ws.receive(timeout=wait)):
+                raise RelayUnavailable(failure)
     except BaseException:
+        if ws is not None:
+            await ws.close()
         await session.close()
         raise
-    return SpliceStream(ws, session, None, url.rstrip("/"))
+    return SpliceStream(ws, session, peer, relay_url)
+
+
+def _says_spliced(msg: aiohttp.WSMessage) -> bool:
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        return False
+    data = json.loads(msg.data)
+    return isinstance(data, dict) and data.get("t") == "spliced"
+
+
+async def _receive_object(ws: aiohttp.ClientWebSocketResponse, url: str) -> dict[str, Any]:
+    data = await ws.receive_json(timeout=10)
+    if not isinstance(data, dict):
+        raise RelayError(f"relay {url}: the answer is not a JSON object")
+    return data
 
 
 class RelayClient:
+    """A node's client for one relay: control connection, invitations, splices."""
+
     def __init__(self, url: str, identity: Identity,
                  should_accept: Callable[[DeviceID], Awaitable[bool]],
                  on_session: Callable[[SpliceStream], Awaitable[None]],
@@ -116,7 +154,7 @@ class RelayClient:
         self._connected = asyncio.Event()
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._req_ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Supervisor(logger=log)
         self.observed_address: str | None = None
         self.on_connected: Callable[[], None] | None = None
         # signalling between trusted devices (for WebRTC later); others are dropped
@@ -130,7 +168,8 @@ class RelayClient:
         await self._connected.wait()
 
     async def run(self, min_backoff: float = 0.5, max_backoff: float = 30.0) -> None:
-        """Keep a logged-in control connection until cancelled."""
+        """Keep a logged-in control connection until cancelled: every failure is logged
+        and followed by a reconnect after a jittered, doubling backoff."""
         backoff = min_backoff
         async with aiohttp.ClientSession() as session:
             self._session = session
@@ -139,40 +178,39 @@ class RelayClient:
                     started = time.monotonic()
                     try:
                         await self._control(session)
-                    except (aiohttp.ClientError, OSError, RelayError, ValueError) as exc:
-                        log.info("relay %s: %s", self.url, exc)
+                    except RelayError as exc:  # its message names the relay
+                        log.info("%s", exc)
+                    except Exception:  # noqa: BLE001 (a bug: log it, keep the node reachable)
+                        log.exception("relay %s: unexpected failure", self.url)
                     finally:
-                        self._connected.clear()
-                        self._ws = None
-                        for fut in self._requests.values():
-                            if not fut.done():
-                                fut.set_exception(RelayUnavailable("relay connection lost"))
+                        self._lost()
                     if time.monotonic() - started > 10:
                         backoff = min_backoff
                     await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311
                     backoff = min(max_backoff, backoff * 2)
             finally:
-                for task in list(self._tasks):
-                    task.cancel()
-                for task in list(self._tasks):
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                await self._tasks.stop()
+
+    def _lost(self) -> None:
+        self._connected.clear()
+        self._ws = None
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(RelayUnavailable("relay connection lost"))
 
     async def _control(self, session: aiohttp.ClientSession) -> None:
-        async with session.ws_connect(self.url + "/v1/control", heartbeat=30) as ws:
-            hello = await ws.receive_json(timeout=10)
-            if hello.get("t") != "hello":
-                raise RelayError("relay did not say hello")
-            stamp = int(time.time())
-            payload = auth_payload(self.url, str(hello["nonce"]), stamp)
-            await ws.send_json({
-                "t": "auth", "cert": base64.b64encode(self._identity.cert_der).decode(),
-                "time": stamp, "sig": base64.b64encode(self._identity.sign(payload)).decode(),
-                "token": self._token,
-            })
-            welcome = await ws.receive_json(timeout=10)
+        """One control connection, from login until it closes (RelayError on failure)."""
+        async with _relay_errors(self.url, RelayError), \
+                session.ws_connect(self.url + "/v1/control", heartbeat=30) as ws:
+            hello = await _receive_object(ws, self.url)
+            if hello.get("t") != "hello" or "nonce" not in hello:
+                raise RelayError(f"relay {self.url} did not say hello")
+            await ws.send_json(login_message(self._identity.cert_der, self._identity.sign,
+                                             self.url, str(hello["nonce"]), time.time(),
+                                             self._token))
+            welcome = await _receive_object(ws, self.url)
             if welcome.get("t") != "welcome":
-                raise RelayError(f"relay refused us: {welcome.get('reason', 'unknown')}")
+                raise RelayError(f"relay {self.url} refused us: {welcome.get('reason', '?')}")
             self.observed_address = welcome.get("observed")
             self._ws = ws
             self._connected.set()
@@ -185,50 +223,48 @@ class RelayClient:
                 self._on_message(json.loads(msg.data))
 
     def _on_message(self, data: dict[str, Any]) -> None:
+        try:
+            self._dispatch(data)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise RelayError(f"relay {self.url} sent a bad message: {exc!r}") from None
+
+    def _dispatch(self, data: dict[str, Any]) -> None:
         kind = data.get("t")
         if kind in ("ready", "unavailable") and "req" in data:
             fut = self._requests.pop(int(data["req"]), None)
             if fut is not None and not fut.done():
                 fut.set_result(data)
         elif kind == "invite":
-            self._spawn(self._invited(str(data["sid"]), DeviceID.parse(str(data["from"]))))
+            self._tasks.fire("relay invitation",
+                             self._invited(str(data["sid"]), DeviceID.parse(str(data["from"]))))
         elif kind == "ready":
-            self._spawn(self._join(str(data["sid"]), str(data["key"]),
-                                   DeviceID.parse(str(data["peer"]))))
+            self._tasks.fire("relayed session", self._join(
+                str(data["sid"]), str(data["key"]), DeviceID.parse(str(data["peer"]))))
         elif kind == "signal":
-            self._spawn(self._signalled(DeviceID.parse(str(data["from"])), data.get("data")))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._tasks.fire("relay signal", self._signalled(DeviceID.parse(str(data["from"])),
+                                                             data.get("data")))
 
     async def _invited(self, sid: str, peer: DeviceID) -> None:
         accept = await self._should_accept(peer)
         if self._ws is not None:
-            await self._ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
+            async with _relay_errors(self.url, RelayError):
+                await self._ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
 
     async def _signalled(self, peer: DeviceID, data: Any) -> None:
         if self.on_signal is not None and await self._should_accept(peer):
             self.on_signal(peer, data)
 
     async def _join(self, sid: str, key: str, peer: DeviceID) -> None:
-        stream = await self._open_splice(sid, key, peer)
+        try:
+            stream = await self._open_splice(sid, key, peer)
+        except RelayError as exc:
+            log.info("relay %s: splice from %s failed: %s", self.url, peer.short, exc)
+            return
         await self._on_session(stream)
 
     async def _open_splice(self, sid: str, key: str, peer: DeviceID) -> SpliceStream:
-        session = aiohttp.ClientSession()
-        try:
-            ws = await session.ws_connect(self.url + "/v1/splice", heartbeat=30,
-                                          max_msg_size=0)
-            await ws.send_json({"sid": sid, "key": key})
-            spliced = await ws.receive(timeout=35)
-            if spliced.type != aiohttp.WSMsgType.TEXT:
-                raise RelayUnavailable("the other side never joined the splice")
-        except BaseException:
-            await session.close()
-            raise
-        return SpliceStream(ws, session, peer, self.url)
+        return await _spliced(self.url, "/v1/splice", {"sid": sid, "key": key}, 35,
+                              "the other side never joined the splice", peer, max_msg_size=0)
 
     async def connect(self, peer: DeviceID) -> SpliceStream:
         """A relayed stream to `peer`, or RelayUnavailable."""
@@ -237,15 +273,18 @@ class RelayClient:
         req = next(self._req_ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._requests[req] = fut
-        await self._ws.send_json({"t": "connect", "req": req, "to": str(peer)})
         try:
-            answer = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
+            async with _relay_errors(self.url):
+                await self._ws.send_json({"t": "connect", "req": req, "to": str(peer)})
+                answer = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
         finally:
             self._requests.pop(req, None)
-        if answer["t"] != "ready":
+        if answer["t"] != "ready" or "sid" not in answer or "key" not in answer:
             raise RelayUnavailable(f"device {peer.short} is not reachable through {self.url}")
         return await self._open_splice(str(answer["sid"]), str(answer["key"]), peer)
 
     async def signal(self, peer: DeviceID, data: Any) -> None:
+        """Send signalling `data` to `peer` through the relay (dropped unless it trusts us)."""
         if self._ws is not None:
-            await self._ws.send_json({"t": "signal", "to": str(peer), "data": data})
+            async with _relay_errors(self.url, RelayError):
+                await self._ws.send_json({"t": "signal", "to": str(peer), "data": data})

@@ -11,6 +11,8 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class Metrics:
+    """Counters (with labels) and gauges (read when rendered) of the relay."""
+
     def __init__(self, prefix: str = "p2pgate_relay") -> None:
         self._prefix = prefix
         self._help: dict[str, tuple[str, str]] = {}

@@ -6,11 +6,11 @@ import pytest
 
 from p2pgate.api.errors import NotFound, from_domain
 from p2pgate.api.events import ChangeRecord, EventHub, Reset
-from p2pgate.api.ratelimit import RateLimiter
 from p2pgate.api.tokens import Scope, TokenError, TokenStore, parse_scope
 from p2pgate.config import ConfigError, load_config, parse_host_port
 from p2pgate.documents import DocumentNotFound, FieldTypeConflict, InvalidDocument, VersionMismatch
 from p2pgate.errors import P2PGateError
+from p2pgate.ratelimit import RateLimiter
 from p2pgate.storage.database import Database
 
 # -- config ------------------------------------------------------------------------

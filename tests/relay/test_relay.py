@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import logging
+import socket
 import time
 
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pgate.identity import Identity
 from p2pgate.relay.access_tokens import issue_token, key_id, public_key_text
+from p2pgate.relay.auth import auth_payload
 from p2pgate.relay.broker import Broker
-from p2pgate.relay.client import RelayClient, RelayUnavailable
+from p2pgate.relay.client import RelayClient, RelayUnavailable, open_mailbox
 from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.server import RelayServer
 
@@ -25,8 +30,8 @@ class Relay:
 
 @contextlib.asynccontextmanager
 async def relay(**settings):
-    server = RelayServer(RelayConfig(listen=("127.0.0.1", 0), unavailable_delay=0.4,
-                                     **settings))
+    server = RelayServer(RelayConfig(**{"listen": ("127.0.0.1", 0), "unavailable_delay": 0.4,
+                                        **settings}))
     runner = web.AppRunner(server.application())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -83,20 +88,19 @@ async def test_splice_carries_bytes_both_ways_and_counts_them():
 
 
 async def test_absent_and_refusing_devices_look_the_same():
+    """Same answer through a real relay (that it comes at the same deadline is the
+    broker core's test, with time passed in)."""
     a_id, b_id, stranger = Identity.generate(), Identity.generate(), Identity.generate()
     async with relay() as r, device(r.url, a_id) as (a, _, _), \
             device(r.url, b_id, trusts=[]) as (b, _, _):
         await asyncio.wait_for(a.wait_connected(), 5)
         await asyncio.wait_for(b.wait_connected(), 5)
-        timings = {}
+        answers = {}
         for name, target in (("refusing", b_id.device_id), ("absent", stranger.device_id)):
-            started = time.monotonic()
             with pytest.raises(RelayUnavailable) as err:
                 await a.connect(target)
-            timings[name] = (time.monotonic() - started, str(err.value).split(" is ")[1])
-        assert timings["refusing"][1] == timings["absent"][1]
-        assert abs(timings["refusing"][0] - timings["absent"][0]) < 0.15
-        assert min(t for t, _ in timings.values()) >= 0.35
+            answers[name] = str(err.value).split(" is ")[1]
+        assert answers["refusing"] == answers["absent"]
 
 
 async def test_allowlist_and_tokens_are_enforced_with_reasons_in_metrics():
@@ -108,8 +112,6 @@ async def test_allowlist_and_tokens_are_enforced_with_reasons_in_metrics():
             await asyncio.sleep(0.5)
             assert not bad.connected
         assert r.server.metrics.value("auth_failures_total", reason="not_allowed") >= 1
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     signer = Ed25519PrivateKey.generate()
     keys = {key_id(signer.public_key()): public_key_text(signer.public_key())}
@@ -137,9 +139,6 @@ async def test_auth_bound_to_relay_url_and_bad_signature_refused():
         ident = Identity.generate()
         async with aiohttp.ClientSession() as s, s.ws_connect(r.url + "/v1/control") as ws:
             hello = await ws.receive_json()
-            import base64
-
-            from p2pgate.relay.server import auth_payload
             stamp = int(time.time())
             wrong_url = auth_payload("ws://other-relay:1", hello["nonce"], stamp)
             await ws.send_json({"t": "auth", "cert": base64.b64encode(ident.cert_der).decode(),
@@ -251,12 +250,14 @@ async def test_per_session_rate_holds_within_ten_percent():
         assert 0.9 * rate <= measured <= 1.1 * rate, measured
 
 
-async def test_one_flooding_session_does_not_starve_another():
+async def test_a_session_moves_its_bytes_while_another_floods():
+    """Two splices share the relay at once (that a flood starves nobody is the
+    Throughput core's test, with time passed in)."""
     rate = 512 << 10
     async with relay(session_rate=rate, global_rate=8 * rate) as r:
         stack, a, b = await _spliced(r, Identity.generate(), Identity.generate())
         async with stack:
-            alone = await _transfer(a, b, rate // 2)
+            await _transfer(a, b, rate // 4)
             flood_stack, fa, fb = await _spliced(r, Identity.generate(), Identity.generate())
             async with flood_stack:
                 async def flood():
@@ -269,12 +270,12 @@ async def test_one_flooding_session_does_not_starve_another():
 
                 flooding = [asyncio.ensure_future(flood()), asyncio.ensure_future(drain())]
                 try:
-                    loaded = await _transfer(a, b, rate // 2)
+                    await asyncio.wait_for(_transfer(a, b, rate // 2), 30)
                 finally:
                     for task in flooding:
                         task.cancel()
                     await asyncio.gather(*flooding, return_exceptions=True)
-        assert loaded <= 2 * alone, (alone, loaded)
+        assert r.server.metrics.value("bytes_total") >= rate // 4 + rate // 2 + (64 << 10)
 
 
 async def test_signalling_reaches_trusted_devices_only():
@@ -291,3 +292,79 @@ async def test_signalling_reaches_trusted_devices_only():
         assert await asyncio.wait_for(got.get(), 5) == (a_id.device_id, {"sdp": "offer"})
         await asyncio.sleep(0.2)
         assert got.empty()  # the stranger's signal was dropped
+
+
+async def test_pairing_mailbox_splices_an_inviter_and_a_joiner():
+    box = "c" * 64
+    async with relay() as r:
+        with pytest.raises(RelayUnavailable, match="nobody is waiting"):
+            await open_mailbox(r.url, box, "joiner", 5)
+        inviting = asyncio.ensure_future(open_mailbox(r.url, box, "inviter", 10))
+        for _ in range(500):  # until the inviter is in its box
+            if len(r.server.splicer.mailboxes):
+                break
+            await asyncio.sleep(0.01)
+        joiner = await open_mailbox(r.url, box, "joiner", 5)
+        inviter = await asyncio.wait_for(inviting, 5)
+        await joiner.write(b"spake2 from the joiner")
+        assert await inviter.read() == b"spake2 from the joiner"
+        await inviter.write(b"and back")
+        assert await joiner.read() == b"and back"
+        await joiner.close()
+        assert await inviter.read() == b""
+        await inviter.close()
+        assert len(r.server.splicer.mailboxes) == 0
+
+
+async def test_malformed_mailbox_and_splice_requests_are_counted():
+    async with relay() as r, aiohttp.ClientSession() as s:
+        for path, first in (("/v1/mailbox", {"box": "short", "role": "inviter"}),
+                            ("/v1/splice", {"sid": "x"}), ("/v1/mailbox", ["not", "a", "dict"])):
+            async with s.ws_connect(r.url + path) as ws:
+                await ws.send_json(first)
+                msg = await ws.receive()
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert r.server.metrics.value("refusals_total", reason="malformed") == 3
+        async with s.ws_connect(r.url + "/v1/splice") as ws:
+            await ws.send_json({"sid": "x", "key": "y"})
+            await ws.receive()
+        assert r.server.metrics.value("refusals_total", reason="bad_splice_key") == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_client_failures_surface_as_relay_errors_and_the_loop_keeps_trying(caplog):
+    url = f"ws://127.0.0.1:{_closed_port()}"
+    with pytest.raises(RelayUnavailable):
+        await open_mailbox(url, "d" * 64, "joiner", 1)
+    caplog.set_level(logging.INFO, "p2pgate.relay.client")
+    async with device(url) as (client, _, _):
+        with pytest.raises(RelayUnavailable):
+            await client.connect(Identity.generate().device_id)
+        for _ in range(500):
+            failures = [r for r in caplog.records if r.getMessage().startswith(f"relay {url}")]
+            if len(failures) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(failures) >= 3  # logged, and tried again each time
+        assert not client.connected
+
+
+async def test_a_pending_request_fails_with_relay_unavailable_when_the_relay_goes():
+    a_id = Identity.generate()
+    relay_up = contextlib.AsyncExitStack()
+    r = await relay_up.enter_async_context(relay(unavailable_delay=30))
+    async with device(r.url, a_id) as (a, _, _):
+        await asyncio.wait_for(a.wait_connected(), 5)
+        pending = asyncio.ensure_future(a.connect(Identity.generate().device_id))
+        for _ in range(500):  # until the relay holds the request
+            if r.server.broker.get_timer() is not None:
+                break
+            await asyncio.sleep(0.01)
+        await relay_up.aclose()
+        with pytest.raises(RelayUnavailable):
+            await asyncio.wait_for(pending, 5)
