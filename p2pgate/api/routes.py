@@ -48,7 +48,7 @@ class DocumentService(Protocol):
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
                   if_match: str | None) -> DocumentView:
-        """Create or replace a document; `if_match` (a version or "*") needs an existing match."""
+        """Create or replace a document; a given `if_match` ("*" or a version) must match it."""
         ...
 
     async def patch(self, collection: str, doc_id: str, patch: dict[str, Any],

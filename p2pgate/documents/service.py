@@ -309,7 +309,7 @@ class Documents:
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
                   if_match: str | None) -> DocumentView:
-        """Create or replace a document; `if_match` (a version or "*") needs an existing match."""
+        """Create or replace a document; a given `if_match` ("*" or a version) must match it."""
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
             lambda: self.replica.put(collection, doc_id, data, self._clock()), False))
