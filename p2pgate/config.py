@@ -91,6 +91,7 @@ class NodeConfig(BaseModel):
 
     @property
     def api_url(self) -> str:
+        """The API's base URL, e.g. http://127.0.0.1:8771 (IPv6 hosts in brackets)."""
         host, port = self.api
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
@@ -107,6 +108,7 @@ def one_line(exc: ValidationError, source: str) -> ConfigError:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML file; raises ConfigError if it is missing or not valid TOML."""
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -25,18 +25,26 @@ class StreamClosed(P2PGateError):
 
 
 class Stream(Protocol):
+    """An ordered, reliable byte pipe to one other end; errors are StreamClosed."""
+
     path: str  # "direct", "relay", "webrtc", "memory"
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes` bytes; b"" once the other end has closed."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes) -> None:
+        """Send all of `data`; raises StreamClosed if the stream is closed or broke."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Close our end; the other end then reads b""."""
+        ...
 
     @property
-    def remote_address(self) -> str | None: ...
+    def remote_address(self) -> str | None:
+        """HOST:PORT of the other end, or None if the transport has none."""
+        ...
 
 
 @contextlib.contextmanager
@@ -49,6 +57,8 @@ def map_errors() -> Iterator[None]:
 
 
 class TcpStream:
+    """A plain TCP connection as a `Stream`."""
+
     path = "direct"
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -58,19 +68,23 @@ class TcpStream:
 
     @classmethod
     async def connect(cls, host: str, port: int) -> TcpStream:
+        """Connect to `host`:`port`; raises StreamClosed if that fails."""
         with map_errors():
             reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
     @property
     def remote_address(self) -> str | None:
+        """See `Stream.remote_address`."""
         return self._remote
 
     async def read(self, max_bytes: int = 65536) -> bytes:
+        """See `Stream.read`."""
         with map_errors():
             return await self._reader.read(max_bytes)
 
     async def write(self, data: bytes) -> None:
+        """See `Stream.write`; waits until the socket buffer drains."""
         if self._writer.is_closing():
             raise StreamClosed("stream closed")
         with map_errors():
@@ -78,6 +92,7 @@ class TcpStream:
             await self._writer.drain()
 
     async def close(self) -> None:
+        """Close the connection; errors while closing are ignored."""
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
@@ -131,17 +146,21 @@ class SlowStream:
 
     @property
     def remote_address(self) -> str | None:
+        """See `Stream.remote_address`."""
         return self._inner.remote_address
 
     async def read(self, max_bytes: int = 65536) -> bytes:
+        """See `Stream.read`, after the delay."""
         await asyncio.sleep(self._delay)
         return await self._inner.read(max_bytes)
 
     async def write(self, data: bytes) -> None:
+        """See `Stream.write`, after the delay."""
         await asyncio.sleep(self._delay)
         await self._inner.write(data)
 
     async def close(self) -> None:
+        """See `Stream.close`."""
         await self._inner.close()
 
 
@@ -154,12 +173,15 @@ class FailingStream:
 
     @property
     def remote_address(self) -> str | None:
+        """See `Stream.remote_address`."""
         return self._inner.remote_address
 
     async def read(self, max_bytes: int = 65536) -> bytes:
+        """See `Stream.read`."""
         return await self._inner.read(max_bytes)
 
     async def write(self, data: bytes) -> None:
+        """See `Stream.write`; past `fail_after` bytes in all, closes and raises StreamClosed."""
         if len(data) > self._left:
             await self._inner.write(data[: self._left])
             self._left = 0
@@ -169,4 +191,5 @@ class FailingStream:
         await self._inner.write(data)
 
     async def close(self) -> None:
+        """See `Stream.close`."""
         await self._inner.close()

@@ -99,6 +99,8 @@ _uv, _zz, _str, _bytes, _value, _vv = put_uv, put_zz, put_str, put_bytes, put_va
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """Opens a session: the sender's device ID and version vector, optionally its policy for us."""
+
     device_id: str
     version_vector: dict[str, int]
     need_reply: bool = True
@@ -108,28 +110,38 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class ChangesMessage:
+    """A CHANGES message: a batch of changes."""
+
     changes: list[Change]
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
+    """Acknowledges everything up to a version vector."""
+
     version_vector: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Close:
+    """Ends a session with one of the CLOSE_* codes and a human-readable reason."""
+
     code: int
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Recon:
+    """One round of range-based reconciliation (see `sync.rbsr`)."""
+
     round: int
     ranges: list[Range]
 
 
 @dataclass(frozen=True, slots=True)
 class DocsMessage:
+    """Whole document states as (collection, document ID, state) triples."""
+
     docs: list[tuple[str, str, DocState]] = field(default_factory=list)
 
 
@@ -163,6 +175,7 @@ class ChangesEncoder:
         _uv(self._body, idx)
 
     def size(self) -> int:
+        """Estimate the encoded message size in bytes, from above."""
         return len(self._body) + sum(len(s) + 2 for s in self._table) + 8
 
     def add(self, change: Change, limit: int = MAX_MESSAGE_SIZE) -> bool:
@@ -235,6 +248,7 @@ class ChangesEncoder:
             raise LocalProtocolError(f"unknown op kind {kind}")
 
     def to_bytes(self) -> bytes:
+        """The encoded CHANGES message; raises LocalProtocolError above MAX_MESSAGE_SIZE."""
         out = bytearray((WIRE_VERSION, T_CHANGES))
         _uv(out, len(self._table))
         for s in self._table:

@@ -76,6 +76,7 @@ ABSENT: Any = _Absent()
 
 
 def max_stamp(a: Stamp | None, b: Stamp | None) -> Stamp | None:
+    """The newer of two stamps, where None is older than any stamp."""
     if a is None:
         return b
     if b is None or a >= b:
@@ -90,6 +91,8 @@ def set_key(value: Any) -> str:
 
 @dataclass(slots=True)
 class LwwState:
+    """An `lww` field: the best two writes as (hlc, origin, seen, value), best first."""
+
     entries: tuple[LwwEntry, ...] = ()
     cleared: Stamp | None = None
     rank = LWW
@@ -97,6 +100,8 @@ class LwwState:
 
 @dataclass(slots=True)
 class CounterState:
+    """A `counter` field: per-origin cumulative (increments, decrements) and reset baselines."""
+
     totals: dict[str, tuple[int, int]] = field(default_factory=dict)
     base: dict[str, tuple[int, int]] = field(default_factory=dict)
     last: Stamp | None = None
@@ -106,6 +111,8 @@ class CounterState:
 
 @dataclass(slots=True)
 class SetState:
+    """A `set` field: elements by key with their add tags, and the tombstoned tags."""
+
     adds: dict[str, tuple[Any, frozenset[Stamp]]] = field(default_factory=dict)
     removed: frozenset[Tomb] = frozenset()
     last: Stamp | None = None
@@ -115,6 +122,8 @@ class SetState:
 
 @dataclass(slots=True)
 class TextState:
+    """A `text` field: a Yjs document held as update bytes."""
+
     update: bytes = b""
     last: Stamp | None = None
     cleared: Stamp | None = None
@@ -125,6 +134,7 @@ FieldState = LwwState | CounterState | SetState | TextState
 
 
 def empty_state(rank: int) -> FieldState:
+    """The empty state of a field type, given its rank (LWW, COUNTER, SET or TEXT)."""
     if rank == LWW:
         return LwwState()
     if rank == COUNTER:

@@ -231,6 +231,7 @@ def filter_view(doc: DocState) -> dict[str, Any]:
 
 
 def doc_visible(doc: DocState | None) -> bool:
+    """Whether a document exists for apps: touched, and not deleted after its last touch."""
     if doc is None or doc.touched is None:
         return False
     return doc.deleted is None or doc.touched >= doc.deleted

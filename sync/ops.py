@@ -61,6 +61,7 @@ OPERATORS = ("$inc", "$add", "$remove", "$splice")
 
 
 def check_name(kind: str, name: object) -> str:
+    """Return `name` if it is a non-empty string of at most 256 chars; else LocalProtocolError."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
         raise LocalProtocolError(f"{kind} must be a non-empty string of at most 256 characters")
     return name

@@ -30,6 +30,8 @@ MAX_COLLECTIONS = 1024
 
 @dataclass(frozen=True, slots=True)
 class CollectionPolicy:
+    """One collection's sync mode (one of MODES) and optional document filter."""
+
     mode: str = "both"
     filter: Mapping[str, Any] | None = None
 
@@ -38,11 +40,14 @@ class CollectionPolicy:
             raise LocalProtocolError(f"sync mode must be one of {', '.join(MODES)}")
 
     def predicate(self) -> Predicate | None:
+        """The compiled filter, or None when documents are not filtered."""
         return None if self.filter is None else compile_filter(self.filter)
 
 
 @dataclass(frozen=True, slots=True)
 class PeerPolicy:
+    """A device's policy for one peer: per-collection rules, `default` for the unlisted ones."""
+
     collections: Mapping[str, CollectionPolicy] = field(default_factory=dict)
     default: str = "both"
 
@@ -53,6 +58,7 @@ class PeerPolicy:
             c.predicate()  # a bad filter fails here, not in the middle of a sync
 
     def get(self, collection: str) -> CollectionPolicy:
+        """The rule for a collection, falling back to `default` with no filter."""
         return self.collections.get(collection) or CollectionPolicy(self.default)
 
     @property
@@ -62,6 +68,7 @@ class PeerPolicy:
             c.mode == "both" and c.filter is None for c in self.collections.values())
 
     def to_wire(self) -> dict[str, Any]:
+        """The policy as the JSON-like value sent in Hello (see `from_wire`)."""
         return {"default": self.default, "collections": {
             name: {"mode": c.mode, "filter": c.filter} if c.filter is not None
             else {"mode": c.mode} for name, c in self.collections.items()}}
@@ -93,6 +100,7 @@ class Flow:
 
     @property
     def complete(self) -> bool:
+        """Both policies let everything flow both ways, unfiltered."""
         return self.mine.complete and self.theirs.complete
 
     def _rules(self, collection: str
@@ -113,12 +121,15 @@ class Flow:
         return send or receive
 
     def filtered(self, collection: str) -> bool:
+        """Whether either side filters this collection."""
         return bool(self._rules(collection)[2])
 
     def matches(self, collection: str, view: Mapping[str, Any]) -> bool:
+        """Whether a document view passes both sides' filters, whatever the modes."""
         return all(p(view) for p in self._rules(collection)[2])
 
     def may_send(self, collection: str, view: Mapping[str, Any]) -> bool:
+        """Whether a document may be sent: we send, the peer receives, and both filters match."""
         send, _, preds, _ = self._rules(collection)
         return send and all(p(view) for p in preds)
 

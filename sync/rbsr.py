@@ -57,10 +57,12 @@ _MASK = (1 << 63) - 1
 
 
 def doc_key(collection: str, doc_id: str) -> bytes:
+    """The reconciliation key of a document: collection NUL document ID, UTF-8."""
     return collection.encode() + b"\0" + doc_id.encode()
 
 
 def split_key(key: bytes) -> tuple[str, str]:
+    """The (collection, document ID) of a key made by `doc_key`."""
     collection, _, doc_id = key.partition(b"\0")
     return collection.decode(), doc_id.decode()
 
@@ -75,6 +77,8 @@ def item_digest(key: bytes, version: dict[str, int]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Range:
+    """One range of a reconciliation message: upper bound (exclusive), mode and its payload."""
+
     upper: bytes
     mode: int
     fingerprint: bytes = b""
@@ -95,6 +99,7 @@ class Outcome:
 
     @property
     def expects_answer(self) -> bool:
+        """Whether the reply holds a fingerprint or ID list the peer must answer."""
         return any(r.mode in (FP, IDS) for r in self.reply)
 
 
@@ -117,9 +122,11 @@ class ItemSet:
         return len(self.keys)
 
     def index(self, bound: bytes) -> int:
+        """The number of items below `bound`, i.e. the index where a range ending there stops."""
         return bisect.bisect_left(self.keys, bound)
 
     def fingerprint(self, i: int, j: int) -> bytes:
+        """An 8-byte fingerprint of the items with indexes in [i, j)."""
         acc = (self._sums[j] - self._sums[i]) & ((1 << 64) - 1)
         return hashlib.blake2b(
             acc.to_bytes(8, "big") + (j - i).to_bytes(4, "big"), digest_size=8
@@ -147,6 +154,7 @@ class ItemSet:
         return out
 
     def initial(self) -> list[Range]:
+        """The first message: one fingerprint of the whole set."""
         return [Range(INFINITY, FP, self.fingerprint(0, len(self.keys)))]
 
     def process(self, ranges: Sequence[Range]) -> Outcome:
@@ -188,6 +196,7 @@ def _merge_skips(ranges: list[Range]) -> list[Range]:
 
 
 def encode_ranges(out: bytearray, ranges: Sequence[Range]) -> None:
+    """Append the ranges to `out`, bounds prefix-compressed against the previous one."""
     put_uv(out, len(ranges))
     prev = b""
     for r in ranges:
@@ -211,6 +220,7 @@ def encode_ranges(out: bytearray, ranges: Sequence[Range]) -> None:
 
 
 def decode_ranges(r: Reader) -> list[Range]:
+    """Read ranges written by `encode_ranges`; raises RemoteProtocolError if malformed."""
     n = r.count()
     if n > MAX_RANGES:
         raise r.fail("too many ranges")

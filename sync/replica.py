@@ -108,6 +108,7 @@ class Replica:
         self._types[collection] = types
 
     def field_types(self, collection: str) -> dict[str, str]:
+        """The declared field types of a collection, by field name (empty if undeclared)."""
         names = {v: k for k, v in FIELD_TYPES.items()}
         return {f: names[t] for f, t in self._types.get(collection, {}).items()}
 
@@ -181,16 +182,19 @@ class Replica:
     def increment(
         self, collection: str, doc_id: str, field: str, by: int, now: float
     ) -> dict[str, Any]:
+        """Add `by` (negative to subtract) to a counter field; returns the document as it now is."""
         return self.patch(collection, doc_id, {field: {"$inc": by}}, now)
 
     def add(
         self, collection: str, doc_id: str, field: str, values: list[Any], now: float
     ) -> dict[str, Any]:
+        """Add values to a set field; returns the document as it now is."""
         return self.patch(collection, doc_id, {field: {"$add": values}}, now)
 
     def remove(
         self, collection: str, doc_id: str, field: str, values: list[Any], now: float
     ) -> dict[str, Any]:
+        """Remove values from a set field (the adds seen so far); returns the new document."""
         return self.patch(collection, doc_id, {field: {"$remove": values}}, now)
 
     def splice(
@@ -203,6 +207,7 @@ class Replica:
         insert: str,
         now: float,
     ) -> dict[str, Any]:
+        """Delete `delete` characters at `pos` of a text field and insert `insert` there."""
         return self.patch(collection, doc_id, {field: {"$splice": [pos, delete, insert]}}, now)
 
     # ------------------------------------------------------------ reads
@@ -249,6 +254,7 @@ class Replica:
             session.policy_changed()
 
     def policy_for(self, peer_id: str) -> PeerPolicy:
+        """Our policy for `peer_id`: the one last set, or the default (everything both ways)."""
         return self._policies.get(peer_id, _COMPLETE)
 
     def item_set(self, flow: Flow) -> ItemSet:
@@ -289,6 +295,7 @@ class Replica:
         return session
 
     def sessions(self) -> dict[str, PeerSession]:
+        """The open sessions, by peer ID."""
         return {p: s for p, s in self._sessions.items() if not s.closed}
 
     def next_event(self) -> Event | None:

@@ -59,6 +59,8 @@ MESSAGE_TARGET = 256 << 10  # a Changes message is cut near this size
 
 
 class SessionState(Enum):
+    """The states of a `PeerSession` (see the module docstring)."""
+
     AWAITING_HELLO = "awaiting_hello"
     SYNCING = "syncing"
     CLOSED = "closed"
@@ -89,6 +91,7 @@ class PeerSession:
 
     @property
     def closed(self) -> bool:
+        """Whether the session has ended; a closed session receives nothing."""
         return self.state is SessionState.CLOSED
 
     def peer_version_vector(self) -> dict[str, int]:

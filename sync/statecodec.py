@@ -103,6 +103,7 @@ class _Encoder:
 
 
 def encode_state(doc: DocState) -> bytes:
+    """The binary encoding of a document state (`decode_state` reads it back)."""
     enc = _Encoder()
     body = enc.body
     body.append((doc.deleted is not None) | (doc.touched is not None) << 1)

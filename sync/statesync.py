@@ -62,6 +62,7 @@ class StateSync:
     # ------------------------------------------------------------ input
 
     def on_recon(self, msg: Recon) -> None:
+        """Handle the peer's Recon: answer it, note what to send, or start a round it asked for."""
         if not msg.ranges:  # the peer asks for a round
             if self.initiator:
                 self._begin_round()
@@ -82,16 +83,19 @@ class StateSync:
         self._synced = False
 
     def on_docs(self, msg: DocsMessage, now: float) -> None:
+        """Join the states the peer sent, and note when to retry the ones left aside."""
         retry = self.replica.merge_states(self.peer_id, msg.docs, self.flow, now)
         if retry is not None:
             self._retry_at = retry if self._retry_at is None else min(self._retry_at, retry)
 
     def doc_changed(self, key: tuple[str, str]) -> None:
+        """Note that a document changed here, so its state is pushed to the peer again."""
         self._dirty[key] = None
 
     # ------------------------------------------------------------ output
 
     def messages(self, now: float, out: list[bytes]) -> None:
+        """Append the messages due at `now` to `out`; emits `PeerSynced` when a round is done."""
         out.extend(self._outbox)
         self._outbox = []
         if self._retry_at is not None and now >= self._retry_at:
@@ -136,6 +140,7 @@ class StateSync:
             out.append(encode_docs(batch))
 
     def get_timer(self) -> float | None:
+        """When `messages` should run next (Unix seconds; 0.0 means right away), or None."""
         if self._to_send or self._dirty:
             return 0.0  # more to send right away
         return self._retry_at

@@ -66,7 +66,9 @@ class Storage(Protocol):
         """Clock, version vector and quarantine, as last written."""
         ...
 
-    def get_doc(self, collection: str, doc_id: str) -> DocState | None: ...
+    def get_doc(self, collection: str, doc_id: str) -> DocState | None:
+        """The state of a document (visible or not), or None if unknown."""
+        ...
 
     def collections(self) -> list[str]:
         """Every collection that holds a document, sorted."""
@@ -107,12 +109,14 @@ class MemoryStorage:
         return self.gc.log_base.get(origin, 0)
 
     def load(self) -> StoredState:
+        """See `Storage.load`."""
         vv = {o: self._base(o) + len(cs) for o, cs in self.log.items() if cs or self._base(o)}
         held = {o: list(cs) for o, cs in self.quarantine.items() if cs}
         return StoredState(self.clock, vv, held, GcState(dict(self.gc.log_base),
                                                          dict(self.gc.horizon)))
 
     def compact(self, gc: GcState, purge: list[DocKey]) -> None:
+        """See `Storage.compact`."""
         for origin, base in gc.log_base.items():
             log = self.log.setdefault(origin, [])
             del log[: base - self._base(origin)]
@@ -122,9 +126,11 @@ class MemoryStorage:
         self.gc = GcState(dict(gc.log_base), dict(gc.horizon))
 
     def get_doc(self, collection: str, doc_id: str) -> DocState | None:
+        """See `Storage.get_doc`."""
         return self.docs.get((collection, doc_id))
 
     def collections(self) -> list[str]:
+        """See `Storage.collections`."""
         return sorted(self._ids())
 
     def _ids(self) -> dict[str, list[str]]:
@@ -140,6 +146,7 @@ class MemoryStorage:
     def list_docs(
         self, collection: str, after: str | None, limit: int
     ) -> list[tuple[str, DocState]]:
+        """See `Storage.list_docs`."""
         ids = self._ids().get(collection, [])
         start = 0 if after is None else bisect.bisect_right(ids, after)
         docs = self.docs
@@ -163,12 +170,14 @@ class MemoryStorage:
             self.clock = batch.clock
 
     def changes_since(self, origin: str, after_seq: int, limit: int) -> list[Change]:
+        """See `Storage.changes_since`; raises LocalProtocolError if they were collected."""
         start = after_seq - self._base(origin)
         if start < 0:
             raise LocalProtocolError(f"changes of {origin} up to {self._base(origin)} are gone")
         return self.log.get(origin, [])[start : start + limit]
 
     def apply_batch(self, batch: Batch) -> None:
+        """See `Storage.apply_batch`; raises LocalProtocolError if the batch leaves a gap."""
         if len(batch.changes) == 1 and not batch.hold and not batch.release:
             self._apply_one(batch)
             return

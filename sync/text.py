@@ -42,6 +42,7 @@ def text_of(update: bytes) -> str:
 
 
 def merge_updates(a: bytes, b: bytes) -> bytes:
+    """The join of two text states (Yjs updates)."""
     from pycrdt import merge_updates as merge
 
     return merge(a, b)

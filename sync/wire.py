@@ -84,6 +84,8 @@ def _vv(out: bytearray, vv: dict[str, int]) -> None:
 
 
 class Reader:
+    """Reads a message front to back; every method raises RemoteProtocolError on bad input."""
+
     __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes) -> None:
@@ -91,9 +93,11 @@ class Reader:
         self.pos = 0
 
     def fail(self, what: str) -> RemoteProtocolError:
+        """The error to raise for malformed input, with the current byte position."""
         return RemoteProtocolError(f"bad message at byte {self.pos}: {what}")
 
     def u8(self) -> int:
+        """Read one byte."""
         pos = self.pos
         if pos >= len(self.data):
             raise self.fail("truncated")
@@ -101,6 +105,7 @@ class Reader:
         return self.data[pos]
 
     def uv(self, bound: int = 2**64) -> int:
+        """Read an unsigned LEB128 varint, which must be below `bound`."""
         data, pos, shift, n = self.data, self.pos, 0, 0
         end = len(data)
         while True:
@@ -120,16 +125,19 @@ class Reader:
         return n
 
     def zz(self) -> int:
+        """Read a zigzag-encoded signed varint."""
         n = self.uv()
         return (n >> 1) if not n & 1 else -((n + 1) >> 1)
 
     def count(self) -> int:
+        """Read a count of items, which cannot exceed the bytes left."""
         n = self.uv()
         if n > len(self.data) - self.pos:
             raise self.fail("count exceeds message")
         return n
 
     def raw(self, limit: int = MAX_STRING) -> bytes:
+        """Read length-prefixed bytes of at most `limit` bytes."""
         n = self.uv()
         if n > limit or n > len(self.data) - self.pos:
             raise self.fail("length out of range")
@@ -138,18 +146,21 @@ class Reader:
         return self.data[pos : pos + n]
 
     def text(self, limit: int = MAX_STRING) -> str:
+        """Read a length-prefixed UTF-8 string of at most `limit` bytes."""
         try:
             return self.raw(limit).decode()
         except UnicodeDecodeError:
             raise self.fail("invalid UTF-8") from None
 
     def name(self) -> str:
+        """Read a name: a non-empty string of at most 256 bytes."""
         s = self.text(256)
         if not s:
             raise self.fail("empty name")
         return s
 
     def value(self, depth: int = 0) -> Any:
+        """Read a JSON value written by `put_value`."""
         tag = self.u8()
         if tag == V_STR:
             return self.text()
@@ -185,6 +196,7 @@ class Reader:
         raise self.fail(f"unknown value tag {tag}")
 
     def vv(self) -> dict[str, int]:
+        """Read a version vector: distinct origins, each with a sequence below MAX_HLC."""
         out = {}
         for _ in range(self.count()):
             origin = self.name()

@@ -19,6 +19,8 @@ __all__ = [
 
 
 class ApiError(P2PGateError):
+    """An error the API answers with HTTP `status` and stable `code` (500 `internal` by default)."""
+
     status = 500
     code = "internal"
 
@@ -29,38 +31,56 @@ class ApiError(P2PGateError):
 
 
 class BadRequest(ApiError):
+    """400: the request cannot be read (no body, invalid JSON, a bad parameter)."""
+
     status, code = 400, "bad_request"
 
 
 class Unauthorized(ApiError):
+    """401: no bearer token, or an unknown, revoked or expired one."""
+
     status, code = 401, "unauthorized"
 
 
 class Forbidden(ApiError):
+    """403: the token may not do this (scope, admin only), or the Host or Origin is refused."""
+
     status, code = 403, "forbidden"
 
 
 class NotFound(ApiError):
+    """404: no such document, device, pairing offer or action."""
+
     status, code = 404, "not_found"
 
 
 class Conflict(ApiError):
+    """409: the request contradicts the current state (a field type, a failed pairing)."""
+
     status, code = 409, "conflict"
 
 
 class PreconditionFailed(ApiError):
+    """412: If-Match does not match the document's version."""
+
     status, code = 412, "precondition_failed"
 
 
 class TooLarge(ApiError):
+    """413: the request body exceeds the configured limit."""
+
     status, code = 413, "body_too_large"
 
 
 class Unprocessable(ApiError):
+    """422: the body is JSON but not a valid request; the message names the field."""
+
     status, code = 422, "invalid"
 
 
 class TooManyRequests(ApiError):
+    """429: rate limited; the client may retry after `retry_after` seconds."""
+
     status, code = 429, "rate_limited"
 
     def __init__(self, message: str, retry_after: float) -> None:
@@ -69,6 +89,8 @@ class TooManyRequests(ApiError):
 
 
 class Unavailable(ApiError):
+    """503: the node cannot serve the request now."""
+
     status, code = 503, "unavailable"
 
 

@@ -25,16 +25,28 @@ _QUEUE = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Reset:
+    """Yielded when a cursor is unknown or expired; the stream goes on from `cursor`."""
+
     cursor: int
     reason: str
 
 
 class ChangeFeed(Protocol):
+    """The store's change history the hub replays (implemented by `Documents`)."""
+
     @property
-    def cursor(self) -> int: ...
+    def cursor(self) -> int:
+        """The newest cursor."""
+        ...
+
     @property
-    def horizon(self) -> int: ...
-    async def changes_after(self, cursor: int, limit: int) -> list[ChangeRecord]: ...
+    def horizon(self) -> int:
+        """The oldest cursor history is kept after; an older one gets a Reset."""
+        ...
+
+    async def changes_after(self, cursor: int, limit: int) -> list[ChangeRecord]:
+        """Up to `limit` changes after `cursor`, oldest first (one per document, its latest)."""
+        ...
 
 
 class _Lagged:
@@ -42,11 +54,14 @@ class _Lagged:
 
 
 class EventHub:
+    """Fans document changes out to event stream subscribers, on the event loop."""
+
     def __init__(self, feed: ChangeFeed) -> None:
         self._feed = feed
         self._subscribers: set[asyncio.Queue[ChangeRecord | _Lagged]] = set()
 
     def publish(self, record: ChangeRecord) -> None:
+        """Hand a committed change to every subscriber; a full queue makes it replay history."""
         for queue in self._subscribers:
             try:
                 queue.put_nowait(record)

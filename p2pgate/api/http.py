@@ -69,11 +69,13 @@ class Route:
 
 
 def principal_of(request: web.Request) -> Principal:
+    """The caller of a request, as the auth middleware authenticated it."""
     return request[PRINCIPAL]
 
 
 def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
             ) -> web.Response:
+    """A JSON response holding `model`."""
     return web.Response(
         body=model.model_dump_json(), status=status, headers=headers,
         content_type="application/json",
@@ -81,6 +83,7 @@ def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None 
 
 
 async def json_body(request: web.Request) -> Any:
+    """The request body parsed as JSON; raises TooLarge, or BadRequest if empty or not JSON."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -94,6 +97,7 @@ async def json_body(request: web.Request) -> Any:
 
 
 async def model_body(request: web.Request, model: type[M]) -> M:
+    """The request body as `model`; raises like `json_body`, or 422 (see `validate`)."""
     return validate(model, await json_body(request))
 
 

@@ -22,21 +22,29 @@ class _Model(BaseModel):
 
 
 class ErrorBody(_Model):
+    """The error: a stable code, a message for people and the request ID."""
+
     code: str = Field(description="Stable machine-readable error code.")
     message: str = Field(description="What went wrong, for people.")
     request_id: str = Field(description="Also in the X-Request-ID header and the node's log.")
 
 
 class ErrorResponse(_Model):
+    """The body of every error response."""
+
     error: ErrorBody
 
 
 class Health(_Model):
+    """The node is up."""
+
     status: Literal["ok"] = "ok"
     version: str
 
 
 class NodeInfo(_Model):
+    """This node: identity, API address, event cursor and garbage collection counts."""
+
     device_id: str
     short_id: str
     name: str
@@ -50,6 +58,8 @@ class NodeInfo(_Model):
 
 
 class CollectionFields(_Model):
+    """A collection's declared field types."""
+
     fields: dict[str, FieldType] = Field(
         description="Field types; undeclared fields are `lww`.",
         examples=[{"likes": "counter", "tags": "set", "body": "text"}],
@@ -57,6 +67,8 @@ class CollectionFields(_Model):
 
 
 class Document(_Model):
+    """A document with its version (the ETag) and event cursor."""
+
     collection: str
     id: str
     data: dict[str, Any] = Field(description="The document's current fields.")
@@ -66,17 +78,23 @@ class Document(_Model):
 
 
 class DocumentList(_Model):
+    """One page of documents, by ID."""
+
     items: list[Document]
     next_after: str | None = Field(description="Pass as `after` for the next page.")
     cursor: int = Field(description="Event cursor at the time of listing; resume events here.")
 
 
 class Conflict(_Model):
+    """The last concurrent write a field lost, and who wrote it."""
+
     value: Any = Field(description="The losing concurrent value.")
     origin: str = Field(description="Device ID that wrote it.")
 
 
 class Conflicts(_Model):
+    """A document's `lww` fields that lost a concurrent write, with the last write each lost."""
+
     collection: str
     id: str
     fields: dict[str, Conflict] = Field(description="Each field's last losing concurrent write.")
@@ -95,12 +113,16 @@ class Event(_Model):
 
 
 class AppCreate(_Model):
+    """A request for a new app token with the given scopes and optional lifetime."""
+
     name: str = Field(min_length=1, max_length=64)
     scopes: list[str] = Field(min_length=1, examples=[["notes:rw", "photos:r"]])
     ttl: float | None = Field(None, gt=0, description="Lifetime in seconds; none = no expiry.")
 
 
 class AppInfo(_Model):
+    """An app token as listed: never the token itself."""
+
     name: str
     scopes: list[str]
     created_at: float
@@ -108,14 +130,20 @@ class AppInfo(_Model):
 
 
 class AppCreated(AppInfo):
+    """A new app token, with the token itself (shown this once)."""
+
     token: str = Field(description="Shown once; only its hash is stored.")
 
 
 class AppList(_Model):
+    """The app tokens, by name."""
+
     items: list[AppInfo]
 
 
 class DeviceInfo(_Model):
+    """A known device: its ID, name, trust state and where it was last seen."""
+
     device_id: str
     short_id: str
     name: str
@@ -127,14 +155,20 @@ class DeviceInfo(_Model):
 
 
 class DeviceList(_Model):
+    """The known devices, by name."""
+
     items: list[DeviceInfo]
 
 
 class DeviceRename(_Model):
+    """A new display name for a device."""
+
     name: str = Field(min_length=1, max_length=64)
 
 
 class PeerList(_Model):
+    """The peers connected now."""
+
     items: list[dict[str, Any]] = Field(description="Connected peers (none until pairing).")
 
 
@@ -148,15 +182,21 @@ class Policy(_Model):
 
 
 class PolicyList(_Model):
+    """The sync policies set for devices, one item per device and collection."""
+
     items: list[Policy]
 
 
 class PairingCreate(_Model):
+    """A request for a pairing offer."""
+
     ttl: float = Field(300.0, gt=0, le=3600, description="Seconds the code stays valid.")
     repair: bool = Field(False, description="Allow pairing again with a revoked device.")
 
 
 class PairingOffer(_Model):
+    """A pairing offer: the code and URI to give the other device, until `expires_at`."""
+
     code: str = Field(description="Short code to type on the other device.")
     uri: str = Field(description="p2pgate://pair URI with a 128-bit secret (for the QR code).")
     qr_svg: str = Field(description="The URI as a QR code, SVG.")
@@ -164,12 +204,16 @@ class PairingOffer(_Model):
 
 
 class PairingJoin(_Model):
+    """A request to pair with the device showing this code or URI."""
+
     code: str | None = None
     uri: str | None = None
     address: str | None = Field(None, description="HOST:PORT of the other device, if known.")
 
 
 class PairingStatus(_Model):
+    """Where a pairing stands; once paired, the device and the digits both sides show."""
+
     state: Literal["waiting", "paired", "failed", "expired"]
     device_id: str | None = None
     name: str | None = None

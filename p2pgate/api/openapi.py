@@ -31,6 +31,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`, their models as components."""
     routes = list(routes)
     models: set[type[BaseModel]] = {ErrorResponse}
     for r in routes:

@@ -31,6 +31,8 @@ class TokenError(LocalProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class Scope:
+    """Access to one collection, or every one ("*"): read only, or read and write."""
+
     collection: str  # a collection name or "*"
     write: bool
 
@@ -39,6 +41,7 @@ class Scope:
 
 
 def parse_scope(text: str) -> Scope:
+    """Parse `COLLECTION:r` or `COLLECTION:rw` (COLLECTION may be `*`); raises TokenError."""
     collection, sep, mode = text.rpartition(":")
     if not sep or mode not in ("r", "rw"):
         raise TokenError(f"scope {text!r} must be COLLECTION:r or COLLECTION:rw")
@@ -56,9 +59,11 @@ class Principal:
     scopes: tuple[Scope, ...] = ()
 
     def can_read(self, collection: str) -> bool:
+        """Whether the caller may read `collection`."""
         return self.admin or any(s.collection in (collection, "*") for s in self.scopes)
 
     def can_write(self, collection: str) -> bool:
+        """Whether the caller may write `collection`."""
         return self.admin or any(
             s.write and s.collection in (collection, "*") for s in self.scopes
         )
@@ -66,6 +71,8 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class AppToken:
+    """A stored app token: name, scopes, times (Unix seconds) and the secret's SHA-256."""
+
     token_id: str
     name: str
     scopes: tuple[Scope, ...]
@@ -91,6 +98,7 @@ class TokenStore:
         self._apps: dict[str, AppToken] = {}
 
     async def load(self) -> None:
+        """Read the app tokens from the database into memory (call once, before serving)."""
         rows = await self._db.run(
             lambda c: c.execute(
                 "SELECT token_id, name, scopes, created_at, expires_at, token_hash "
@@ -120,6 +128,7 @@ class TokenStore:
         return Principal(app.name, admin=False, scopes=app.scopes)
 
     def apps(self) -> list[AppToken]:
+        """The app tokens, by name."""
         return sorted(self._apps.values(), key=lambda a: a.name)
 
     async def add(
@@ -155,6 +164,7 @@ class TokenStore:
         return app, f"p2pg_{token_id}_{secret}"
 
     async def revoke(self, name: str) -> None:
+        """Delete the app token named `name`; raises TokenError if there is none."""
         app = next((a for a in self._apps.values() if a.name == name), None)
         if app is None:
             raise TokenError(f"no app named {name!r}")

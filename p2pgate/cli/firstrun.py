@@ -21,6 +21,8 @@ __all__ = ["Initialised", "initialise"]
 
 @dataclass(frozen=True, slots=True)
 class Initialised:
+    """What `initialise` found or made: the identity, device name, and whether it is new."""
+
     identity: Identity
     name: str
     created: bool

@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "human", debug: bool = False) -> None:
+    """Log to stderr, human-readable or as JSON lines; chatty libraries only from WARNING."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on `argv` (default: sys.argv); the exit status, 1 on our errors, 130 on ^C."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -122,6 +122,7 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def add_relay_command(sub: Any) -> None:
+    """Add the `relay` subcommand (serve, keygen, token) to `sub`, an argparse subparsers."""
     p: argparse.ArgumentParser = sub.add_parser(
         "relay", help="run a relay server, or make relay signing keys and access tokens")
     p.add_argument("action", nargs="?", default="serve", choices=["serve", "keygen", "token"])

@@ -197,6 +197,7 @@ def _join(args: argparse.Namespace) -> int:
 
 
 def add_remote_commands(sub: Any) -> None:
+    """Add the subcommands that talk to a running node's API to `sub`, an argparse subparsers."""
     def add(name: str, help_text: str, func: Callable[[argparse.Namespace], int]
             ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)

@@ -45,6 +45,7 @@ FIND_GRACE = 0.5  # after a first match, how long to wait for another device sho
 
 
 def discovery_tag(disc_key: bytes, nonce: bytes) -> bytes:
+    """The 8-byte TXT tag by which peers holding `disc_key` recognise us under this `nonce`."""
     return hmac.new(disc_key, b"p2pgate-mdns" + nonce, hashlib.sha256).digest()[:8]
 
 
@@ -115,12 +116,16 @@ async def find_inviters(interfaces: list[str], nameplate: int,
 
 @dataclass(frozen=True, slots=True)
 class PeerDiscovered:
+    """A paired device was recognised on the LAN, at these HOST:PORT addresses."""
+
     device_id: DeviceID
     addresses: tuple[str, ...]  # HOST:PORT
 
 
 @dataclass(frozen=True, slots=True)
 class PeerLost:
+    """A paired device's LAN service went away."""
+
     device_id: DeviceID
 
 
@@ -160,6 +165,7 @@ class LanDiscovery:
         self._reroller = asyncio.ensure_future(self._reroll_loop())
 
     async def stop(self) -> None:
+        """Stop advertising and browsing, and close zeroconf."""
         for task in list(self._tasks) + ([self._reroller] if self._reroller else []):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -74,10 +74,12 @@ class SyncDriver:
 
     @property
     def peer_id(self) -> str:
+        """The peer's device ID."""
         return self.session.peer_id
 
     @property
     def closed(self) -> bool:
+        """Whether the session has ended."""
         return self.session.closed
 
     def step(self, received: list[bytes], now: float) -> Stepped:

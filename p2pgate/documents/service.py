@@ -1,7 +1,7 @@
 """The node's documents: a `sync.Replica` on the libSQL store, driven from asyncio.
 
 The replica and its storage live on the database thread: every call runs there
-through `Database.read`, one at a time, so a check (If-Match) and the write it
+through `Database.run`, one at a time, so a check (If-Match) and the write it
 guards happen together. Writes queued while a transaction commits share the next
 one (group commit). After each call the events the storage committed are
 published to subscribers (the API's event hub) on the event loop, and drop the
@@ -76,6 +76,7 @@ class Documents:
     @classmethod
     async def open(cls, db: Database, device_id: DeviceID, *, event_retention: int = 100_000,
                    clock: Callable[[], float] = time.time) -> Documents:
+        """Load the replica and its declared collections from `db` (on the database thread)."""
         def _open(conn: Connection) -> tuple[Replica, LibsqlStorage]:
             storage = LibsqlStorage(MappedConnection(conn), event_retention)
             return _make_replica(storage, str(device_id)), storage
@@ -86,17 +87,21 @@ class Documents:
     # -- events ------------------------------------------------------------------------
 
     def on_change(self, listener: Listener) -> None:
+        """Call `listener` with every committed change, on the event loop."""
         self._listeners.append(listener)
 
     @property
     def cursor(self) -> int:
+        """The newest event cursor (it counts document updates)."""
         return self._storage.cursor
 
     @property
     def horizon(self) -> int:
+        """The cursor the event log is trimmed up to: an older cursor has lost its history."""
         return self._storage.horizon
 
     async def changes_after(self, cursor: int, limit: int) -> list[ChangeRecord]:
+        """Up to `limit` event log entries after `cursor`, oldest first."""
         rows = await self._db.run(lambda _: self._storage.events_after(cursor, limit))
         return [_record(r) for r in rows]
 
@@ -149,6 +154,7 @@ class Documents:
         return await self._call(_step)  # type: ignore[no-any-return]
 
     async def peer_close(self, session: PeerSession, reason: str) -> None:
+        """End a session without telling the peer (its connection is gone)."""
         def _close() -> None:
             self._drivers.pop(session, None)
             session.close(self._clock(), reason=reason, notify_peer=False)
@@ -244,6 +250,7 @@ class Documents:
     # -- the DocumentService the API uses ------------------------------------------------
 
     async def declare(self, collection: str, fields: dict[str, str]) -> dict[str, str]:
+        """Add field types to a collection, return all of them; FieldTypeConflict if one changes."""
         def _declare() -> dict[str, str]:
             current = self.replica.field_types(collection)
             changed = {f for f, t in fields.items() if f in current and current[f] != t}
@@ -258,6 +265,7 @@ class Documents:
         return result
 
     async def fields(self, collection: str) -> dict[str, str]:
+        """The declared field types of a collection (empty if none)."""
         return await self._call(lambda: self.replica.field_types(collection))  # type: ignore[no-any-return]
 
     def _row(self, collection: str, doc_id: str) -> tuple[DocState | None, int]:
@@ -280,6 +288,7 @@ class Documents:
                             created=not exists)
 
     async def get(self, collection: str, doc_id: str) -> DocumentView | None:
+        """The document (deleted ones too), or None if the store holds no state for it; cached."""
         key = (collection, doc_id)
         cached = self._cache.get(key)
         if cached is not None:
@@ -300,12 +309,14 @@ class Documents:
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
                   if_match: str | None) -> DocumentView:
+        """Create or replace a document; a given `if_match` ("*" or a version) must match it."""
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
             lambda: self.replica.put(collection, doc_id, data, self._clock()), False))
 
     async def patch(self, collection: str, doc_id: str, patch: dict[str, Any],
                     if_match: str | None) -> DocumentView:
+        """Merge-patch a document (DocumentNotFound if none); `if_match` as for `put`."""
         for name, value in patch.items():
             if type(value) is dict and len(value) == 1:
                 (key,) = value
@@ -317,12 +328,14 @@ class Documents:
             lambda: self.replica.patch(collection, doc_id, patch, self._clock()), True))
 
     async def delete(self, collection: str, doc_id: str, if_match: str | None) -> DocumentView:
+        """Delete a document (DocumentNotFound if none); `if_match` as for `put`."""
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
             lambda: self.replica.delete(collection, doc_id, self._clock()), True))
 
     async def list_docs(self, collection: str, limit: int, after: str | None,
                         since: int | None) -> tuple[list[DocumentView], int]:
+        """A page of visible documents past ID `after` (changed after `since`), and the cursor."""
         def _list() -> tuple[list[DocumentView], int]:
             rows = self._storage.visible_docs(collection, after, since, limit)
             return [_view(collection, d, s, c) for d, s, c in rows], self._storage.cursor
@@ -330,6 +343,7 @@ class Documents:
         return await self._call(_list)  # type: ignore[no-any-return]
 
     async def conflicts(self, collection: str, doc_id: str) -> dict[str, tuple[Any, str]]:
+        """Per `lww` field, the last concurrent write it lost; DocumentNotFound if no document."""
         def _conflicts() -> dict[str, tuple[Any, str]]:
             state, _ = self._row(collection, doc_id)
             if render_doc(state) is None:

@@ -55,6 +55,7 @@ class DeviceID:
 
     @classmethod
     def from_certificate(cls, cert_der: bytes) -> DeviceID:
+        """The device ID a certificate (DER bytes) pins."""
         return cls(hashlib.sha256(cert_der).digest())
 
     @classmethod

@@ -35,6 +35,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def write_secret(path: Path, data: bytes) -> None:
+    """Write a secret atomically with mode 0600 (see `write_file`)."""
     write_file(path, data, 0o600)
 
 

@@ -65,11 +65,13 @@ class Identity:
 
     @classmethod
     def generate(cls) -> Identity:
+        """A new identity: a fresh Ed25519 key and its certificate (nothing is written)."""
         key = Ed25519PrivateKey.generate()
         return cls(key, make_certificate(key))
 
     @classmethod
     def load(cls, data_dir: DataDir) -> Identity:
+        """Read the identity from `data_dir`; raises IdentityError if missing or damaged."""
         try:
             key = serialization.load_pem_private_key(read_secret(data_dir.device_key), None)
             cert = x509.load_pem_x509_certificate(data_dir.device_cert.read_bytes())
@@ -86,20 +88,24 @@ class Identity:
         return cls(key, cert)
 
     def save(self, data_dir: DataDir) -> None:
+        """Write the key (mode 0600) and certificate into `data_dir`, creating it if needed."""
         data_dir.create()
         write_secret(data_dir.device_key, self.key_pem)
         write_file(data_dir.device_cert, self.cert_pem)
 
     @cached_property
     def cert_der(self) -> bytes:
+        """The certificate in DER form, the bytes our device ID is the hash of."""
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
     def cert_pem(self) -> bytes:
+        """The certificate in PEM form."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     @property
     def key_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (a secret: store it with mode 0600)."""
         return self.private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -108,13 +114,16 @@ class Identity:
 
     @cached_property
     def device_id(self) -> DeviceID:
+        """This device's ID, derived from the certificate."""
         return DeviceID.from_certificate(self.cert_der)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
+        """The Ed25519 public key."""
         return self.private_key.public_key()
 
     def sign(self, data: bytes) -> bytes:
+        """Sign `data` with the device key (a 64-byte Ed25519 signature)."""
         return self.private_key.sign(data)
 
     def __repr__(self) -> str:

@@ -19,34 +19,42 @@ class DataDir:
         self.root = root
 
     def create(self) -> None:
+        """Create the directory (mode 0700, with parents) if it does not exist."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @property
     def device_key(self) -> Path:
+        """The device's private key (PEM, mode 0600)."""
         return self.root / "device.key"
 
     @property
     def device_cert(self) -> Path:
+        """The device's self-signed certificate (PEM)."""
         return self.root / "device.crt"
 
     @property
     def database(self) -> Path:
+        """The encrypted libSQL database."""
         return self.root / "p2pgate.db"
 
     @property
     def database_key(self) -> Path:
+        """The database encryption key (a secret file)."""
         return self.root / "db.key"
 
     @property
     def admin_token(self) -> Path:
+        """The admin token for the local API (a secret file)."""
         return self.root / "admin.token"
 
     @property
     def config(self) -> Path:
+        """The node's TOML configuration file."""
         return self.root / "config.toml"
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> DataDir:
+    """The data dir: `explicit` if given, else $P2PGATE_HOME, else the platform's user data dir."""
     if explicit:
         return DataDir(Path(explicit).expanduser().absolute())
     env = os.environ.get(ENV_HOME)

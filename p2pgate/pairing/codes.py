@@ -71,6 +71,7 @@ def make_code() -> tuple[str, str]:
 
 
 def make_uri(code: str, secret: str, addresses: list[str], relays: list[str]) -> str:
+    """The p2pgate://pair URI of an offer: code, secret, and any addresses and relays."""
     parts = [f"c={quote(code)}", f"k={secret}"]
     if addresses:
         parts.append("a=" + quote(",".join(addresses), safe=""))
@@ -90,6 +91,7 @@ def _parse_code(text: str) -> tuple[int, str]:
 
 
 def parse_code_or_uri(text: str) -> Invitation:
+    """Parse a typed code (7-orbit-maple) or a p2pgate://pair URI; raises BadCode."""
     text = text.strip()
     if text.lower().startswith("p2pgate://"):
         url = urlsplit(text)

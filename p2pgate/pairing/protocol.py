@@ -51,14 +51,17 @@ class PairingIdentity:
 
     @property
     def device_id(self) -> DeviceID:
+        """The device ID the certificate pins."""
         return DeviceID.from_certificate(self.cert_der)
 
     def encode(self) -> bytes:
+        """The identity as JSON bytes (what SEALED carries)."""
         return json.dumps({"cert": _b64(self.cert_der), "name": self.name,
                            "k": _b64(self.k_part), "disc": _b64(self.disc_key)}).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> PairingIdentity:
+        """Read what `encode` wrote; raises RemoteProtocolError if malformed."""
         try:
             d = json.loads(data)
             ident = cls(_unb64(d["cert"]), str(d["name"])[:64], _unb64(d["k"]),
@@ -72,6 +75,8 @@ class PairingIdentity:
 
 @dataclass(frozen=True, slots=True)
 class PairingResult:
+    """What pairing yields: the peer's identity, K_pair and the verification string."""
+
     peer: PairingIdentity
     k_pair: bytes
     verification: str
@@ -101,6 +106,7 @@ class Role:
         self.transcript = b""
 
     def finish(self, peer_message: bytes) -> None:
+        """Complete the PAKE with the peer's message; raises RemoteProtocolError on junk."""
         try:
             self.key = self._pake.finish(peer_message)
         except Exception as exc:  # spake2 raises assorted errors on junk
@@ -110,15 +116,18 @@ class Role:
         self.transcript = hashlib.sha256(first + second).digest()
 
     def confirmation(self, of_joiner: bool) -> bytes:
+        """The CONFIRM tag of the joiner's or the inviter's side (only after `finish`)."""
         assert self.key is not None  # noqa: S101 (after finish)
         who = b"joiner" if of_joiner else b"inviter"
         return hmac.new(self.key, b"confirm" + who + self.transcript, hashlib.sha256).digest()
 
     def check(self, tag: bytes) -> bool:
+        """Whether `tag` is the peer's CONFIRM tag (constant-time)."""
         return hmac.compare_digest(self.confirmation(not self.joiner), tag)
 
 
 def seal(role: Role, identity: PairingIdentity) -> bytes:
+    """SEALED: `identity` encrypted under our role's key, bound to the transcript."""
     assert role.key is not None  # noqa: S101
     nonce = os.urandom(12)
     key = _hkdf(role.key, b"p2pgate pairing seal " + role.name)
@@ -126,6 +135,7 @@ def seal(role: Role, identity: PairingIdentity) -> bytes:
 
 
 def open_sealed(role: Role, data: bytes) -> PairingIdentity:
+    """Open the peer's SEALED message; raises RemoteProtocolError if it does not open."""
     assert role.key is not None  # noqa: S101
     other = b"inviter" if role.joiner else b"joiner"
     key = _hkdf(role.key, b"p2pgate pairing seal " + other)

@@ -63,6 +63,7 @@ class PairingService:
 
     @property
     def offers(self) -> dict[int, Offer]:
+        """The open pairing offers, by nameplate."""
         return self._book.offers
 
     def _me(self) -> PairingIdentity:

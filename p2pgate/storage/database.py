@@ -50,9 +50,17 @@ class StoreError(P2PGateError):
 class Connection(Protocol):
     """The part of a libsql connection we use (DB-API like)."""
 
-    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
-    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any: ...
-    def close(self) -> None: ...
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any:
+        """Run one statement and return its cursor."""
+        ...
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+        """Run one statement once per parameter row."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
 
 
 @contextlib.contextmanager
@@ -72,14 +80,17 @@ class MappedConnection:
         self._conn = conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        """Run one statement and return its cursor; raises StoreError if it fails."""
         with map_store_errors():
             return self._conn.execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any:
+        """Run one statement per parameter row; raises StoreError if it fails."""
         with map_store_errors():
             return self._conn.executemany(sql, parameters)
 
     def close(self) -> None:
+        """Close the connection; raises StoreError if it fails."""
         with map_store_errors():
             self._conn.close()
 
@@ -281,6 +292,7 @@ class Database:
         return await self._submit(_transaction)
 
     async def schema_version(self) -> int:
+        """The schema version the database is at (0 for a new one)."""
         return await self.run(schema_version)
 
     async def close(self) -> None:

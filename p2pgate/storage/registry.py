@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class DeviceState(enum.StrEnum):
+    """Where a device stands: pending pairing, trusted, blocked, or revoked for good."""
+
     PENDING = "pending"
     TRUSTED = "trusted"
     BLOCKED = "blocked"
@@ -59,6 +61,8 @@ class UnknownDevice(LocalProtocolError, KeyError):
 
 @dataclass(frozen=True, slots=True)
 class Device:
+    """One registry row: a known device, its pinned certificate, secrets, state and sightings."""
+
     device_id: DeviceID
     name: str
     cert_der: bytes
@@ -144,15 +148,18 @@ class DeviceRegistry:
     # -- reading -----------------------------------------------------------------
 
     async def get(self, device_id: DeviceID) -> Device | None:
+        """The device with this ID, or None if the registry does not know it."""
         return await self._db.run(lambda conn: _fetch(conn, device_id))
 
     async def require(self, device_id: DeviceID) -> Device:
+        """The device with this ID; raises UnknownDevice if the registry does not know it."""
         device = await self.get(device_id)
         if device is None:
             raise UnknownDevice(f"no device {device_id.short} in the registry")
         return device
 
     async def devices(self, states: Iterable[DeviceState] | None = None) -> list[Device]:
+        """The devices in the given states (all if None), ordered by name then ID."""
         wanted = None if states is None else {DeviceState(s) for s in states}
 
         def _list(conn: Connection) -> list[Device]:
@@ -165,6 +172,7 @@ class DeviceRegistry:
         return await self._db.run(_list)
 
     async def trusted(self) -> list[Device]:
+        """The trusted devices, ordered by name then ID."""
         return await self.devices([DeviceState.TRUSTED])
 
     async def is_trusted_device(self, device_id: DeviceID) -> bool:
@@ -273,11 +281,13 @@ class DeviceRegistry:
     # -- trust changes -----------------------------------------------------------
 
     async def block(self, device_id: DeviceID) -> Device:
+        """Block a pending or trusted device (reversible); raises IllegalTransition otherwise."""
         return await self._move(
             device_id, DeviceState.BLOCKED, {DeviceState.PENDING, DeviceState.TRUSTED}
         )
 
     async def unblock(self, device_id: DeviceID) -> Device:
+        """Trust a blocked device again; raises IllegalTransition if it never finished pairing."""
         device = await self.require(device_id)
         if device.state is DeviceState.BLOCKED and device.k_pair is None:
             raise IllegalTransition(
@@ -295,6 +305,7 @@ class DeviceRegistry:
     # -- bookkeeping -------------------------------------------------------------
 
     async def rename(self, device_id: DeviceID, name: str) -> Device:
+        """Change a device's display name; raises UnknownDevice if it is not in the registry."""
         return await self._update(device_id, "name = ?", (name,))
 
     async def record_seen(
@@ -319,6 +330,7 @@ class DeviceRegistry:
         return await self._update(device_id, "disc_key = ?", (disc_key,))
 
     async def set_policy(self, device_id: DeviceID, policy: dict[str, Any]) -> Device:
+        """Store our sync policy for a device: per collection (`*`: the rest) a mode and filter."""
         return await self._update(device_id, "policy = ?", (json.dumps(policy),))
 
     # -- internals ---------------------------------------------------------------

@@ -30,6 +30,8 @@ __all__ = ["EventRow", "LibsqlStorage", "decode_state", "encode_state"]
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
+    """One entry of the app event log: a document changed at a cursor, by an origin."""
+
     cursor: int
     collection: str
     doc_id: str
@@ -81,6 +83,7 @@ def _unfield(data: list[Any]) -> FieldState:
 
 
 def encode_state(doc: DocState) -> bytes:
+    """A document state as compact JSON bytes (the `sync_docs.state` column)."""
     return json.dumps(
         [_stamp(doc.deleted), _stamp(doc.touched),
          {name: _field(state) for name, state in doc.fields.items()}, doc.version],
@@ -89,7 +92,8 @@ def encode_state(doc: DocState) -> bytes:
 
 
 def decode_state(blob: bytes) -> DocState:
-    deleted, touched, fields, *version = json.loads(blob)  # rows before v4 have no version
+    """Read a state written by `encode_state`."""
+    deleted, touched, fields, *version = json.loads(blob)  # pre-DocState.version blobs lack it
     return DocState(_unstamp(deleted), _unstamp(touched),
                     {name: _unfield(f) for name, f in fields.items()},
                     version[0] if version else {})
@@ -132,6 +136,7 @@ class LibsqlStorage:
     # Storage protocol ----------------------------------------------------------------
 
     def load(self) -> StoredState:
+        """See `Storage.load`."""
         conn = self._conn
         vv = {o: int(s) for o, s in conn.execute("SELECT origin, seq FROM sync_vv").fetchall()}
         held: dict[str, list[Change]] = {}
@@ -145,6 +150,7 @@ class LibsqlStorage:
         return StoredState(self._clock, vv, held, gc)
 
     def compact(self, gc: GcState, purge: list[tuple[str, str]]) -> None:
+        """See `Storage.compact`; one transaction."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -163,23 +169,27 @@ class LibsqlStorage:
             raise
 
     def get_doc(self, collection: str, doc_id: str) -> DocState | None:
+        """See `Storage.get_doc`."""
         row = self._conn.execute(
             "SELECT state FROM sync_docs WHERE collection = ? AND doc_id = ?",
             (collection, doc_id)).fetchone()
         return None if row is None else decode_state(row[0])
 
     def collections(self) -> list[str]:
+        """See `Storage.collections`."""
         return [r[0] for r in self._conn.execute(
             "SELECT DISTINCT collection FROM sync_docs ORDER BY collection").fetchall()]
 
     def list_docs(self, collection: str, after: str | None, limit: int
                   ) -> list[tuple[str, DocState]]:
+        """See `Storage.list_docs`."""
         rows = self._conn.execute(
             "SELECT doc_id, state FROM sync_docs WHERE collection = ? AND doc_id > ? "
             "ORDER BY doc_id LIMIT ?", (collection, after or "", limit)).fetchall()
         return [(doc_id, decode_state(state)) for doc_id, state in rows]
 
     def changes_since(self, origin: str, after_seq: int, limit: int) -> list[Change]:
+        """See `Storage.changes_since`."""
         rows = self._conn.execute(
             "SELECT change FROM sync_changes WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
             (origin, after_seq, limit)).fetchall()
@@ -298,6 +308,7 @@ class LibsqlStorage:
             (json.dumps({p: [v, t] for p, (v, t) in acked.items()}),))
 
     def acknowledged(self) -> dict[str, tuple[dict[str, int], float]]:
+        """Per peer, the version vector it last acknowledged and when (Unix seconds)."""
         if self._acked is None:
             row = self._conn.execute(
                 "SELECT value FROM meta WHERE key = 'sync_acked'").fetchone()
@@ -315,6 +326,7 @@ class LibsqlStorage:
         return None if row is None else (int(row[0]), bool(row[1]))
 
     def doc_row(self, collection: str, doc_id: str) -> tuple[DocState, int] | None:
+        """A document's state and cursor (deleted or not), or None if unknown."""
         row = self._conn.execute(
             "SELECT state, cursor FROM sync_docs WHERE collection = ? AND doc_id = ?",
             (collection, doc_id)).fetchone()
@@ -330,16 +342,19 @@ class LibsqlStorage:
         return [(d, decode_state(s), int(c)) for d, s, c in rows]
 
     def events_after(self, cursor: int, limit: int) -> list[EventRow]:
+        """Up to `limit` event log entries after `cursor`, oldest first."""
         rows = self._conn.execute(
             "SELECT cursor, collection, doc_id, deleted, origin FROM events WHERE cursor > ? "
             "ORDER BY cursor LIMIT ?", (cursor, limit)).fetchall()
         return [EventRow(int(c), col, d, bool(dl), o) for c, col, d, dl, o in rows]
 
     def declarations(self) -> dict[str, dict[str, str]]:
+        """The declared field types, by collection and field name."""
         return {name: json.loads(fields) for name, fields in
                 self._conn.execute("SELECT name, fields FROM collections").fetchall()}
 
     def save_declaration(self, collection: str, fields: dict[str, str]) -> None:
+        """Store a collection's field types, replacing any earlier declaration."""
         self._conn.execute(
             "INSERT INTO collections (name, fields) VALUES (?, ?) ON CONFLICT (name) "
             "DO UPDATE SET fields = excluded.fields", (collection, json.dumps(fields)))

@@ -88,12 +88,14 @@ class RecordStore(IStorage):  # type: ignore[misc]
         return record.value
 
     def get(self, key: bytes, default: Any = None) -> Any:
+        """The value stored under `key`, or `default`."""
         try:
             return self[key]
         except KeyError:
             return default
 
     def iter_older_than(self, seconds_old: float) -> Iterator[tuple[bytes, bytes]]:
+        """The (key, value) pairs stored more than `seconds_old` seconds ago (to republish)."""
         cutoff = self._clock() - seconds_old
         return iter([(k, r.value) for k, (r, _, t) in self._records.items() if t < cutoff])
 
@@ -125,6 +127,7 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
     storage: RecordStore
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Handle one datagram on its own task; oversized or bad ones are dropped and logged."""
         if len(data) > MAX_RECORD + 512:
             log.debug("dropped oversized datagram from %s", addr[0])
             return
@@ -152,22 +155,26 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- requests we answer -------------------------------------------------------
 
     def rpc_ping(self, sender: tuple[str, int], nodeid: Any) -> bytes:
+        """Answer a ping; raises RemoteProtocolError on a malformed node ID."""
         if not _is_id(nodeid):
             raise RemoteProtocolError("bad node id")
         return super().rpc_ping(sender, nodeid)  # type: ignore[no-any-return]
 
     def rpc_store(self, sender: tuple[str, int], nodeid: Any, key: Any, value: Any) -> bool:
+        """Store a valid, newer record (see `RecordStore.offer`); malformed: RemoteProtocolError."""
         if not (_is_id(nodeid) and _is_id(key) and isinstance(value, bytes)):
             raise RemoteProtocolError("bad store request")
         self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
         return self.storage.offer(key, value, sender[0])
 
     def rpc_find_node(self, sender: tuple[str, int], nodeid: Any, key: Any) -> Any:
+        """The nodes we know nearest `key`; raises RemoteProtocolError on malformed IDs."""
         if not (_is_id(nodeid) and _is_id(key)):
             raise RemoteProtocolError("bad find_node request")
         return super().rpc_find_node(sender, nodeid, key)
 
     def rpc_find_value(self, sender: tuple[str, int], nodeid: Any, key: Any) -> Any:
+        """The value under `key`, or the nearest nodes; raises RemoteProtocolError on bad IDs."""
         if not (_is_id(nodeid) and _is_id(key)):
             raise RemoteProtocolError("bad find_value request")
         return super().rpc_find_value(sender, nodeid, key)
@@ -175,6 +182,7 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- answers we receive -------------------------------------------------------
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        """Ask `node_to_ask` for nodes near `node_to_find`; a malformed answer counts as none."""
         result = await self.find_node((node_to_ask.ip, node_to_ask.port),
                                       self.source_node.id, node_to_find.id)
         if result[0]:
@@ -183,6 +191,7 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
         return self.handle_call_response(result, node_to_ask)
 
     async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        """Ask for the value under `node_to_find`'s ID (or nearer nodes); malformed means none."""
         result = await self.find_value((node_to_ask.ip, node_to_ask.port),
                                        self.source_node.id, node_to_find.id)
         if result[0]:
@@ -197,6 +206,7 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
         return self.handle_call_response(result, node_to_ask)
 
     async def call_ping(self, node_to_ask: Node) -> Any:
+        """Ping `node_to_ask`; an answer without a valid node ID counts as none."""
         result = await self.ping((node_to_ask.ip, node_to_ask.port), self.source_node.id)
         if result[0] and not _is_id(result[1]):
             result = (False, None)
@@ -247,6 +257,7 @@ class DhtNode(Server):  # type: ignore[misc]
         return proto
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        """Ping `addr`: its node if it answers with a valid ID, else None."""
         result = await self.protocol.ping(addr, self.node.id)
         if result[0] and _is_id(result[1]):
             return Node(result[1], addr[0], addr[1])
@@ -287,6 +298,7 @@ class DhtNode(Server):  # type: ignore[misc]
             log.info("DHT refresh failed: %s", exc)
 
     def stop(self) -> None:
+        """Stop serving and cancel the refresh task."""
         super().stop()
         task = getattr(self, "_refresh_task", None)
         if task is not None:

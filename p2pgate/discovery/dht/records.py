@@ -46,6 +46,7 @@ _CONTEXT = b"p2pgate dht record v1"
 
 
 def epoch_of(now: float) -> int:
+    """The number of the 24 h epoch that Unix time `now` falls in."""
     return int(now // EPOCH)
 
 
