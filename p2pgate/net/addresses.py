@@ -1,4 +1,4 @@
-"""This device's reachable IPv4 addresses (for pairing URIs and, later, records)."""
+"""This device's reachable IPv4 addresses (for pairing URIs, mDNS and DHT records)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _interface_ipv4s() -> list[str]:
 
 
 def listen_addresses(host: str, port: int) -> list[str]:
-    """HOST:PORT strings peers can dial: the bound address, or every interface's."""
+    """HOST:PORT strings peers can dial: `host` itself, or if it is a wildcard every
+    interface's non-loopback IPv4 address (127.0.0.1 if there is none)."""
     if host not in ("0.0.0.0", "", "::"):  # noqa: S104 (comparing, not binding)
         return [f"{host}:{port}"]
     ips = [ip for ip in _interface_ipv4s() if not ip.startswith("127.")]

@@ -47,32 +47,41 @@ def admission_hello(nonce: bytes | None = None) -> tuple[bytes, bytes]:
 
 
 def admission_tag(k_pair: bytes, challenge: bytes, nonce: bytes) -> bytes:
+    """The dialer's answer: HMAC-SHA256 under `k_pair` over the challenge and its nonce."""
     return hmac.new(k_pair, _CONTEXT + challenge + nonce, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True, slots=True)
 class NeedMore:
-    pass
+    """Nothing decided yet: the bytes so far are a valid start; feed more."""
 
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
+    """The dialer's hello was read: send it `data`, then feed its tag."""
+
     data: bytes  # send this to the dialer
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
+    """A trusted pair secret matched: run TLS expecting `device_id`, starting with `rest`."""
+
     device_id: DeviceID
     rest: bytes  # bytes after the tag (the start of the TLS handshake)
 
 
 @dataclass(frozen=True, slots=True)
 class Pairing:
+    """The dialer wants to pair, not to be admitted: hand the connection to pairing."""
+
     data: bytes  # everything after the magic
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
+    """Close the connection without sending anything."""
+
     reason: str  # for our log only; the dialer is told nothing
 
 
@@ -91,6 +100,10 @@ class AdmissionListener:
         self._done = False
 
     def receive(self, data: bytes) -> Outcome:
+        """Feed bytes from the dialer; the outcome says what to do next.
+
+        Admitted, Pairing and Refused are final: any later call returns Refused.
+        """
         if self._done:
             return Refused("admission already decided")
         self._buffer += data

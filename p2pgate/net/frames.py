@@ -3,7 +3,7 @@
     frame = length:u32 (of what follows) type:u8 payload
 
 A session starts with both sides sending HELLO (JSON: device, name, versions,
-capabilities, relays); each picks the highest version both speak, or closes with a
+capabilities, relays, discovery key); each picks the highest version both speak, or closes with a
 clear reason. Then DATA frames carry the protocols above (sync), PING/PONG keep
 it alive and measure RTT, CLOSE ends it with a reason.
 
@@ -35,6 +35,8 @@ _HEAD = struct.Struct(">IB")
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """What each side announces first: who it is, what it speaks, where else to reach it."""
+
     device: str
     name: str
     versions: tuple[int, ...] = SUPPORTED_VERSIONS
@@ -43,12 +45,14 @@ class Hello:
     disc_key: bytes = b""  # the sender's current discovery key (it rotates on revoke)
 
     def encode(self) -> bytes:
+        """The HELLO frame's payload (JSON)."""
         return json.dumps({"device": self.device, "name": self.name,
                            "versions": list(self.versions), "caps": list(self.capabilities),
                            "relays": list(self.relays), "disc": self.disc_key.hex()}).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> Hello:
+        """Parse a HELLO payload (the name cut to 128 characters); RemoteProtocolError if bad."""
         try:
             d = json.loads(payload)
             hello = cls(str(d["device"]), str(d["name"])[:128],
@@ -67,17 +71,26 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class HelloReceived:
+    """The peer's Hello arrived; `version` is the highest one both sides speak."""
+
     hello: Hello
     version: int
 
 
 @dataclass(frozen=True, slots=True)
 class DataReceived:
+    """The peer sent a DATA frame with `payload`."""
+
     payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class ClosedEvent:
+    """The session is closed: `by_peer` if the peer ended it, `error` unless it ended cleanly.
+
+    An error is a protocol violation, an end of stream without CLOSE, or a keepalive timeout.
+    """
+
     reason: str
     by_peer: bool
     error: bool = False
@@ -117,6 +130,7 @@ class SessionCore:
         self._last_tx = now
 
     def send(self, payload: bytes, now: float) -> None:
+        """Queue a DATA frame; RemoteProtocolError unless open, ValueError if over `max_frame`."""
         if self.state != "open":
             raise RemoteProtocolError(f"cannot send: session is {self.state}")
         if len(payload) + 1 > self.max_frame:
@@ -124,20 +138,27 @@ class SessionCore:
         self._frame(DATA, payload, now)
 
     def close(self, reason: str, now: float) -> None:
+        """Queue CLOSE with `reason` (cut to 200 bytes) and close; a no-op once closed."""
         if self.state != "closed":
             self._frame(CLOSE, reason.encode()[:200], now)
             self._finish(reason, by_peer=False)
 
     def data_to_send(self) -> bytes:
+        """The bytes queued for the peer since the last call (possibly b"")."""
         data, self._out = bytes(self._out), bytearray()
         return data
 
     def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
         return self._events.popleft() if self._events else None
 
     # -- input -----------------------------------------------------------------------
 
     def receive(self, data: bytes, now: float) -> None:
+        """Feed bytes read from the peer; ignored once closed.
+
+        A protocol violation does not raise: it queues CLOSE and ends the session with an error.
+        """
         if self.state == "closed":
             return
         self._last_rx = now
@@ -149,6 +170,7 @@ class SessionCore:
             self._finish(str(exc), by_peer=False, error=True)
 
     def receive_eof(self) -> None:
+        """The peer's end of stream: an error close, unless already closed."""
         if self.state != "closed":
             self._finish("connection closed by peer", by_peer=True, error=True)
 
@@ -197,11 +219,13 @@ class SessionCore:
     # -- timers ----------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
+        """When `handle_timer` is due next (the keepalive or the dead-peer time), or None."""
         if self.state == "closed":
             return None
         return min(self._last_tx + self.keepalive, self._last_rx + self.dead_after)
 
     def handle_timer(self, now: float) -> None:
+        """Close if nothing came for `dead_after` seconds, else PING after `keepalive` idle."""
         if self.state == "closed":
             return
         if now >= self._last_rx + self.dead_after:

@@ -36,6 +36,8 @@ HELLO_TIMEOUT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
+    """Keepalive and dead-peer delays (seconds) and the largest frame (bytes) of a session."""
+
     keepalive: float = 15.0
     dead_after: float = 45.0
     max_frame: int = DEFAULT_MAX_FRAME
@@ -46,6 +48,12 @@ class SessionClosed(P2PGateError):
 
 
 class Session:
+    """A running session with a trusted device; made by `establish`, used in one event loop.
+
+    `peer_name`, `version`, `capabilities`, `relays` and `disc_key` come from the peer's
+    Hello; `path` and `remote_address` from the stream; byte counts include framing.
+    """
+
     def __init__(self, stream: TlsStream, core: SessionCore, hello: Hello) -> None:
         self._stream = stream
         self._core = core
@@ -72,10 +80,12 @@ class Session:
 
     @property
     def rtt(self) -> float | None:
+        """The last measured round-trip time in seconds, or None before the first PONG."""
         return self._core.rtt
 
     @property
     def closed(self) -> bool:
+        """Whether the session has ended (`close_reason` says why)."""
         return self._closed.is_set()
 
     # -- set-up --------------------------------------------------------------------------
@@ -122,11 +132,13 @@ class Session:
         return session
 
     def on_close(self, callback: Callable[[Session], None]) -> None:
+        """Call `callback(session)` when the session ends (never, if it already has)."""
         self._on_close.append(callback)
 
     # -- use -------------------------------------------------------------------------
 
     async def send(self, payload: bytes) -> None:
+        """Send one DATA payload; SessionClosed once ended, ValueError if over the frame limit."""
         if self.closed:
             raise SessionClosed(self.close_reason or "closed")
         try:
@@ -144,6 +156,7 @@ class Session:
         return payload
 
     async def close(self, reason: str = "closed") -> None:
+        """Tell the peer `reason` (best effort), end the session and wait for it to wind down."""
         if not self.closed:
             self._core.close(reason, time.monotonic())
             with contextlib.suppress(StreamClosed, RemoteProtocolError):
@@ -152,6 +165,7 @@ class Session:
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
+        """Wait until the session has ended, its tasks are gone and its stream is closed."""
         await self._closed.wait()
         current = asyncio.current_task()
         for task in self._tasks:

@@ -32,6 +32,10 @@ class PeerNotTrusted(RemoteProtocolError):
 
 def make_context(server_side: bool, cert_file: Path, key_file: Path,
                  trusted_ders: Iterable[bytes]) -> ssl.SSLContext:
+    """A TLS 1.3 context presenting our certificate and requiring one of `trusted_ders`.
+
+    No hostname or validity-time checks; `TlsStream.handshake` pins the peer afterwards.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
@@ -60,6 +64,7 @@ class TlsStream:
 
     @property
     def remote_address(self) -> str | None:
+        """The inner stream's remote address, or None."""
         return self._inner.remote_address
 
     @classmethod
@@ -101,6 +106,7 @@ class TlsStream:
         return cls(inner, obj, incoming, outgoing, peer)
 
     async def read(self, max_bytes: int = _READ) -> bytes:
+        """Up to `max_bytes` of plaintext, b"" at the end; RemoteProtocolError on a TLS error."""
         while True:
             try:
                 return self._obj.read(max_bytes)
@@ -116,6 +122,7 @@ class TlsStream:
                 raise RemoteProtocolError(f"TLS error: {exc.reason or exc}") from None
 
     async def write(self, data: bytes) -> None:
+        """Encrypt and send all of `data`; StreamClosed once closed or on a TLS error."""
         if self._closed:
             raise StreamClosed("TLS stream closed")
         try:
@@ -125,6 +132,7 @@ class TlsStream:
         await _flush(self._inner, self._out)
 
     async def close(self) -> None:
+        """Send close_notify (best effort) and close the inner stream; a no-op the second time."""
         if self._closed:
             return
         self._closed = True

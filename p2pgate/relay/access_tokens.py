@@ -42,6 +42,8 @@ class TokenRefused(P2PGateError):
 
 @dataclass(frozen=True, slots=True)
 class AccessToken:
+    """A verified token: the device and fleet it admits, until `expires_at` (Unix seconds)."""
+
     device_id: DeviceID
     audience: str
     expires_at: int
@@ -61,15 +63,21 @@ def _raw(key: Ed25519PublicKey) -> bytes:
 
 
 def key_id(key: Ed25519PublicKey) -> str:
+    """The `kid` of a signing key: base64url of the first 9 bytes of its SHA-256."""
     return _b64(hashlib.sha256(_raw(key)).digest()[:9])
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:
+    """The raw public key in base64url, as a relay's `token_keys` holds it."""
     return _b64(_raw(key))
 
 
 def issue_token(key: Ed25519PrivateKey, device: DeviceID, audience: str, ttl: int,
                 now: float) -> str:
+    """A compact JWT letting `device` use fleet `audience` for `ttl` seconds from `now`.
+
+    `now` is Unix time; ValueError unless 0 < ttl <= MAX_TTL.
+    """
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"a token lives 1 s to 30 days, not {ttl} s")
     header = {"alg": "EdDSA", "typ": "JWT", "kid": key_id(key.public_key())}

@@ -60,13 +60,16 @@ class Broker:
 
     @property
     def attached(self) -> int:
+        """How many devices have a control connection."""
         return len(self._attached)
 
     @property
     def sessions(self) -> int:
+        """How many sessions are ready and not yet closed."""
         return sum(1 for s in self._sessions.values() if s.ready)
 
     def is_attached(self, device: DeviceID) -> bool:
+        """Whether `device` has a control connection."""
         return device in self._attached
 
     def attach(self, device: DeviceID) -> None:

@@ -69,6 +69,7 @@ class SpliceStream:
         self.remote_address: str | None = relay_url
 
     async def write(self, data: bytes) -> None:
+        """Send `data` as one binary frame; StreamClosed if the splice is gone."""
         try:
             await self._ws.send_bytes(bytes(data))
         except (aiohttp.ClientError, ConnectionError) as exc:
@@ -89,6 +90,7 @@ class SpliceStream:
         return data
 
     async def close(self) -> None:
+        """Close the WebSocket and the HTTP client session it belongs to."""
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
             await self._ws.close()
         await self._session.close()
@@ -162,9 +164,11 @@ class RelayClient:
 
     @property
     def connected(self) -> bool:
+        """Whether a control connection is logged in right now."""
         return self._connected.is_set()
 
     async def wait_connected(self) -> None:
+        """Wait until a control connection is logged in."""
         await self._connected.wait()
 
     async def run(self, min_backoff: float = 0.5, max_backoff: float = 30.0) -> None:

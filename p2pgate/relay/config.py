@@ -65,6 +65,10 @@ class RelayConfig(BaseModel):
 
 def load_relay_config(path: Path | None, overrides: dict[str, Any] | None = None
                       ) -> RelayConfig:
+    """The config file at `path` (if any) with the non-None `overrides` (flags) on top.
+
+    Raises ConfigError (one line naming the key) for a missing file or an invalid value.
+    """
     values = read_toml(path) if path is not None else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:

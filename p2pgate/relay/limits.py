@@ -41,6 +41,7 @@ class IpAdmission:
         self._open: Counter[str] = Counter()
 
     def open_connections(self, ip: str) -> int:
+        """How many admitted connections from `ip` are still open."""
         return self._open[ip]
 
     def admit(self, ip: str, now: float) -> str | None:
@@ -84,4 +85,5 @@ class Throughput:
         self._global.rate = global_rate
 
     def meter(self) -> Meter:
+        """A meter for a new splice direction: the current session rate, the shared bucket."""
         return Meter(ByteBucket(self.session_rate), self._global)

@@ -20,21 +20,26 @@ class Metrics:
         self._gauges: dict[str, Callable[[], float]] = {}
 
     def counter(self, name: str, help_text: str) -> None:
+        """Declare counter `name`; it renders as 0 until `inc` adds to it."""
         self._help[name] = ("counter", help_text)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """Declare gauge `name`, whose value is `read()` each time it is asked for."""
         self._help[name] = ("gauge", help_text)
         self._gauges[name] = read
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        """Add `amount` to the series of counter `name` with these labels."""
         self._values[name][tuple(sorted(labels.items()))] += amount
 
     def value(self, name: str, **labels: str) -> float:
+        """A gauge's value now, or a counter series' total (0 if never incremented)."""
         if name in self._gauges:
             return self._gauges[name]()
         return self._values[name][tuple(sorted(labels.items()))]
 
     def render(self) -> str:
+        """Every declared metric in the Prometheus text exposition format."""
         lines = []
         for name, (kind, help_text) in sorted(self._help.items()):
             full = f"{self._prefix}_{name}"

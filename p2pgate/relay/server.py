@@ -85,6 +85,7 @@ class RelayServer:
         log.info("configuration reloaded")
 
     def application(self) -> web.Application:
+        """The aiohttp application; its shutdown closes control connections, stops tasks."""
         app = web.Application(client_max_size=4096)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -121,6 +122,7 @@ class RelayServer:
     # -- every WebSocket: per-IP admission, then one of the endpoints ----------------
 
     def client_ip(self, request: web.Request) -> str:
+        """The client's IP (X-Forwarded-For only from `trusted_proxies`), or "?"."""
         return client_ip(request.remote or "?", request.headers.get("X-Forwarded-For"),
                          self.config.trusted_proxies)
 

@@ -85,11 +85,13 @@ class Splicer:
         self._timer: asyncio.TimerHandle | None = None
 
     def reload(self, config: RelayConfig) -> None:
+        """Apply new limits: the global rate at once, the session rate to new splices."""
         self.config = config
         self.mailboxes.max_boxes_per_ip = config.max_connections_per_ip
         self.throughput.set_rates(config.session_rate, config.global_rate)
 
     def close(self) -> None:
+        """Cancel the rendezvous timer (at shutdown); waiting halves are left as they are."""
         if self._timer is not None:
             self._timer.cancel()
 
