@@ -3,9 +3,9 @@
     frame = length:u32 (of what follows) type:u8 payload
 
 A session starts with both sides sending HELLO (JSON: device, name, versions,
-capabilities, relays, discovery key); each picks the highest version both speak, or closes with a
-clear reason. Then DATA frames carry the protocols above (sync), PING/PONG keep
-it alive and measure RTT, CLOSE ends it with a reason.
+capabilities, relays, discovery key); each picks the highest version both speak,
+or closes with a clear reason. Then DATA frames carry the protocols above (sync),
+PING/PONG keep it alive and measure RTT, CLOSE ends it with a reason.
 
 States: hello (waiting for the peer's HELLO) → open → closed. Timers: a PING
 after `keepalive` seconds without sending, the peer declared dead after
@@ -52,7 +52,7 @@ class Hello:
 
     @classmethod
     def decode(cls, payload: bytes) -> Hello:
-        """Parse a HELLO payload (the name cut to 128 characters); RemoteProtocolError if bad."""
+        """Parse a HELLO payload (the name cut to 128 chars); RemoteProtocolError if malformed."""
         try:
             d = json.loads(payload)
             hello = cls(str(d["device"]), str(d["name"])[:128],
@@ -138,7 +138,7 @@ class SessionCore:
         self._frame(DATA, payload, now)
 
     def close(self, reason: str, now: float) -> None:
-        """Queue CLOSE with `reason` (cut to 200 bytes) and close; a no-op once closed."""
+        """Queue CLOSE with `reason` (cut to 200 bytes) and end the session; no-op once closed."""
         if self.state != "closed":
             self._frame(CLOSE, reason.encode()[:200], now)
             self._finish(reason, by_peer=False)
@@ -170,7 +170,7 @@ class SessionCore:
             self._finish(str(exc), by_peer=False, error=True)
 
     def receive_eof(self) -> None:
-        """The peer's end of stream: an error close, unless already closed."""
+        """The peer's stream ended: close with an error, unless already closed."""
         if self.state != "closed":
             self._finish("connection closed by peer", by_peer=True, error=True)
 
