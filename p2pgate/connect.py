@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,35 @@ from sync.session import PeerSession
 __all__ = ["ConnectionManager"]
 
 log = logging.getLogger("p2pgate.connect")
+
+STOP_GRACE = 2.0  # stop() waits no longer than this, in all, for peers and its tasks
+
+
+async def _wait_at_most(waiting: Awaitable[Any], delay: float) -> None:
+    """Wait until `waiting` is done (e.g. an event is set) or `delay` has passed.
+
+    Not `asyncio.wait_for(event.wait(), delay)`: on Python 3.11 it swallows a
+    cancellation that arrives just after the event was set, so a loop using it can
+    never be cancelled (the node then hung on SIGTERM).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await waiting
+
+
+async def _end_by(tasks: Sequence[asyncio.Task[Any]], deadline: float, *,
+                  cancel: bool = True) -> None:
+    """Wait for `tasks` until the loop time `deadline` (cancelling them first, or once
+    it has passed), without ever swallowing a cancellation of the caller."""
+    if not tasks:
+        return
+    if cancel:
+        for task in tasks:
+            task.cancel()
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    _, late = await asyncio.wait(tasks, timeout=timeout)
+    for task in late:
+        task.cancel()
 
 
 @dataclass
@@ -89,16 +118,17 @@ class ConnectionManager:
         self._dial_now.set()
 
     async def stop(self) -> None:
+        """Stop dialing and close every session; never waits on a peer longer than
+        `STOP_GRACE` (a dead peer does not read our goodbye)."""
+        deadline = asyncio.get_running_loop().time() + STOP_GRACE
         tasks = [t for t in (self._dialer, *(t for _, t in self._visiting.values())) if t]
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for link in list(self._links.values()):
-            await link.session.close("node shutting down")
-            if link.task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await link.task
+        await _end_by(tasks, deadline)
+        links = list(self._links.values())
+        await _end_by([asyncio.ensure_future(link.session.close("node shutting down"))
+                       for link in links], deadline, cancel=False)
+        # each link task ends once its session has (its peer_close is local work)
+        await _end_by([link.task for link in links if link.task is not None], deadline,
+                      cancel=False)
 
     async def reconnect_all(self, reason: str) -> None:
         """Close every session (peers dial again and hear our new Hello)."""
@@ -181,8 +211,7 @@ class ConnectionManager:
                 if inbox:
                     continue
                 delay = 5.0 if timer is None else max(0.0, min(5.0, timer - time.time()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(link.wake.wait(), delay)
+                await _wait_at_most(link.wake.wait(), delay)
         except SessionClosed:
             pass
         finally:
@@ -202,8 +231,7 @@ class ConnectionManager:
         while True:
             devices = await self._registry.trusted()
             await asyncio.gather(*(self._reach(device) for device in devices))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dial_now.wait(), self._redial)
+            await _wait_at_most(self._dial_now.wait(), self._redial)
             self._dial_now.clear()
 
     async def _reach(self, device: Device) -> None:
@@ -220,15 +248,14 @@ class ConnectionManager:
 
     async def _happy_eyeballs(self, device: Device) -> Session | None:
         attempts = {asyncio.ensure_future(self._dial_direct(device))}
-        if device.addresses:
-            done, _ = await asyncio.wait(attempts, timeout=self._relay_delay)
-            if done and (session := done.pop().result()) is not None:
-                return session
-            attempts -= done
-        if self._relays or device.relays:
-            attempts.add(asyncio.ensure_future(self._dial_relayed(device)))
         winner: Session | None = None
         try:
+            if device.addresses:
+                done, attempts = await asyncio.wait(attempts, timeout=self._relay_delay)
+                if done and (session := done.pop().result()) is not None:
+                    return session
+            if self._relays or device.relays:
+                attempts.add(asyncio.ensure_future(self._dial_relayed(device)))
             while attempts and winner is None:
                 done, attempts = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -240,10 +267,12 @@ class ConnectionManager:
         finally:
             for task in attempts:
                 task.cancel()
+            if attempts:  # asyncio.wait: a cancellation of ours is never swallowed here
+                await asyncio.wait(attempts)
             for task in attempts:
-                with contextlib.suppress(asyncio.CancelledError):
-                    if (late := await task) is not None:
-                        await late.close("another path won")
+                if not task.cancelled() and task.exception() is None and (
+                        late := task.result()) is not None:
+                    await late.close("another path won")
         return winner
 
     async def _dial_direct(self, device: Device) -> Session | None:
@@ -281,8 +310,7 @@ class ConnectionManager:
             return None
         relay = self._visit(url)
         self._visiting[url] = (relay, asyncio.ensure_future(relay.run()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(relay.wait_connected(), 5)
+        await _wait_at_most(relay.wait_connected(), 5)
         return relay
 
     # -- status --------------------------------------------------------------------------
