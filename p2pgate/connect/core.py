@@ -158,6 +158,7 @@ class ConnectionCore:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        """Start due rounds, the relay attempts of happy eyeballs, and direct probes."""
         for peer, state in self._peers.items():
             if state.link is None and not state.in_round and not state.dialing and (
                     state.due is not None and state.due <= now):
@@ -252,6 +253,7 @@ class ConnectionCore:
         state.due = now
 
     def path_of(self, peer: DeviceID) -> str | None:
+        """The path of the peer's adopted session, or None."""
         state = self._peers.get(peer)
         return None if state is None or state.link is None else state.link.path
 

@@ -56,9 +56,11 @@ class Dialer:
 
     @property
     def has_relays(self) -> bool:
+        """Whether we have relays of our own (so every peer has a relay to try)."""
         return bool(self._relays)
 
     def visitor_tasks(self) -> list[asyncio.Task[None]]:
+        """The control connections to other people's relays (to stop them)."""
         return [task for _, task in self._visiting.values()]
 
     async def direct(self, device: Device) -> Session:

@@ -119,6 +119,7 @@ class ConnectionManager:
         await _end_by(list(self._closing), deadline, cancel=False)
 
     def peers(self) -> list[dict[str, Any]]:
+        """The live sessions, for the API's peer list."""
         out = []
         for device_id, link in sorted(self._links.items()):
             s = link.session
