@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -47,6 +48,8 @@ from p2pgate.supervisor import Supervisor
 __all__ = ["Node", "NodeError"]
 
 log = logging.getLogger("p2pgate.node")
+
+PEER_SHUTDOWN_BUDGET = 3.0  # stop() gives the steps that may wait on a peer this long, in all
 
 
 class NodeError(P2PGateError):
@@ -232,18 +235,21 @@ class Node:
                      disc_key=self._disc_key)
 
     async def stop(self) -> None:
+        """Stop everything; the steps that talk to peers share `PEER_SHUTDOWN_BUDGET`
+        (shutdown never waits on a peer), then the store commits and closes."""
         runtime_file(self.data_dir).unlink(missing_ok=True)
-        await self._supervisor.stop()
+        deadline = asyncio.get_running_loop().time() + PEER_SHUTDOWN_BUDGET
+        await _step_by("background tasks", self._supervisor.stop(), deadline)
         if self._mdns is not None:
-            await self._mdns.stop()
+            await _step_by("mDNS", self._mdns.stop(), deadline)
         if self._wan is not None:
-            await self._wan.stop()
+            await _step_by("DHT", self._wan.stop(), deadline)
         if self._pairing is not None:
-            await self._pairing.close()
+            await _step_by("pairing", self._pairing.close(), deadline)
         if self._listener is not None:
-            await self._listener.stop()
+            await _step_by("P2P listener", self._listener.stop(), deadline)
         if self._manager is not None:
-            await self._manager.stop()
+            await _step_by("connection manager", self._manager.stop(), deadline)
         if self._trust is not None:
             await self._trust.close()
         if self._runner is not None:
@@ -269,3 +275,16 @@ class Node:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+async def _step_by(name: str, step: Coroutine[Any, Any, Any], deadline: float) -> None:
+    """Run one shutdown step until the loop time `deadline` at most; one that is late
+    (e.g. a write to a dead peer) is cancelled and left behind, logged."""
+    task = asyncio.ensure_future(step)
+    timeout = max(0.1, deadline - asyncio.get_running_loop().time())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("shutdown: %s did not stop in time; going on without it", name)
+        task.cancel()
+    elif not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("shutdown: %s failed: %s: %s", name, type(exc).__name__, exc)

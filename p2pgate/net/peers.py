@@ -31,6 +31,7 @@ from p2pgate.net.session import Session, SessionClosed, SessionOptions
 from p2pgate.net.tls import TlsStream, make_context
 from p2pgate.storage.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.stream import Stream, StreamClosed, TcpStream
+from p2pgate.supervisor import Supervisor
 
 __all__ = ["DialFailed", "Listener", "PairingHandler", "Trust", "dial"]
 
@@ -55,6 +56,7 @@ class Trust:
         self.client_context: ssl.SSLContext | None = None
         self.sessions: dict[DeviceID, set[Session]] = {}
         self._reload_task: asyncio.Task[None] | None = None
+        self._closers = Supervisor(logger=log)  # keeps the closing sessions' tasks referenced
         self._unsubscribe = registry.subscribe(self._on_change)
 
     async def load(self) -> None:
@@ -104,7 +106,8 @@ class Trust:
             for session in list(self.sessions.get(change.device_id, ())):
                 log.info("closing session with %s: device is %s", change.device_id.short,
                          change.new_state or "removed")
-                asyncio.ensure_future(session.close(f"device {change.new_state or 'removed'}"))
+                self._closers.fire(f"close session with {change.device_id.short}",
+                                   session.close(f"device {change.new_state or 'removed'}"))
         if self._reload_task is None or self._reload_task.done():
             self._reload_task = asyncio.ensure_future(self.load())
 

@@ -1,0 +1,113 @@
+"""Opening a session to a peer: at its direct addresses, or through a relay.
+
+Every failure below (sockets, TLS, relay answers, timeouts, aiohttp) leaves these
+functions as `DialFailed`, mapped at this boundary by `dial_errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import aiohttp
+
+from p2pgate.net.frames import Hello
+from p2pgate.net.peers import DialFailed, Trust, dial
+from p2pgate.net.session import Session, SessionOptions
+from p2pgate.relay.client import RelayClient, RelayError
+from p2pgate.storage.registry import Device
+from p2pgate.stream import StreamClosed
+from p2pgate.supervisor import Supervisor
+
+__all__ = ["Dialer", "dial_errors"]
+
+log = logging.getLogger("p2pgate.connect")
+
+VISITOR_CONNECT_WAIT = 5.0
+
+
+@contextlib.contextmanager
+def dial_errors(what: str) -> Iterator[None]:
+    """Map transport, relay and timeout errors to `DialFailed`."""
+    try:
+        yield
+    except DialFailed:
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError, RelayError, StreamClosed,
+            ValueError) as exc:
+        raise DialFailed(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+class Dialer:
+    """Dials peers by the paths the connection core asks for."""
+
+    def __init__(self, trust: Trust, hello: Callable[[], Hello], options: SessionOptions,
+                 relays: Sequence[RelayClient], visit: Callable[[str], RelayClient] | None,
+                 supervisor: Supervisor) -> None:
+        self._trust = trust
+        self._hello = hello
+        self._options = options
+        self._relays = list(relays)
+        self._visit = visit  # makes a client for a peer's relay that is not one of ours
+        self._visiting: dict[str, tuple[RelayClient, asyncio.Task[None]]] = {}
+        self._supervisor = supervisor
+
+    @property
+    def has_relays(self) -> bool:
+        """Whether we have relays of our own (so every peer has a relay to try)."""
+        return bool(self._relays)
+
+    def visitor_tasks(self) -> list[asyncio.Task[None]]:
+        """The control connections to other people's relays (to stop them)."""
+        return [task for _, task in self._visiting.values()]
+
+    async def direct(self, device: Device) -> Session:
+        """A session at the first of the peer's addresses that answers."""
+        failures = []
+        for address in device.addresses:
+            host, _, port = address.rpartition(":")
+            try:
+                with dial_errors(f"at {address}"):
+                    return await dial(self._trust, self._hello(), device.device_id,
+                                      host.strip("[]"), int(port), options=self._options)
+            except DialFailed as exc:
+                log.debug("dial %s at %s: %s", device.device_id.short, address, exc)
+                failures.append(str(exc))
+        raise DialFailed("; ".join(failures) or "no direct address known")
+
+    async def relayed(self, device: Device) -> Session:
+        """Through the relays the peer named in its Hello (through ours if it named
+        none): ours first, then others we connect to as a visitor."""
+        ours = {r.url: r for r in self._relays}
+        named = [u.rstrip("/") for u in device.relays] or list(ours)
+        failures = []
+        for url in sorted(named, key=lambda u: u not in ours):
+            relay = ours.get(url) or await self._visitor(url)
+            if relay is None or not relay.connected:
+                failures.append(f"{url}: not connected")
+                continue
+            try:
+                with dial_errors(f"relay {relay.url}"):
+                    stream = await relay.connect(device.device_id)
+                    return await dial(self._trust, self._hello(), device.device_id,
+                                      relay.url, 0, stream=stream, options=self._options)
+            except DialFailed as exc:
+                log.debug("relay %s to %s: %s", relay.url, device.device_id.short, exc)
+                failures.append(str(exc))
+        raise DialFailed("; ".join(failures) or "no relay to try")
+
+    async def _visitor(self, url: str) -> RelayClient | None:
+        """A control connection to someone else's relay, kept for later dials."""
+        if url in self._visiting:
+            return self._visiting[url][0]
+        if self._visit is None:
+            return None
+        relay = self._visit(url)
+        self._visiting[url] = (relay, self._supervisor.spawn(f"relay visitor {url}",
+                                                             relay.run))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(VISITOR_CONNECT_WAIT):
+                await relay.wait_connected()
+        return relay

@@ -1,0 +1,237 @@
+"""The connection core, driven with numbers for time: no sockets, no sleeping."""
+
+from __future__ import annotations
+
+import ast
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2pgate.connect.core import (
+    CancelDials,
+    CloseSession,
+    ConnectionCore,
+    DialDirect,
+    DialRelay,
+    PeerUnreachable,
+    SessionAdopted,
+    path_rank,
+)
+from p2pgate.identity.deviceid import DeviceID
+
+LOW, HIGH = sorted(DeviceID(bytes([n]) * 32) for n in (1, 2))
+PEER = DeviceID(bytes([3]) * 32)
+
+
+def core(me=LOW, **settings):
+    return ConnectionCore(me, random.Random(7), **settings)
+
+
+def drain(c):
+    out = []
+    while (event := c.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def linked(c, peer, path, key=1, initiated_by_us=False, now=0.0):
+    c.session_established(peer, key, path, initiated_by_us, now)
+    return drain(c)
+
+
+def test_the_core_imports_no_io_modules():
+    core_file = Path(__file__).parents[2] / "p2pgate" / "connect" / "core.py"
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('connect_core', {str(core_file)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['connect_core'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "bad = [m for m in ('asyncio', 'aiohttp', 'socket', 'ssl') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""
+    # `time` is loaded by every interpreter: check the core's own imports for it
+    tree = ast.parse(core_file.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"time", "asyncio", "aiohttp", "socket", "ssl"}
+
+
+def test_happy_eyeballs_dials_direct_at_once_and_the_relay_half_a_second_later():
+    c = core()
+    c.peers_known([(PEER, True, True)], 100.0)
+    c.handle_timer(100.0)
+    assert drain(c) == [DialDirect(PEER)]
+    assert c.get_timer() == pytest.approx(100.5)
+    c.handle_timer(100.49)
+    assert drain(c) == []
+    c.handle_timer(100.5)
+    assert drain(c) == [DialRelay(PEER)]
+
+
+def test_without_a_direct_candidate_the_relay_is_dialed_at_once():
+    c = core()
+    c.peers_known([(PEER, False, True)], 10.0)
+    c.handle_timer(10.0)
+    assert drain(c) == [DialRelay(PEER)]
+
+
+def test_a_failed_direct_attempt_starts_the_relay_attempt_at_once():
+    c = core()
+    c.peers_known([(PEER, True, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    c.dial_failed(PEER, "direct", 0.2)
+    assert drain(c) == [DialRelay(PEER)]
+
+
+def test_the_first_session_to_complete_hello_wins_and_the_other_attempt_is_cancelled():
+    c = core()
+    c.peers_known([(PEER, True, True)], 0.0)
+    c.handle_timer(0.0)
+    c.handle_timer(0.5)
+    assert drain(c) == [DialDirect(PEER), DialRelay(PEER)]
+    assert linked(c, PEER, "relay", key=1, initiated_by_us=True, now=0.8) == [
+        CancelDials(PEER), SessionAdopted(PEER, 1, "relay", True)]
+    # the cancelled direct attempt completed anyway: closed, the relay stays
+    assert linked(c, PEER, "direct", key=2, initiated_by_us=True, now=0.9) == [
+        CloseSession(PEER, 2, "another path won")]
+    assert c.path_of(PEER) == "relay"
+
+
+@pytest.mark.parametrize(("me", "kept_ours"), [(LOW, True), (HIGH, False)])
+def test_simultaneous_dials_keep_the_connection_initiated_by_the_lower_device_id(me, kept_ours):
+    peer = HIGH if me == LOW else LOW
+    c = core(me)
+    c.peers_known([(peer, True, True)], 0.0)
+    c.handle_timer(0.0)
+    assert drain(c) == [DialDirect(peer)]
+    # the peer's dial reaches us first and is adopted; ours goes on (no relay needed)
+    assert linked(c, peer, "direct", key=1, initiated_by_us=False) == [
+        SessionAdopted(peer, 1, "direct", False)]
+    c.handle_timer(0.5)
+    assert drain(c) == []
+    c.session_established(peer, 2, "direct", True, 0.6)
+    if kept_ours:  # we are the lower ID: our connection wins on both sides
+        assert drain(c) == [CloseSession(peer, 1, "replaced by the preferred session"),
+                            SessionAdopted(peer, 2, "direct", True, moved_from="direct")]
+    else:
+        assert drain(c) == [CloseSession(peer, 2, "duplicate session")]
+    assert c.path_of(peer) == "direct"
+
+
+def test_our_failed_dial_after_the_peer_reached_us_is_not_a_failure():
+    c = core()
+    c.peers_known([(PEER, True, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    linked(c, PEER, "direct", key=1)
+    c.dial_failed(PEER, "direct", 0.3)
+    assert drain(c) == []  # neither a relay dial nor PeerUnreachable
+    assert c.get_timer() is None
+
+
+def test_a_direct_session_replaces_a_relayed_one_and_not_the_other_way_round():
+    c = core()
+    c.peers_known([(PEER, True, True)], 0.0)
+    assert linked(c, PEER, "relay", key=1) == [SessionAdopted(PEER, 1, "relay", False)]
+    assert linked(c, PEER, "direct", key=2) == [
+        CloseSession(PEER, 1, "replaced by the preferred session"),
+        SessionAdopted(PEER, 2, "direct", False, moved_from="relay")]
+    assert linked(c, PEER, "relay", key=3) == [CloseSession(PEER, 3, "a direct session exists")]
+    assert c.path_of(PEER) == "direct"
+    assert path_rank("direct") > path_rank("webrtc") > path_rank("relay")
+
+
+def test_while_relayed_direct_paths_are_probed_every_30_s_with_jitter_and_at_once_on_a_sighting():
+    c = core(probe_every=30.0)
+    c.peers_known([(PEER, True, True)], 0.0)
+    linked(c, PEER, "relay", key=1, now=0.0)
+    probes = []
+    now = 0.0
+    for _ in range(40):
+        now = c.get_timer()
+        assert now is not None
+        c.handle_timer(now)
+        assert drain(c) == [DialDirect(PEER, probe=True)]
+        c.dial_failed(PEER, "direct", now)
+        assert drain(c) == []  # a failed probe changes nothing; the relay stays
+        probes.append(now)
+    gaps = [b - a for a, b in zip([0.0, *probes], probes, strict=False)]
+    assert all(24.0 <= g <= 36.0 for g in gaps), gaps
+    assert len({round(g, 3) for g in gaps}) > 10  # jittered, not a fixed period
+    c.peer_discovered(PEER, True, now + 1.0)
+    assert c.get_timer() == now + 1.0
+    c.handle_timer(now + 1.0)
+    assert drain(c) == [DialDirect(PEER, probe=True)]
+    assert linked(c, PEER, "direct", key=2, initiated_by_us=True, now=now + 1.2) == [
+        CloseSession(PEER, 1, "replaced by the preferred session"),
+        SessionAdopted(PEER, 2, "direct", True, moved_from="relay")]
+    assert c.get_timer() is None  # direct: no more probes
+
+
+def test_a_session_that_ends_is_redialed_at_once_then_with_backoff():
+    c = core(redial=5.0, max_redial=30.0)
+    c.peers_known([(PEER, True, False)], 0.0)
+    linked(c, PEER, "direct", key=1)
+    c.session_ended(PEER, 1, 50.0)
+    assert c.get_timer() == 50.0
+    now, waits = 50.0, []
+    for _ in range(6):
+        c.handle_timer(now)
+        assert drain(c)[0] == DialDirect(PEER)
+        c.dial_failed(PEER, "direct", now)
+        unreachable = drain(c)
+        assert unreachable == [PeerUnreachable(PEER, c.get_timer(), ("direct",))]
+        waits.append(c.get_timer() - now)
+        now = c.get_timer()
+    assert waits == [5.0, 10.0, 20.0, 30.0, 30.0, 30.0]
+    # a session resets the backoff
+    linked(c, PEER, "direct", key=2, now=now)
+    c.session_ended(PEER, 2, now + 1)
+    c.handle_timer(now + 1)
+    drain(c)
+    c.dial_failed(PEER, "direct", now + 1)
+    assert drain(c) == [PeerUnreachable(PEER, now + 6, ("direct",))]
+
+
+def test_an_old_session_ending_does_not_unlink_the_new_one():
+    c = core()
+    c.peers_known([(PEER, True, True)], 0.0)
+    linked(c, PEER, "relay", key=1)
+    linked(c, PEER, "direct", key=2)
+    c.session_ended(PEER, 1, 1.0)
+    assert c.path_of(PEER) == "direct"
+    c.handle_timer(1.0)
+    assert drain(c) == []
+
+
+def test_a_relay_reconnecting_makes_unreachable_peers_due_now():
+    c = core()
+    c.peers_known([(PEER, False, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    c.dial_failed(PEER, "relay", 0.1)
+    drain(c)
+    assert c.get_timer() == pytest.approx(5.1)
+    c.paths_changed(1.0)
+    assert c.get_timer() == 1.0
+    c.handle_timer(1.0)
+    assert drain(c) == [DialRelay(PEER)]
+
+
+def test_a_peer_no_longer_trusted_is_forgotten():
+    c = core()
+    c.peers_known([(PEER, True, False)], 0.0)
+    c.peers_known([], 0.0)
+    c.handle_timer(0.0)
+    assert drain(c) == []
+    assert c.get_timer() is None
