@@ -103,7 +103,7 @@ async def _relay_clients(url: str, made: Any, listener: Any) -> tuple[Any, list[
 
 
 async def run_transfer(total: int, root: Path, relayed: bool, relay_url: str) -> float:
-    from p2pgate.net import Hello, Listener, dial
+    from p2pgate.net import Listener, PeerHello, dial
 
     made, (ta, tb) = await _devices(root)
     done = asyncio.get_running_loop().create_future()
@@ -114,8 +114,8 @@ async def run_transfer(total: int, root: Path, relayed: bool, relay_url: str) ->
             got += len(await session.receive())
         done.set_result(None)
 
-    hello_a = Hello(str(made[0][1].device_id), "a")
-    listener = Listener(tb, lambda: Hello(str(made[1][1].device_id), "b"), on_session)
+    hello_a = PeerHello(str(made[0][1].device_id), "a")
+    listener = Listener(tb, lambda: PeerHello(str(made[1][1].device_id), "b"), on_session)
     tasks = []
     if relayed:
         ra, tasks = await _relay_clients(relay_url, made, listener)
@@ -196,12 +196,12 @@ async def many(relay: RelayProcess, devices: int, payload: int) -> dict[str, flo
 
 
 async def fallback(root: Path, relay_url: str) -> float:
-    from p2pgate.net import Hello, Listener, dial
+    from p2pgate.net import Listener, PeerHello, dial
     from p2pgate.net.peers import DialFailed
 
     made, (ta, tb) = await _devices(root)
     sessions: asyncio.Queue[Any] = asyncio.Queue()
-    listener = Listener(tb, lambda: Hello(str(made[1][1].device_id), "b"), sessions.put)
+    listener = Listener(tb, lambda: PeerHello(str(made[1][1].device_id), "b"), sessions.put)
     ra, tasks = await _relay_clients(relay_url, made, listener)
     release = asyncio.Event()
 
@@ -211,7 +211,7 @@ async def fallback(root: Path, relay_url: str) -> float:
 
     silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
-    hello = Hello(str(made[0][1].device_id), "a")
+    hello = PeerHello(str(made[0][1].device_id), "a")
     peer = made[1][1].device_id
     start = time.perf_counter()
     direct = asyncio.ensure_future(dial(ta, hello, peer, "127.0.0.1", port))

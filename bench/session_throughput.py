@@ -51,7 +51,7 @@ async def _devices(root: Path):  # type: ignore[no-untyped-def]
 
 
 async def run_session(total: int, root: Path) -> float:
-    from p2pgate.net import Hello, Listener, dial
+    from p2pgate.net import Listener, PeerHello, dial
 
     made, (ta, tb) = await _devices(root)
     done = asyncio.get_running_loop().create_future()
@@ -62,9 +62,9 @@ async def run_session(total: int, root: Path) -> float:
             got += len(await session.receive())
         done.set_result(None)
 
-    listener = Listener(tb, lambda: Hello(str(made[1][1].device_id), "b"), on_session)
+    listener = Listener(tb, lambda: PeerHello(str(made[1][1].device_id), "b"), on_session)
     await listener.start("127.0.0.1", 0)
-    session = await dial(ta, Hello(str(made[0][1].device_id), "a"), made[1][1].device_id,
+    session = await dial(ta, PeerHello(str(made[0][1].device_id), "a"), made[1][1].device_id,
                          "127.0.0.1", listener.port)
     payload = os.urandom(CHUNK)
     start = time.perf_counter()

@@ -34,7 +34,7 @@ from p2pgate.identity import Identity
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.identity.files import read_secret, write_file
 from p2pgate.identity.paths import DataDir, runtime_file
-from p2pgate.net import Hello, Listener, Trust
+from p2pgate.net import Listener, PeerHello, Trust
 from p2pgate.net.addresses import listen_addresses
 from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
@@ -229,8 +229,8 @@ class Node:
         log.info("DHT node on UDP %s:%d, bootstrapping from %d node(s)", cfg.listen[0], port,
                  len(cfg.bootstrap))
 
-    def _hello(self) -> Hello:
-        return Hello(str(self.identity.device_id), self.name,
+    def _hello(self) -> PeerHello:
+        return PeerHello(str(self.identity.device_id), self.name,
                      capabilities=("sync/1",), relays=self.config.relays,
                      disc_key=self._disc_key)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import aiohttp
 
-from p2pgate.net.frames import Hello
+from p2pgate.net.frames import PeerHello
 from p2pgate.net.peers import DialFailed, Trust, dial
 from p2pgate.net.session import Session, SessionOptions
 from p2pgate.relay.client import RelayClient, RelayError
@@ -43,7 +43,7 @@ def dial_errors(what: str) -> Iterator[None]:
 class Dialer:
     """Dials peers by the paths the connection core asks for."""
 
-    def __init__(self, trust: Trust, hello: Callable[[], Hello], options: SessionOptions,
+    def __init__(self, trust: Trust, hello: Callable[[], PeerHello], options: SessionOptions,
                  relays: Sequence[RelayClient], visit: Callable[[str], RelayClient] | None,
                  supervisor: Supervisor) -> None:
         self._trust = trust

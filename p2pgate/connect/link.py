@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from p2pgate.documents import Documents
 from p2pgate.net.peers import Trust
-from p2pgate.net.session import Session, SessionClosed
+from p2pgate.net.session import Session, SessionError
 from p2pgate.storage.registry import DeviceRegistry
 from sync.session import PeerSession
 
@@ -55,7 +55,7 @@ async def run_sync(link: Link, registry: DeviceRegistry, trust: Trust,
     inbox: list[bytes] = []
 
     async def receive() -> None:
-        with contextlib.suppress(SessionClosed):
+        with contextlib.suppress(SessionError):
             while True:
                 inbox.append(await session.receive())
                 link.wake.set()
@@ -82,7 +82,7 @@ async def run_sync(link: Link, registry: DeviceRegistry, trust: Trust,
             delay = IDLE_STEP if timer is None else max(0.0, min(IDLE_STEP,
                                                                  timer - time.time()))
             await wait_at_most(link.wake, delay)
-    except SessionClosed:
+    except SessionError:
         pass
     finally:
         receiver.cancel()

@@ -30,7 +30,7 @@ from p2pgate.connect.dialing import Dialer
 from p2pgate.connect.link import Link, run_sync, wait_at_most
 from p2pgate.documents import Documents
 from p2pgate.identity.deviceid import DeviceID
-from p2pgate.net.frames import Hello
+from p2pgate.net.frames import PeerHello
 from p2pgate.net.peers import DialFailed, Trust
 from p2pgate.net.session import Session, SessionOptions
 from p2pgate.relay.client import RelayClient
@@ -48,7 +48,7 @@ class ConnectionManager:
     """At most one live session per trusted peer, each kept in sync."""
 
     def __init__(self, trust: Trust, registry: DeviceRegistry, documents: Documents,
-                 me: DeviceID, hello: Callable[[], Hello], *, redial: float = 5.0,
+                 me: DeviceID, hello: Callable[[], PeerHello], *, redial: float = 5.0,
                  options: SessionOptions | None = None, relays: Sequence[RelayClient] = (),
                  relay_delay: float = 0.5, probe_every: float = 30.0,
                  visit: Callable[[str], RelayClient] | None = None,

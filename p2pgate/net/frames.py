@@ -23,7 +23,7 @@ from p2pgate.errors import RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "ClosedEvent", "DataReceived",
-    "Hello", "HelloReceived", "SessionCore",
+    "HelloReceived", "PeerHello", "SessionCore",
 ]
 
 PROTOCOL_VERSION = 2
@@ -34,7 +34,7 @@ _HEAD = struct.Struct(">IB")
 
 
 @dataclass(frozen=True, slots=True)
-class Hello:
+class PeerHello:
     """What each side announces first: who it is, what it speaks, where else to reach it."""
 
     device: str
@@ -51,7 +51,7 @@ class Hello:
                            "relays": list(self.relays), "disc": self.disc_key.hex()}).encode()
 
     @classmethod
-    def decode(cls, payload: bytes) -> Hello:
+    def decode(cls, payload: bytes) -> PeerHello:
         """Parse a HELLO payload (the name cut to 128 chars); RemoteProtocolError if malformed."""
         try:
             d = json.loads(payload)
@@ -73,7 +73,7 @@ class Hello:
 class HelloReceived:
     """The peer's Hello arrived; `version` is the highest one both sides speak."""
 
-    hello: Hello
+    hello: PeerHello
     version: int
 
 
@@ -103,7 +103,7 @@ Event = HelloReceived | DataReceived | ClosedEvent
 class SessionCore:
     """One side of a session: bytes in, bytes and events out; time passed in."""
 
-    hello: Hello
+    hello: PeerHello
     now: float
     keepalive: float = 15.0
     dead_after: float = 45.0
@@ -190,7 +190,7 @@ class SessionCore:
         if self.state == "hello":
             if kind != HELLO:
                 raise RemoteProtocolError("expected Hello first")
-            hello = Hello.decode(payload)
+            hello = PeerHello.decode(payload)
             common = set(hello.versions) & set(SUPPORTED_VERSIONS)
             if not common:
                 raise RemoteProtocolError(

@@ -26,8 +26,8 @@ from p2pgate.net.admission import (
     admission_hello,
     admission_tag,
 )
-from p2pgate.net.frames import Hello
-from p2pgate.net.session import Session, SessionClosed, SessionOptions
+from p2pgate.net.frames import PeerHello
+from p2pgate.net.session import Session, SessionError, SessionOptions
 from p2pgate.net.tls import TlsStream, make_context
 from p2pgate.storage.registry import DeviceChanged, DeviceRegistry, DeviceState
 from p2pgate.stream import Stream, StreamClosed, TcpStream
@@ -147,7 +147,7 @@ async def _admit(stream: Stream, trust: Trust) -> Admitted | Pairing | None:
 class Listener:
     """Accepts P2P connections: admission, pinned TLS, Hello, then `on_session`."""
 
-    def __init__(self, trust: Trust, hello: Callable[[], Hello],
+    def __init__(self, trust: Trust, hello: Callable[[], PeerHello],
                  on_session: Callable[[Session], Awaitable[None]],
                  pairing: PairingHandler | None = None,
                  options: SessionOptions = SessionOptions()) -> None:  # noqa: B008
@@ -203,7 +203,7 @@ class Listener:
                 expected=outcome.device_id, is_trusted=self._trust.is_trusted,
                 initial=outcome.rest)
             session = await Session.establish(tls, self._hello(), self._options)
-        except (TimeoutError, StreamClosed, RemoteProtocolError, SessionClosed) as exc:
+        except (TimeoutError, StreamClosed, RemoteProtocolError, SessionError) as exc:
             log.info("incoming connection from %s failed: %s", stream.remote_address, exc)
             await stream.close()
             return
@@ -214,7 +214,7 @@ class Listener:
         await self._on_session(session)
 
 
-async def dial(trust: Trust, hello: Hello, peer: DeviceID, host: str, port: int, *,
+async def dial(trust: Trust, hello: PeerHello, peer: DeviceID, host: str, port: int, *,
                stream: Stream | None = None,
                options: SessionOptions = SessionOptions()) -> Session:  # noqa: B008
     """Open a session to `peer` at host:port (or over `stream`, e.g. a relay splice)."""
@@ -237,7 +237,7 @@ async def dial(trust: Trust, hello: Hello, peer: DeviceID, host: str, port: int,
         tls = await TlsStream.handshake(stream, trust.client_context, server_side=False,
                                         expected=peer, is_trusted=trust.is_trusted)
         session = await Session.establish(tls, hello, options)
-    except (TimeoutError, StreamClosed, RemoteProtocolError, SessionClosed) as exc:
+    except (TimeoutError, StreamClosed, RemoteProtocolError, SessionError) as exc:
         if stream is not None:
             await stream.close()
         raise DialFailed(f"no session with {peer.short} at {host}:{port}: {exc}") from None

@@ -20,14 +20,14 @@ from p2pgate.net.frames import (
     DEFAULT_MAX_FRAME,
     ClosedEvent,
     DataReceived,
-    Hello,
     HelloReceived,
+    PeerHello,
     SessionCore,
 )
 from p2pgate.net.tls import TlsStream
 from p2pgate.stream import StreamClosed
 
-__all__ = ["Session", "SessionClosed", "SessionOptions"]
+__all__ = ["Session", "SessionError", "SessionOptions"]
 
 log = logging.getLogger("p2pgate.net")
 
@@ -43,7 +43,7 @@ class SessionOptions:
     max_frame: int = DEFAULT_MAX_FRAME
 
 
-class SessionClosed(P2PGateError):
+class SessionError(P2PGateError):
     """The session has ended; `str()` says why."""
 
 
@@ -54,7 +54,7 @@ class Session:
     Hello; `path` and `remote_address` from the stream; byte counts include framing.
     """
 
-    def __init__(self, stream: TlsStream, core: SessionCore, hello: Hello) -> None:
+    def __init__(self, stream: TlsStream, core: SessionCore, hello: PeerHello) -> None:
         self._stream = stream
         self._core = core
         self.peer: DeviceID = stream.peer
@@ -91,7 +91,7 @@ class Session:
     # -- set-up --------------------------------------------------------------------------
 
     @classmethod
-    async def establish(cls, stream: TlsStream, hello: Hello,
+    async def establish(cls, stream: TlsStream, hello: PeerHello,
                         options: SessionOptions = SessionOptions()) -> Session:  # noqa: B008
         """Exchange Hellos over a pinned stream; the session is then running."""
         core = SessionCore(hello, time.monotonic(), options.keepalive, options.dead_after,
@@ -103,23 +103,23 @@ class Session:
                 while peer_hello is None:
                     data = await stream.read()
                     if not data:
-                        raise SessionClosed("peer closed before Hello")
+                        raise SessionError("peer closed before Hello")
                     core.receive(data, time.monotonic())
                     await stream.write(core.data_to_send())
                     event = core.next_event()
                     if isinstance(event, ClosedEvent):
-                        raise SessionClosed(f"refused: {event.reason}")
+                        raise SessionError(f"refused: {event.reason}")
                     if isinstance(event, HelloReceived):
                         peer_hello = event.hello
         except (TimeoutError, StreamClosed, RemoteProtocolError) as exc:
             await stream.close()
-            raise SessionClosed(f"no session: {exc or 'Hello timed out'}") from None
+            raise SessionError(f"no session: {exc or 'Hello timed out'}") from None
         except BaseException:
             await stream.close()
             raise
         if peer_hello.device != str(stream.peer):
             await stream.close()
-            raise SessionClosed("peer's Hello names another device than its certificate")
+            raise SessionError("peer's Hello names another device than its certificate")
         session = cls(stream, core, peer_hello)
         leftover = []
         while (event := core.next_event()) is not None:
@@ -138,21 +138,21 @@ class Session:
     # -- use -------------------------------------------------------------------------
 
     async def send(self, payload: bytes) -> None:
-        """Send one DATA payload; SessionClosed once ended, ValueError if over the frame limit."""
+        """Send one DATA payload; SessionError once ended, ValueError if over the frame limit."""
         if self.closed:
-            raise SessionClosed(self.close_reason or "closed")
+            raise SessionError(self.close_reason or "closed")
         try:
             self._core.send(payload, time.monotonic())
         except RemoteProtocolError as exc:
-            raise SessionClosed(str(exc)) from None
+            raise SessionError(str(exc)) from None
         await self._flush()
 
     async def receive(self) -> bytes:
-        """The next DATA payload; SessionClosed once the session has ended."""
+        """The next DATA payload; SessionError once the session has ended."""
         payload = await self._inbox.get()
         if payload is None:
             self._inbox.put_nowait(None)
-            raise SessionClosed(self.close_reason or "closed")
+            raise SessionError(self.close_reason or "closed")
         return payload
 
     async def close(self, reason: str = "closed") -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.ratelimit import RateLimiter
 
-__all__ = ["Broker", "Send", "Session"]
+__all__ = ["Broker", "Send", "SpliceRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class Send:
 
 
 @dataclass(slots=True)
-class Session:
+class SpliceRequest:
     """One request for a relayed session, from invitation to its splice's end."""
 
     sid: str
@@ -54,7 +54,7 @@ class Broker:
         self.max_sessions = max_sessions_per_device
         self._invites = RateLimiter(invite_rate, max(1, int(invite_rate * 2)))
         self._attached: set[DeviceID] = set()
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, SpliceRequest] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._count: dict[DeviceID, int] = {}
 
@@ -84,7 +84,7 @@ class Broker:
         """`requester` asks for a session to `target` (request `req`): the invitation
         to send, if any (a refusal is answered at the deadline, like any other)."""
         sid = secrets.token_urlsafe(12)
-        session = Session(sid, requester, target, req, now + self.unavailable_delay)
+        session = SpliceRequest(sid, requester, target, req, now + self.unavailable_delay)
         self._sessions[sid] = session
         heapq.heappush(self._deadlines, (session.deadline, sid))
         if (

@@ -10,7 +10,7 @@ import pytest
 
 from p2pgate.identity import Identity
 from p2pgate.identity.paths import DataDir
-from p2pgate.net.frames import Hello
+from p2pgate.net.frames import PeerHello
 from p2pgate.net.peers import Trust
 from p2pgate.storage.database import Database
 from p2pgate.storage.registry import DeviceRegistry
@@ -25,8 +25,8 @@ class Device:
     registry: DeviceRegistry
     trust: Trust
 
-    def hello(self) -> Hello:
-        return Hello(str(self.identity.device_id), self.name)
+    def hello(self) -> PeerHello:
+        return PeerHello(str(self.identity.device_id), self.name)
 
 
 async def pair(a: Device, b: Device, k_pair: bytes | None = None) -> bytes:

@@ -7,15 +7,15 @@ from p2pgate.net.frames import (
     PROTOCOL_VERSION,
     ClosedEvent,
     DataReceived,
-    Hello,
     HelloReceived,
+    PeerHello,
     SessionCore,
 )
 
 
 def pair(now=0.0, b_versions=None, **kw):
-    a = SessionCore(Hello("A", "phone"), now, **kw)
-    hello_b = Hello("B", "desk", tuple(b_versions)) if b_versions else Hello("B", "desk")
+    a = SessionCore(PeerHello("A", "phone"), now, **kw)
+    hello_b = PeerHello("B", "desk", tuple(b_versions)) if b_versions else PeerHello("B", "desk")
     b = SessionCore(hello_b, now, **kw)
     return a, b
 
@@ -41,7 +41,7 @@ def events(core):
 def test_hello_then_data_both_ways():
     a, b = pair()
     pump(a, b, 0.0)
-    assert events(a) == [HelloReceived(Hello("B", "desk"), PROTOCOL_VERSION)]
+    assert events(a) == [HelloReceived(PeerHello("B", "desk"), PROTOCOL_VERSION)]
     assert [type(e) for e in events(b)] == [HelloReceived]
     a.send(b"one", 1.0)
     pump(a, b, 1.0)

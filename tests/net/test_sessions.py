@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from p2pgate.net.frames import Hello
+from p2pgate.net.frames import PeerHello
 from p2pgate.net.peers import DialFailed, Listener, dial
 from p2pgate.net.session import SessionOptions
 from p2pgate.net.tls import NO_CHECK_TIME, PeerNotTrusted, TlsStream, make_context
@@ -247,4 +247,4 @@ async def test_garbage_after_admission_closes_one_session_and_the_listener_serve
 
 def test_hello_names_are_checked(devices):
     with pytest.raises(Exception, match="malformed Hello"):
-        Hello.decode(b"{}")
+        PeerHello.decode(b"{}")
