@@ -57,6 +57,8 @@ class NodeError(P2PGateError):
 
 
 class Node:
+    """One device's node: builds every component in `start()`, stops them in `stop()`."""
+
     def __init__(self, data_dir: DataDir, config: NodeConfig, identity: Identity, name: str):
         self.data_dir = data_dir
         self.config = config
@@ -77,6 +79,8 @@ class Node:
         self.api_url = config.api_url
 
     async def start(self) -> None:
+        """Open the store, start the API, the P2P listener and discovery (NodeError if an
+        address is taken)."""
         cfg = self.config
         self._db = db = await Database.open(
             self.data_dir.database, load_key(self.data_dir.database_key),
@@ -261,6 +265,7 @@ class Node:
         log.info("node stopped")
 
     def request_stop(self) -> None:
+        """Ask `serve_until_stopped()` to stop the node."""
         self._stopped.set()
 
     async def serve_until_stopped(self) -> None:

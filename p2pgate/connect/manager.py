@@ -77,6 +77,7 @@ class ConnectionManager:
     # -- public API ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start dialing trusted peers (the loop runs under the supervisor)."""
         self._loop_task = self._supervisor.spawn("dial loop", self._dial_loop)
         for relay in self._relays:  # a relay (re)connected: peers may be reachable now
             relay.on_connected = self._paths_changed

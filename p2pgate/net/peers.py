@@ -46,6 +46,10 @@ class DialFailed(P2PGateError):
 
 
 class Trust:
+    """Who we trust now, for admission and pinned TLS: certificates, pair secrets and
+    discovery keys of trusted devices, TLS contexts rebuilt on every trust change, and
+    the live sessions per device (closed at once when a device loses trust)."""
+
     def __init__(self, registry: DeviceRegistry, cert_file: Path, key_file: Path) -> None:
         self.registry = registry
         self._cert_file, self._key_file = cert_file, key_file
@@ -60,6 +64,7 @@ class Trust:
         self._unsubscribe = registry.subscribe(self._on_change)
 
     async def load(self) -> None:
+        """Read the trusted devices from the registry and build both TLS contexts."""
         devices = await self.registry.trusted()
         self._certs = {d.device_id: d.cert_der for d in devices}
         self._keys = {d.device_id: d.k_pair for d in devices if d.k_pair}
@@ -72,6 +77,7 @@ class Trust:
             make_context, False, self._cert_file, self._key_file, ders)
 
     async def close(self) -> None:
+        """Stop following the registry."""
         self._unsubscribe()
         if self._reload_task is not None:
             self._reload_task.cancel()
@@ -79,6 +85,7 @@ class Trust:
                 await self._reload_task
 
     def keys(self) -> list[tuple[DeviceID, bytes]]:
+        """Every trusted device's pair secret (admission tries each)."""
         return list(self._keys.items())
 
     def discovery_keys(self) -> dict[DeviceID, bytes]:
@@ -93,9 +100,11 @@ class Trust:
         return True
 
     def key_of(self, device: DeviceID) -> bytes | None:
+        """The pair secret of a trusted device (None: not trusted)."""
         return self._keys.get(device)
 
     def is_trusted(self, der: bytes) -> bool:
+        """Whether this exact certificate belongs to a trusted device (the pin)."""
         return self._certs.get(DeviceID.from_certificate(der)) == der
 
     def _on_change(self, change: DeviceChanged) -> None:
@@ -112,6 +121,7 @@ class Trust:
             self._reload_task = asyncio.ensure_future(self.load())
 
     def track(self, session: Session) -> None:
+        """Remember a live session so that revoking its device closes it."""
         self.sessions.setdefault(session.peer, set()).add(session)
         session.on_close(self._forget)
 
@@ -161,10 +171,12 @@ class Listener:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on HOST:PORT (port 0: any; `port` then holds the one bound)."""
         self._server = await asyncio.start_server(self._accept, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop accepting and end the connections still in admission or pairing."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
