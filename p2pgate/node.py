@@ -87,8 +87,7 @@ class Node:
             durability=cfg.durability,
         )
         registry = DeviceRegistry(db)
-        admin_token = read_secret(self.data_dir.admin_token).decode().strip()
-        tokens = TokenStore(db, admin_token)
+        tokens = TokenStore(db, read_secret(self.data_dir.admin_token).decode().strip())
         await tokens.load()
         documents = await Documents.open(db, self.identity.device_id,
                                          event_retention=cfg.event_retention)
@@ -96,6 +95,36 @@ class Node:
         documents.on_change(events.publish)
         self._trust = trust = Trust(registry, self.data_dir.device_cert, self.data_dir.device_key)
         await trust.load()
+        self._disc_key = await discovery_key(db)
+        manager, pairing = self._connections(registry, trust, documents)
+        await self._serve_api(tokens, ApiServices(
+            device_id=self.identity.device_id, name=lambda: self.name,
+            api_url=lambda: self.api_url,
+            tokens=tokens, registry=registry, documents=documents, events=events,
+            cursor=lambda: documents.cursor, peers=manager.peers, pairing=pairing,
+            collected=lambda: documents.collected,
+        ))
+        port = await self._listen_p2p()
+        manager.start()
+        for relay in self._relays:
+            self._supervisor.spawn(f"relay control {relay.url}", relay.run)
+        self._supervisor.spawn("garbage collection", lambda: documents.collect_garbage_every(
+            cfg.gc_interval, cfg.gc_peer_timeout))
+        registry.subscribe(self._on_device_change)
+        if self._mdns is not None:
+            await self._mdns.start(port)
+            log.info("LAN discovery on %s", ", ".join(self._lan_ips()))
+        if cfg.dht and cfg.bootstrap:
+            await self._start_dht(manager, registry, port)
+        write_file(runtime_file(self.data_dir),
+                   json.dumps({"api_url": self.api_url, "p2p_port": port,
+                               "pid": os.getpid()}).encode())
+        log.info("API listening on %s", self.api_url)
+
+    def _connections(self, registry: DeviceRegistry, trust: Trust, documents: Documents
+                     ) -> tuple[ConnectionManager, PairingService]:
+        """Relay clients, the connection manager, pairing, mDNS and the P2P listener."""
+        cfg = self.config
         options = SessionOptions(cfg.keepalive, cfg.keepalive_timeout)
         self._relays = [RelayClient(url, self.identity, registry.is_trusted_device,
                                     self._relayed_session) for url in cfg.relays]
@@ -103,22 +132,19 @@ class Node:
             trust, registry, documents, self.identity.device_id, self._hello,
             relays=self._relays, probe_every=cfg.direct_probe_interval, options=options,
             visit=self._visitor_client)
-        self._disc_key = disc_key = await discovery_key(db)
         self._pairing = pairing = PairingService(
-            self.identity, registry, lambda: self.name, disc_key,
+            self.identity, registry, lambda: self.name, self._disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
                                      else cfg.listen[1]),
             relays=lambda: list(cfg.relays))
         if cfg.mdns:  # before the API answers, so that no pairing offer goes unadvertised
-            self._mdns = self._lan_discovery(disc_key, manager, trust, pairing)
+            self._mdns = self._lan_discovery(self._disc_key, manager, trust, pairing)
         self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle, options)
-        services = ApiServices(
-            device_id=self.identity.device_id, name=lambda: self.name,
-            api_url=lambda: self.api_url,
-            tokens=tokens, registry=registry, documents=documents, events=events,
-            cursor=lambda: documents.cursor, peers=manager.peers, pairing=pairing,
-            collected=lambda: documents.collected,
-        )
+        return manager, pairing
+
+    async def _serve_api(self, tokens: TokenStore, services: ApiServices) -> None:
+        """The local API on `api` (port 0: any free one; `api_url` then names it)."""
+        cfg = self.config
         routes: list[Any] = []
         routes.extend(api_routes(services, lambda: openapi_document(routes)))
         app = build_application(
@@ -139,28 +165,18 @@ class Node:
             port = self._runner.addresses[0][1]
             shown = f"[{host}]" if ":" in host else host
             self.api_url = f"http://{shown}:{port}"
-        host, port = cfg.listen
+
+    async def _listen_p2p(self) -> int:
+        """Start the P2P listener; the port it bound."""
+        assert self._listener is not None  # noqa: S101 (built by _connections)
+        host, port = self.config.listen
         try:
             await self._listener.start(host, port)
         except OSError as exc:
             await self.stop()
             raise NodeError(f"cannot listen on {host}:{port} for peers: {exc.strerror}") from None
-        manager.start()
-        for relay in self._relays:
-            self._supervisor.spawn(f"relay control {relay.url}", relay.run)
-        self._supervisor.spawn("garbage collection", lambda: documents.collect_garbage_every(
-            cfg.gc_interval, cfg.gc_peer_timeout))
-        registry.subscribe(self._on_device_change)
         log.info("P2P listening on %s:%d", host, self._listener.port)
-        if self._mdns is not None:
-            await self._mdns.start(self._listener.port)
-            log.info("LAN discovery on %s", ", ".join(self._lan_ips()))
-        if cfg.dht and cfg.bootstrap:
-            await self._start_dht(manager, registry, self._listener.port)
-        write_file(runtime_file(self.data_dir),
-                   json.dumps({"api_url": self.api_url, "p2p_port": self._listener.port,
-                               "pid": os.getpid()}).encode())
-        log.info("API listening on %s", self.api_url)
+        return self._listener.port
 
     def _lan_ips(self) -> list[str]:
         return [a.rsplit(":", 1)[0] for a in listen_addresses(self.config.listen[0], 0)]
