@@ -71,6 +71,7 @@ class RelayServer:
         m.gauge("connections", "Open control connections.", lambda: len(self._controls))
         m.gauge("sessions", "Relayed sessions in progress.", lambda: self.broker.sessions)
         m.counter("bytes_total", "Bytes spliced.")
+        m.counter("paced_seconds_total", "Seconds splices waited for the byte rate limits.")
         m.counter("refusals_total", "Connections or requests refused, by reason.")
         m.counter("auth_failures_total", "Device authentications that failed, by reason.")
         m.counter("sessions_total", "Relayed sessions started.")

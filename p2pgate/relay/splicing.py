@@ -165,6 +165,7 @@ class Splicer:
                     break
                 wait = meter.delay(len(msg.data), self._now())
                 if wait > 0:
+                    self.metrics.inc("paced_seconds_total", wait)
                     await asyncio.sleep(wait)
                 self.metrics.inc("bytes_total", len(msg.data))
                 await dst.send_bytes(msg.data)
