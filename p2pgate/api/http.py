@@ -152,7 +152,7 @@ class _Gate:
     request_ids: Iterator[str]
 
 
-GATE: web.AppKey[_Gate] = web.AppKey("gate", _Gate)
+_GATE: web.AppKey[_Gate] = web.AppKey("gate", _Gate)
 
 
 def build_application(
@@ -175,7 +175,7 @@ def build_application(
     )
     app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body)
     app[MAX_BODY] = max_body
-    app[GATE] = gate
+    app[_GATE] = gate
     for route in routes:
         resource = app.router.add_resource(route.path)
         resource.add_route(route.method, route.handler)
@@ -189,7 +189,7 @@ def build_application(
 @web.middleware
 async def _request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one middleware: a request ID and a debug log line around `_handle`."""
-    rid = next(request.app[GATE].request_ids)
+    rid = next(request.app[_GATE].request_ids)
     request[REQUEST_ID] = rid
     started = time.perf_counter()
     try:
@@ -204,7 +204,7 @@ async def _request_id_middleware(request: web.Request, handler: Handler) -> web.
 
 async def _handle(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
     """Host check, CORS preflight, authentication, then `handler`; errors become bodies."""
-    gate = request.app[GATE]
+    gate = request.app[_GATE]
     try:
         _check_host(request, gate.hosts)
         if request.method == "OPTIONS":
