@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -139,6 +139,22 @@ def _bearer(request: web.Request) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """What the middleware checks every request against, and where request IDs come from."""
+
+    tokens: TokenStore
+    rate: RateLimiter
+    clock: Callable[[], float]
+    hosts: frozenset[str]  # the Host allowlist
+    origins: frozenset[str]  # the CORS origins
+    auth_of: dict[tuple[str, str], Auth]  # (method, canonical path) -> auth
+    request_ids: Iterator[str]
+
+
+_GATE: web.AppKey[_Gate] = web.AppKey("gate", _Gate)
+
+
 def build_application(
     routes: Iterable[Route],
     tokens: TokenStore,
@@ -150,103 +166,119 @@ def build_application(
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """An aiohttp application serving `routes` behind the API's middlewares."""
-    routes = list(routes)
-    prefix, counter = secrets.token_hex(4), itertools.count(1)  # request IDs
-    hosts = LOCAL_HOSTS | {h.lower().strip("[]") for h in allowed_hosts}
-    origins = frozenset(cors_origins)
-    auth_of: dict[tuple[str, str], Auth] = {}
-
-    @web.middleware
-    async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = f"{prefix}-{next(counter):x}"
-        request[REQUEST_ID] = rid
-        started = time.perf_counter()
-        try:
-            response = await _handle(request, handler, rid)
-        finally:
-            log.debug("%s %s %s (%.1f ms)", rid, request.method, request.path,
-                      (time.perf_counter() - started) * 1000)
-        if not response.prepared:
-            response.headers["X-Request-ID"] = rid
-        return response
-
-    async def _handle(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
-        try:
-            _check_host(request)
-            if request.method == "OPTIONS":
-                return _preflight(request)
-            route = request.match_info.route
-            auth = auth_of.get((route.method, getattr(route.resource, "canonical", "")))
-            if auth != "public" and auth is not None:
-                _authenticate(request, auth)
-            response = await handler(request)
-        except P2PGateError as exc:  # ours, or a lower layer's domain error: one mapping
-            mapped = from_domain(exc)
-            if mapped is None:
-                log.exception("%s %s %s failed", rid, request.method, request.path)
-                return _error_response(rid, ApiError("internal error; see the node's log"))
-            if mapped.status >= 500:
-                log.error("%s %s %s: %s", rid, request.method, request.path, mapped)
-            return _with_cors(request, _error_response(rid, mapped))
-        except web.HTTPException as exc:
-            return _with_cors(request, _error_response(rid, _from_http_exception(exc)))
-        except Exception:
-            log.exception("%s %s %s failed", rid, request.method, request.path)
-            return _error_response(rid, ApiError("internal error; see the node's log"))
-        return _with_cors(request, response)
-
-    def _check_host(request: web.Request) -> None:
-        host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else (
-            request.host[1:].split("]", 1)[0]
-        )
-        if host.lower() not in hosts:
-            raise Forbidden("this Host is not allowed (DNS rebinding guard)", code="bad_host")
-
-    def _authenticate(request: web.Request, auth: Auth) -> None:
-        token = _bearer(request)
-        if token is None:
-            raise Unauthorized("missing bearer token")
-        principal = tokens.authenticate(token)
-        if principal is None:
-            raise Unauthorized("unknown, revoked or expired token")
-        if auth == "admin" and not principal.admin:
-            raise Forbidden("this needs the admin token")
-        wait = rate.acquire(principal.name, clock())
-        if wait > 0:
-            raise TooManyRequests("too many requests for this token", wait)
-        request[PRINCIPAL] = principal
-
-    def _preflight(request: web.Request) -> web.Response:
-        origin = request.headers.get("Origin")
-        if origin not in origins:
-            raise Forbidden("CORS origin not allowed", code="cors_origin")
-        return web.Response(status=204, headers={
-            "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Methods": "GET, PUT, PATCH, DELETE, POST",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-            "Access-Control-Expose-Headers": "ETag, X-Request-ID",
-            "Access-Control-Max-Age": "600",
-            "Vary": "Origin",
-        })
-
-    def _with_cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin and origin in origins and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID"
-            response.headers["Vary"] = "Origin"
-        return response
-
-    app = web.Application(middlewares=[request_id], client_max_size=max_body)
+    prefix = secrets.token_hex(4)
+    gate = _Gate(
+        tokens=tokens, rate=rate, clock=clock,
+        hosts=LOCAL_HOSTS | {h.lower().strip("[]") for h in allowed_hosts},
+        origins=frozenset(cors_origins), auth_of={},
+        request_ids=(f"{prefix}-{n:x}" for n in itertools.count(1)),
+    )
+    app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body)
     app[MAX_BODY] = max_body
+    app[_GATE] = gate
     for route in routes:
         resource = app.router.add_resource(route.path)
         resource.add_route(route.method, route.handler)
-        auth_of[(route.method, resource.canonical)] = route.auth
-    if origins:
+        gate.auth_of[(route.method, resource.canonical)] = route.auth
+    if gate.origins:
         for any_resource in list(app.router.resources()):
             any_resource.add_route("OPTIONS", _no_handler)  # type: ignore[attr-defined]
     return app
+
+
+@web.middleware
+async def _request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: a request ID and a debug log line around `_handle`."""
+    rid = next(request.app[_GATE].request_ids)
+    request[REQUEST_ID] = rid
+    started = time.perf_counter()
+    try:
+        response = await _handle(request, handler, rid)
+    finally:
+        log.debug("%s %s %s (%.1f ms)", rid, request.method, request.path,
+                  (time.perf_counter() - started) * 1000)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = rid
+    return response
+
+
+async def _handle(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
+    """Host check, CORS preflight, authentication, then `handler`; errors become bodies."""
+    gate = request.app[_GATE]
+    try:
+        _check_host(request, gate.hosts)
+        if request.method == "OPTIONS":
+            return _preflight(request, gate.origins)
+        route = request.match_info.route
+        auth = gate.auth_of.get((route.method, getattr(route.resource, "canonical", "")))
+        if auth != "public" and auth is not None:
+            _authenticate(request, auth, gate)
+        response = await handler(request)
+    except P2PGateError as exc:  # ours, or a lower layer's domain error: one mapping
+        mapped = from_domain(exc)
+        if mapped is None:
+            log.exception("%s %s %s failed", rid, request.method, request.path)
+            return _error_response(rid, ApiError("internal error; see the node's log"))
+        if mapped.status >= 500:
+            log.error("%s %s %s: %s", rid, request.method, request.path, mapped)
+        return _with_cors(request, _error_response(rid, mapped), gate.origins)
+    except web.HTTPException as exc:
+        return _with_cors(request, _error_response(rid, _from_http_exception(exc)), gate.origins)
+    except Exception:
+        log.exception("%s %s %s failed", rid, request.method, request.path)
+        return _error_response(rid, ApiError("internal error; see the node's log"))
+    return _with_cors(request, response, gate.origins)
+
+
+def _check_host(request: web.Request, hosts: frozenset[str]) -> None:
+    """Refuse a Host not in `hosts` (DNS rebinding guard)."""
+    host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else (
+        request.host[1:].split("]", 1)[0]
+    )
+    if host.lower() not in hosts:
+        raise Forbidden("this Host is not allowed (DNS rebinding guard)", code="bad_host")
+
+
+def _authenticate(request: web.Request, auth: Auth, gate: _Gate) -> None:
+    """Check the bearer token for `auth` and the token's rate; remember the principal."""
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    principal = gate.tokens.authenticate(token)
+    if principal is None:
+        raise Unauthorized("unknown, revoked or expired token")
+    if auth == "admin" and not principal.admin:
+        raise Forbidden("this needs the admin token")
+    wait = gate.rate.acquire(principal.name, gate.clock())
+    if wait > 0:
+        raise TooManyRequests("too many requests for this token", wait)
+    request[PRINCIPAL] = principal
+
+
+def _preflight(request: web.Request, origins: frozenset[str]) -> web.Response:
+    """The answer to a CORS preflight from one of `origins`."""
+    origin = request.headers.get("Origin")
+    if origin not in origins:
+        raise Forbidden("CORS origin not allowed", code="cors_origin")
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "GET, PUT, PATCH, DELETE, POST",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+        "Access-Control-Expose-Headers": "ETag, X-Request-ID",
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin",
+    })
+
+
+def _with_cors(request: web.Request, response: web.StreamResponse, origins: frozenset[str]
+               ) -> web.StreamResponse:
+    """`response` with the CORS headers if the request came from one of `origins`."""
+    origin = request.headers.get("Origin")
+    if origin and origin in origins and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID"
+        response.headers["Vary"] = "Origin"
+    return response
 
 
 async def _no_handler(request: web.Request) -> web.Response:  # preflight is middleware's job

@@ -30,9 +30,8 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `routes`, their models as components."""
-    routes = list(routes)
+def _schemas(routes: list[Route]) -> dict[str, Any]:
+    """The JSON schemas of every model a route takes or returns, and the error body."""
     models: set[type[BaseModel]] = {ErrorResponse}
     for r in routes:
         models.update(m for m in (r.body, r.response) if isinstance(m, type))
@@ -40,36 +39,49 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
         [(m, "serialization") for m in sorted(models, key=lambda m: m.__name__)],
         ref_template="#/components/schemas/{model}",
     )
+    schemas: dict[str, Any] = defs.get("$defs", {})
+    return schemas
+
+
+def _operation(r: Route) -> dict[str, Any]:
+    """The OpenAPI operation of one route: parameters, body, responses."""
+    params = [
+        {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        for seg in r.path.split("/") if seg.startswith("{")
+    ]
+    op: dict[str, Any] = {
+        "summary": r.summary,
+        "operationId": f"{r.method.lower()}_{r.handler.__name__.lstrip('_')}",
+        "tags": [r.tag],
+        "responses": {},
+    }
+    if params:
+        op["parameters"] = params
+    if r.auth == "public":
+        op["security"] = []
+    if r.body == "object":
+        op["requestBody"] = {"required": True, "content": _json({"type": "object"})}
+    elif r.body is not None:
+        op["requestBody"] = {"required": True, "content": _json(_ref(r.body))}
+    ok: dict[str, Any] = {"description": "Success"}
+    if r.response is not None:
+        ok["content"] = _json(_ref(r.response))
+    op["responses"][str(r.status)] = ok
+    codes = set(r.errors) | set(_ALWAYS) | ({401} if r.auth != "public" else set())
+    for code in sorted(codes):
+        op["responses"][str(code)] = {
+            "description": _REASONS[code], "content": _json(_ref(ErrorResponse)),
+        }
+    return op
+
+
+def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`, their models as components."""
+    routes = list(routes)
+    schemas = _schemas(routes)
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
-        params = [
-            {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-            for seg in r.path.split("/") if seg.startswith("{")
-        ]
-        op: dict[str, Any] = {
-            "summary": r.summary,
-            "operationId": f"{r.method.lower()}_{r.handler.__name__.lstrip('_')}",
-            "tags": [r.tag],
-            "responses": {},
-        }
-        if params:
-            op["parameters"] = params
-        if r.auth == "public":
-            op["security"] = []
-        if r.body == "object":
-            op["requestBody"] = {"required": True, "content": _json({"type": "object"})}
-        elif r.body is not None:
-            op["requestBody"] = {"required": True, "content": _json(_ref(r.body))}
-        ok: dict[str, Any] = {"description": "Success"}
-        if r.response is not None:
-            ok["content"] = _json(_ref(r.response))
-        op["responses"][str(r.status)] = ok
-        codes = set(r.errors) | set(_ALWAYS) | ({401} if r.auth != "public" else set())
-        for code in sorted(codes):
-            op["responses"][str(code)] = {
-                "description": _REASONS[code], "content": _json(_ref(ErrorResponse)),
-            }
-        paths.setdefault(r.path, {})[r.method.lower()] = op
+        paths.setdefault(r.path, {})[r.method.lower()] = _operation(r)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -82,7 +94,7 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
