@@ -45,7 +45,7 @@ def parse_scope(text: str) -> Scope:
     collection, sep, mode = text.rpartition(":")
     if not sep or mode not in ("r", "rw"):
         raise TokenError(f"scope {text!r} must be COLLECTION:r or COLLECTION:rw")
-    if collection != "*" and not COLLECTION_NAME.match(collection):
+    if collection != "*" and not COLLECTION_NAME.fullmatch(collection):
         raise TokenError(f"scope {text!r} names no valid collection")
     return Scope(collection, mode == "rw")
 
@@ -117,7 +117,7 @@ class TokenStore:
         """The principal for `token`, or None if it is unknown, revoked or expired."""
         if hmac.compare_digest(_digest(token), self._admin_hash):
             return Principal("admin", admin=True)
-        match = _TOKEN.match(token)
+        match = _TOKEN.fullmatch(token)
         if match is None:
             return None
         app = self._apps.get(match[1])

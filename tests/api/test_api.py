@@ -51,6 +51,12 @@ async def test_health_needs_no_token_and_node_needs_one(node):
     assert_error(status, body, 401)
 
 
+async def test_a_collection_name_with_a_trailing_newline_is_refused(node):
+    status, body, _ = await raw(node, "PUT", "/api/v1/collections/notes%0A/docs/n1",
+                                token=node.admin_token, body={"title": "looks like notes"})
+    assert_error(status, body, 400, "bad_collection")  # `$` alone matched before the newline
+
+
 async def test_documents_crud_etag_and_if_match(admin):
     created = await admin.put("notes", "n1", {"title": "Hello", "n": 1})
     assert created.data == {"title": "Hello", "n": 1}

@@ -86,7 +86,7 @@ async def tokens(tmp_path):
 def test_scopes_parse_strictly():
     assert parse_scope("notes:rw") == Scope("notes", True)
     assert parse_scope("*:r") == Scope("*", False)
-    for bad in ("notes", "notes:w", ":r", "no/slash:r"):
+    for bad in ("notes", "notes:w", ":r", "no/slash:r", "notes\n:rw"):
         with pytest.raises(TokenError):
             parse_scope(bad)
 

@@ -38,7 +38,7 @@ def _app_info(app: Any) -> m.AppInfo:
 async def _policy_body(request: web.Request, device_id: DeviceID) -> m.Policy:
     """The `{c}` policy of `device_id` in the body, its filter compiled to check it."""
     collection = request.match_info["c"]
-    if not COLLECTION_NAME.match(collection) and collection != "*":
+    if not COLLECTION_NAME.fullmatch(collection) and collection != "*":
         raise BadRequest(f"invalid collection name {collection!r}", code="bad_collection")
     body = await json_body(request)
     if not isinstance(body, dict):

@@ -17,7 +17,7 @@ MAX_CURSOR = 2**53 - 1  # the largest integer JSON carries exactly
 def collection_of(request: web.Request, write: bool = False) -> str:
     """The `{c}` collection name, checked against the caller's read (or write) scopes."""
     name = request.match_info["c"]
-    if not COLLECTION_NAME.match(name):
+    if not COLLECTION_NAME.fullmatch(name):
         raise BadRequest(f"invalid collection name {name!r}", code="bad_collection")
     principal = principal_of(request)
     allowed = principal.can_write(name) if write else principal.can_read(name)
