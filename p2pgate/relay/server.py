@@ -31,6 +31,7 @@ from p2pgate.relay.limits import IpAdmission, client_ip
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.splicing import Splicer, first_message
 from p2pgate.supervisor import Supervisor
+from p2pgate.urls import canonical_relay_url
 
 __all__ = ["RelayServer"]
 
@@ -167,7 +168,7 @@ class RelayServer:
     async def _authenticate(self, request: web.Request, ws: web.WebSocketResponse, ip: str
                             ) -> DeviceID | None:
         nonce = secrets.token_urlsafe(24)
-        url = self.config.public_url or f"{'wss' if request.secure else 'ws'}://{request.host}"
+        url = self.config.public_url or self._url_of(request)
         await ws.send_json({"t": "hello", "v": PROTOCOL_VERSION, "nonce": nonce})
         cfg = self.config
         try:
@@ -192,6 +193,15 @@ class RelayServer:
         await ws.send_json({"t": "welcome", "device": str(device), "observed": observed})
         log.info("device %s attached", device.short)
         return device
+
+    @staticmethod
+    def _url_of(request: web.Request) -> str:
+        """This relay's canonical URL as the request names it (Host header)."""
+        typed = f"{'wss' if request.secure else 'ws'}://{request.host}"
+        try:
+            return canonical_relay_url(typed)
+        except ValueError:  # a Host header no device signs for: the login will fail
+            return typed
 
     async def _serve_control(self, device: DeviceID, ws: web.WebSocketResponse) -> None:
         try:
