@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from p2pgate.errors import LocalProtocolError
 from p2pgate.relay.access_tokens import token_expiry
@@ -78,8 +79,9 @@ class RelayAccess:
         await store_relay_token(self._db, canonical, token)
         self._tokens[canonical] = token
         await client.set_token(token)
-        log.info("relay %s: new access token handed over (expires %s)", canonical,
-                 token_expiry(token))
+        expiry = token_expiry(token)
+        shown = "?" if expiry is None else f"{datetime.fromtimestamp(expiry, UTC):%Y-%m-%d %H:%M}"
+        log.info("relay %s: new access token handed over (expires %s UTC)", canonical, shown)
         return self.status_of(client)
 
     def status_of(self, client: RelayClient) -> RelayStatus:
