@@ -179,6 +179,7 @@ class RelayClient:
         self._tasks = Supervisor(logger=log)
         self.observed_address: str | None = None
         self.on_connected: Callable[[], None] | None = None
+        self.on_refused: Callable[[str], None] | None = None  # the relay refused our login
         # signalling between trusted devices (for WebRTC later); others are dropped
         self.on_signal: Callable[[DeviceID, Any], None] | None = None
 
@@ -245,6 +246,8 @@ class RelayClient:
         """The first refusal for a reason is a warning with its fix; repeats are debug."""
         level = logging.WARNING if self._notes.refused(reason) else logging.DEBUG
         log.log(level, "%s", refusal_advice(reason, self.url, self._identity.device_id))
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     def _lost(self) -> None:
         self._connected.clear()

@@ -64,6 +64,7 @@ class RelayServer:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks = Supervisor(logger=log)
         self._draining = False
+        self._told_url = False
         self._no_sessions = asyncio.Event()
         self._declare_metrics()
 
@@ -181,6 +182,11 @@ class RelayServer:
             reason = exc.reason if isinstance(exc, AuthRefused) else "malformed"
             self.metrics.inc("auth_failures_total", reason=reason)
             log.info("auth failed from %s: %s", ip, reason)
+            if reason == "bad_signature" and cfg.public_url is None and not self._told_url:
+                self._told_url = True  # said once: the operator's fix, not the device's
+                log.warning("a device signed its login for another URL than %s: if devices "
+                            "dial another one (e.g. through a TLS terminator), set public_url "
+                            "to it", url)
             await ws.send_json({"t": "error", "reason": reason})
             return None
         old = self._controls.pop(device, None)
