@@ -226,6 +226,15 @@ class Client:
         """The peers connected now."""
         return await self._model(m.PeerList, "GET", "/api/v1/peers")
 
+    async def relays(self) -> m.RelayList:
+        """The node's relays: logged in or not, and when our access tokens expire."""
+        return await self._model(m.RelayList, "GET", "/api/v1/relays")
+
+    async def set_relay_token(self, url: str, token: str) -> m.RelayInfo:
+        """Hand the node an access token for its relay `url`; it logs in again at once."""
+        return await self._model(m.RelayInfo, "PUT", "/api/v1/relays/token",
+                                 {"url": url, "token": token})
+
     async def policies(self) -> m.PolicyList:
         """The sync policies set for devices."""
         return await self._model(m.PolicyList, "GET", "/api/v1/policies")

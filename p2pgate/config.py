@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2pgate.errors import LocalProtocolError
+from p2pgate.urls import RELAY_URL_FORMS, canonical_relay_url
 
 __all__ = [
     "ConfigError", "HostPort", "NodeConfig", "load_config", "one_line", "parse_host_port",
@@ -43,7 +44,11 @@ class NodeConfig(BaseModel):
     name: str | None = Field(None, description="Device name shown to paired devices.")
     api: HostPort = Field(("127.0.0.1", 8771), description="Local API address, HOST:PORT.")
     listen: HostPort = Field(("0.0.0.0", 7771), description="P2P listen address, HOST:PORT.")  # noqa: S104
-    relays: tuple[str, ...] = Field((), description="Relay URLs to keep control connections to.")
+    relays: tuple[str, ...] = Field((), description="Relay URLs to keep control connections "
+                                    f"to ({RELAY_URL_FORMS}); kept in canonical form.")
+    relay_tokens: dict[str, str] = Field(
+        {}, repr=False, description="Relay URL -> access token for relays with access = "
+        "\"token\" (the operator makes it with `p2pgate relay token --device ID`).")
     bootstrap: tuple[HostPort, ...] = Field((), description="DHT bootstrap nodes, HOST:PORT.")
     mdns: bool = Field(True, description="Advertise and browse on the LAN with mDNS.")
     dht: bool = Field(True, description="Publish and look up private records in the DHT.")
@@ -82,6 +87,18 @@ class NodeConfig(BaseModel):
     def _host_port(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
 
+    @field_validator("relays")
+    @classmethod
+    def _relay_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(canonical_relay_url(url) for url in value))
+
+    @field_validator("relay_tokens")
+    @classmethod
+    def _relay_token_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not token.strip() for token in value.values()):
+            raise ValueError("a relay token is empty")
+        return {canonical_relay_url(url): token.strip() for url, token in value.items()}
+
     @field_validator("bootstrap", mode="before")
     @classmethod
     def _host_ports(cls, value: Any) -> Any:
@@ -97,10 +114,16 @@ class NodeConfig(BaseModel):
         return f"http://{shown}:{port}"
 
 
+# keys whose flag has another name (a flag's error names the flag)
+_FLAG_OF_KEY = {"relays": "--relay"}
+
+
 def one_line(exc: ValidationError, source: str) -> ConfigError:
-    """A validation error as one line naming the key."""
+    """A validation error as one line naming the key (the flag, for flags)."""
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
+    if source == "flags":
+        key = _FLAG_OF_KEY.get(key, key)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"

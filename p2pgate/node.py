@@ -21,6 +21,7 @@ from aiohttp import web
 from p2pgate.api.events import EventHub
 from p2pgate.api.http import build_application
 from p2pgate.api.openapi import openapi_document
+from p2pgate.api.relays import relay_routes
 from p2pgate.api.routes import ApiServices, api_routes
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
@@ -39,6 +40,7 @@ from p2pgate.net.addresses import listen_addresses
 from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
 from p2pgate.ratelimit import RateLimiter
+from p2pgate.relay.access import RelayAccess
 from p2pgate.relay.client import RelayClient, SpliceStream
 from p2pgate.storage.database import Database, load_key
 from p2pgate.storage.keys import discovery_key, new_discovery_key
@@ -72,6 +74,7 @@ class Node:
         self._supervisor = Supervisor()
         self._disc_key = b""
         self._relays: list[RelayClient] = []
+        self._relay_access: RelayAccess | None = None
         self._wan: WanDiscovery | None = None
         self._pairing: PairingService | None = None
         self._db: Database | None = None
@@ -126,8 +129,11 @@ class Node:
         """Relay clients, the connection manager, pairing, mDNS and the P2P listener."""
         cfg = self.config
         options = SessionOptions(cfg.keepalive, cfg.keepalive_timeout)
+        self._relay_access = access = await RelayAccess.open(db, cfg.relay_tokens)
         self._relays = [RelayClient(url, self.identity, registry.is_trusted_device,
-                                    self._relayed_session) for url in cfg.relays]
+                                    self._relayed_session, token=access.token_for(url))
+                        for url in cfg.relays]
+        access.attach(self._relays)
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello,
             relays=self._relays, probe_every=cfg.direct_probe_interval, options=options,
@@ -147,6 +153,7 @@ class Node:
         cfg = self.config
         routes: list[Any] = []
         routes.extend(api_routes(services, lambda: openapi_document(routes)))
+        routes.extend(relay_routes(access))
         app = build_application(
             routes, tokens, max_body=cfg.max_body_bytes,
             rate=RateLimiter(cfg.rate_limit, cfg.rate_burst),
@@ -207,7 +214,8 @@ class Node:
         async def refuse(_: DeviceID) -> bool:
             return False
 
-        return RelayClient(url, self.identity, refuse, self._relayed_session)
+        token = self._relay_access.token_for(url) if self._relay_access else None
+        return RelayClient(url, self.identity, refuse, self._relayed_session, token=token)
 
     async def _relayed_session(self, stream: SpliceStream) -> None:
         """A trusted device reached us through a relay: admission and pinned TLS run

@@ -77,3 +77,12 @@ def test_the_laptop_config_is_a_valid_node_config():
     assert config.relays == ("wss://relay.example.net",)
     assert config.bootstrap == (("relay.example.net", 4000),)
     assert config.dht and config.mdns
+
+
+def test_the_relay_config_is_a_valid_relay_config():
+    from p2pgate.relay.config import load_relay_config
+
+    config = load_relay_config(ROOT / "examples" / "devices" / "relay" / "relay.toml")
+    assert config.access == "token"
+    assert config.public_url == "wss://relay.example.net"
+    assert config.audience == "my-fleet"

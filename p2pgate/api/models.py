@@ -11,7 +11,7 @@ __all__ = [
     "Conflicts", "DeviceInfo", "DeviceList", "DeviceRename", "Document", "DocumentList",
     "ErrorBody", "ErrorResponse", "Event", "FieldType", "Health", "NodeInfo", "PeerList",
     "PairingCreate", "PairingJoin", "PairingOffer", "PairingStatus", "Policy",
-    "PolicyList",
+    "PolicyList", "RelayInfo", "RelayList", "RelayTokenSet",
 ]
 
 FieldType = Literal["lww", "counter", "set", "text"]
@@ -220,3 +220,31 @@ class PairingStatus(_Model):
     verification: str | None = Field(None, description="Both devices show the same digits.")
     reason: str | None = None
     failures: int = Field(0, description="Wrong codes tried so far (the code burns at 3).")
+
+
+class RelayTokenSet(_Model):
+    """An access token for one of this node's relays (its operator makes it with
+    `p2pgate relay token --device ID`)."""
+
+    url: str = Field(description="The relay's URL (ws://, wss://, http:// or https://).")
+    token: str = Field(min_length=1, max_length=2048, repr=False,
+                       description="The access token (a compact JWT).")
+
+
+class RelayInfo(_Model):
+    """One of this node's relays."""
+
+    url: str = Field(description="The relay's canonical URL.")
+    logged_in: bool = Field(description="Whether a control connection is logged in now.")
+    has_token: bool = Field(description="Whether we hold an access token for it.")
+    token_expires_at: int | None = Field(
+        None, description="When our token expires (Unix seconds; read, not verified).")
+    refusal: str | None = Field(
+        None, description="Why the relay last refused our login, if it did since we were "
+        "last logged in (e.g. token_missing, token_expired, not_allowed, bad_signature).")
+
+
+class RelayList(_Model):
+    """This node's relays."""
+
+    items: list[RelayInfo]

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import io
 import json
+import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import segno
@@ -14,6 +16,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from p2pgate.api import models as m
 from p2pgate.client import Client, ClientError, NodeUnreachable
 from p2pgate.config import load_config
 from p2pgate.errors import P2PGateError
@@ -75,12 +78,14 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 def _status(args: argparse.Namespace) -> int:
     async def action(c: Client) -> Any:
-        info, peers = await c.node(), await c.peers()
+        info, peers, relays = await c.node(), await c.peers(), await c.relays()
         if args.json:
-            return {"node": info.model_dump(), "peers": peers.items}
+            return {"node": info.model_dump(), "peers": peers.items,
+                    "relays": relays.model_dump()["items"]}
         lines = [
             f"[bold]{info.name}[/bold]  {info.device_id}",
             f"API {info.api_url}   p2pgate {info.version}   cursor {info.cursor}",
+            *(_relay_line(r) for r in relays.items),
         ]
         if not peers.items:
             lines.append("No peers connected.")
@@ -94,6 +99,33 @@ def _status(args: argparse.Namespace) -> int:
         console = Console()
         console.print("\n".join(lines))
         return table
+
+    return _run(args, action)
+
+
+def _relay_line(relay: m.RelayInfo) -> str:
+    """One relay in `status`: logged in or why not, and when our token expires."""
+    state = "logged in" if relay.logged_in else (
+        f"not logged in ({relay.refusal})" if relay.refusal else "not logged in")
+    if relay.token_expires_at is not None:
+        expiry = datetime.fromtimestamp(relay.token_expires_at, UTC)
+        state += f", token expires {expiry:%Y-%m-%d %H:%M} UTC"
+    elif not relay.has_token:
+        state += ", no token"
+    return f"Relay {relay.url}: {state}"
+
+
+def _relay_token(args: argparse.Namespace) -> int:
+    async def action(c: Client) -> Any:
+        from_stdin = args.token == "-"  # noqa: S105 (the stdin marker, not a secret)
+        token = sys.stdin.readline().strip() if from_stdin else args.token
+        relay = await c.set_relay_token(args.url, token)
+        if args.json:
+            return relay
+        expiry = "" if relay.token_expires_at is None else (
+            f" (expires {datetime.fromtimestamp(relay.token_expires_at, UTC):%Y-%m-%d %H:%M} "
+            "UTC)")
+        return f"Token for relay {relay.url} handed to the node{expiry}; it logs in again now."
 
     return _run(args, action)
 
@@ -214,6 +246,14 @@ def add_remote_commands(sub: Any) -> None:
     p = add("join", "pair with a device that shows a code or QR code", _join)
     p.add_argument("code", metavar="CODE|URI")
     p.add_argument("--address", help="HOST:PORT of the other device (if the code has none)")
+
+    p = add("relay-token", "hand the running node an access token for one of its relays",
+            _relay_token)
+    p.add_argument("action", choices=["set"])
+    p.add_argument("url", metavar="URL", help="the relay's URL, as in config.toml or --relay")
+    p.add_argument("token", metavar="TOKEN",
+                   help="the token its operator made (p2pgate relay token --device ID); "
+                   "- reads it from stdin")
 
     p = add("devices", "list, rename, block, unblock or revoke devices", _devices)
     p.add_argument("action", nargs="?", default="list",

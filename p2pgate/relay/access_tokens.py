@@ -24,6 +24,7 @@ from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
     "MAX_TTL", "AccessToken", "TokenRefused", "issue_token", "key_id", "public_key_text",
+    "token_expiry",
     "verify_token",
 ]
 
@@ -125,3 +126,15 @@ def verify_token(token: str, keys: dict[str, Ed25519PublicKey], audience: str,
     if claims.get("sub") != str(device):
         raise TokenRefused("wrong_device", "token was issued to another device")
     return AccessToken(device, audience, exp, str(header["kid"]))
+
+
+def token_expiry(token: str) -> int | None:
+    """The `exp` claim of a token, read WITHOUT verifying it (for status displays:
+    only the relay can verify), or None if the token does not carry one."""
+    try:
+        if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+            return None
+        exp = _json_part(token.split(".")[1], "claims").get("exp")
+    except TokenRefused:
+        return None
+    return exp if isinstance(exp, int) and not isinstance(exp, bool) else None

@@ -82,6 +82,8 @@ def check_access(device: DeviceID, token: str | None, *, access: str,
         if access == "allowlist" and not any(DeviceID.parse(d) == device for d in allowlist):
             raise AuthRefused("not_allowed")
         if access == "token":
+            if not token:
+                raise AuthRefused("token_missing")
             keys = {kid: _public_key(text) for kid, text in token_keys.items()}
             verify_token(str(token or ""), keys, audience, device, now)
     except TokenRefused as exc:

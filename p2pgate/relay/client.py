@@ -6,6 +6,9 @@ invitation to `should_accept(device_id)` — the node accepts only trusted devic
 `connect(peer)` asks the relay for a session and returns the splice as a
 `SpliceStream` once both sides are in; the devices then run admission and pinned
 mutual TLS over it, so the relay carries only ciphertext.
+The URL is made canonical (`p2pgate.urls`) before it is signed, as the relay does
+before it checks; a refused login is logged once per reason with its fix
+(`refusals`), and `set_token` hands over a new access token and logs in again.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ import aiohttp
 from p2pgate.errors import P2PGateError
 from p2pgate.identity import Identity
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.relay.access_tokens import token_expiry
 from p2pgate.relay.auth import login_message
+from p2pgate.relay.refusals import RefusalNotes, refusal_advice
 from p2pgate.stream import StreamClosed
 from p2pgate.supervisor import Supervisor
+from p2pgate.urls import canonical_relay_url
 
-__all__ = ["RelayClient", "RelayError", "RelayUnavailable", "SpliceStream", "open_mailbox"]
+__all__ = ["RelayClient", "RelayError", "RelayRefused", "RelayUnavailable", "SpliceStream",
+           "open_mailbox"]
 
 log = logging.getLogger("p2pgate.relay.client")
 
@@ -38,6 +45,14 @@ ANSWER_TIMEOUT = 15.0
 
 class RelayError(P2PGateError):
     """The relay refused us or broke its protocol."""
+
+
+class RelayRefused(RelayError):
+    """The relay refused our login; `reason` is its short word for why."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"relay {url} refused us: {reason}")
+        self.reason = reason
 
 
 class RelayUnavailable(RelayError):
@@ -146,11 +161,16 @@ class RelayClient:
                  should_accept: Callable[[DeviceID], Awaitable[bool]],
                  on_session: Callable[[SpliceStream], Awaitable[None]],
                  token: str | None = None) -> None:
-        self.url = url.rstrip("/")
+        try:
+            self.url = canonical_relay_url(url)
+        except ValueError:  # a peer's relay we cannot parse: dialing it will fail
+            self.url = url.rstrip("/")
         self._identity = identity
         self._should_accept = should_accept
         self._on_session = on_session
         self._token = token
+        self._notes = RefusalNotes()
+        self._wake = asyncio.Event()  # ends a backoff early (a new token was handed over)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: aiohttp.ClientSession | None = None
         self._connected = asyncio.Event()
@@ -159,6 +179,7 @@ class RelayClient:
         self._tasks = Supervisor(logger=log)
         self.observed_address: str | None = None
         self.on_connected: Callable[[], None] | None = None
+        self.on_refused: Callable[[str], None] | None = None  # the relay refused our login
         # signalling between trusted devices (for WebRTC later); others are dropped
         self.on_signal: Callable[[DeviceID, Any], None] | None = None
 
@@ -166,6 +187,24 @@ class RelayClient:
     def connected(self) -> bool:
         """Whether a control connection is logged in right now."""
         return self._connected.is_set()
+
+    @property
+    def refusal(self) -> str | None:
+        """The reason of the relay's latest refusal since we were last logged in."""
+        return self._notes.last
+
+    @property
+    def token_expires_at(self) -> int | None:
+        """When our access token expires (its unverified `exp`), or None."""
+        return token_expiry(self._token) if self._token else None
+
+    async def set_token(self, token: str) -> None:
+        """Use access token `token` from now on: log in again with it at once."""
+        self._token = token
+        self._notes.logged_in()  # a refusal of the new token is news
+        self._wake.set()
+        if self._ws is not None:
+            await self._ws.close()
 
     async def wait_connected(self) -> None:
         """Wait until a control connection is logged in."""
@@ -182,18 +221,33 @@ class RelayClient:
                     started = time.monotonic()
                     try:
                         await self._control(session)
+                    except RelayRefused as exc:
+                        self._log_refusal(exc.reason)
                     except RelayError as exc:  # its message names the relay
                         log.info("%s", exc)
                     except Exception:  # noqa: BLE001 (a bug: log it, keep the node reachable)
                         log.exception("relay %s: unexpected failure", self.url)
                     finally:
                         self._lost()
-                    if time.monotonic() - started > 10:
+                    if time.monotonic() - started > 10 or self._wake.is_set():
                         backoff = min_backoff
-                    await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311
+                    await self._pause(backoff * random.uniform(0.8, 1.2))  # noqa: S311
                     backoff = min(max_backoff, backoff * 2)
             finally:
                 await self._tasks.stop()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if `set_token` wakes us."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _log_refusal(self, reason: str) -> None:
+        """The first refusal for a reason is a warning with its fix; repeats are debug."""
+        level = logging.WARNING if self._notes.refused(reason) else logging.DEBUG
+        log.log(level, "%s", refusal_advice(reason, self.url, self._identity.device_id))
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     def _lost(self) -> None:
         self._connected.clear()
@@ -214,7 +268,8 @@ class RelayClient:
                                              self._token))
             welcome = await _receive_object(ws, self.url)
             if welcome.get("t") != "welcome":
-                raise RelayError(f"relay {self.url} refused us: {welcome.get('reason', '?')}")
+                raise RelayRefused(self.url, str(welcome.get("reason", "?"))[:64])
+            self._notes.logged_in()
             self.observed_address = welcome.get("observed")
             self._ws = ws
             self._connected.set()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2pgate.config import HostPort, one_line, parse_host_port, read_toml
+from p2pgate.urls import canonical_relay_url
 
 __all__ = ["RelayConfig", "load_relay_config"]
 
@@ -20,8 +21,9 @@ class RelayConfig(BaseModel):
 
     listen: HostPort = Field(("0.0.0.0", 8443), description="HOST:PORT to serve on.")  # noqa: S104
     public_url: str | None = Field(
-        None, description="URL devices use (ws:// or wss://); device auth is bound to it. "
-        "Default: derived from each request's Host header."
+        None, description="URL devices use (ws://, wss://, http:// or https://; stored in "
+        "canonical form, so http: means ws: and https: means wss:); device auth is bound to "
+        "it. Set it behind a TLS terminator. Default: derived from each request's Host header."
     )
     dht_port: int | None = Field(None, ge=0, le=65535, description="UDP port of the DHT "
                                  "bootstrap node; none = no DHT node.")
@@ -54,6 +56,11 @@ class RelayConfig(BaseModel):
     @classmethod
     def _host_port(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _canonical_url(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_relay_url(value)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -31,6 +31,7 @@ from p2pgate.relay.limits import IpAdmission, client_ip
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.splicing import Splicer, first_message
 from p2pgate.supervisor import Supervisor
+from p2pgate.urls import canonical_relay_url
 
 __all__ = ["RelayServer"]
 
@@ -63,6 +64,7 @@ class RelayServer:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks = Supervisor(logger=log)
         self._draining = False
+        self._told_url = False
         self._no_sessions = asyncio.Event()
         self._declare_metrics()
 
@@ -168,7 +170,7 @@ class RelayServer:
     async def _authenticate(self, request: web.Request, ws: web.WebSocketResponse, ip: str
                             ) -> DeviceID | None:
         nonce = secrets.token_urlsafe(24)
-        url = self.config.public_url or f"{'wss' if request.secure else 'ws'}://{request.host}"
+        url = self.config.public_url or self._url_of(request)
         await ws.send_json({"t": "hello", "v": PROTOCOL_VERSION, "nonce": nonce})
         cfg = self.config
         try:
@@ -181,6 +183,11 @@ class RelayServer:
             reason = exc.reason if isinstance(exc, AuthRefused) else "malformed"
             self.metrics.inc("auth_failures_total", reason=reason)
             log.info("auth failed from %s: %s", ip, reason)
+            if reason == "bad_signature" and cfg.public_url is None and not self._told_url:
+                self._told_url = True  # said once: the operator's fix, not the device's
+                log.warning("a device signed its login for another URL than %s: if devices "
+                            "dial another one (e.g. through a TLS terminator), set public_url "
+                            "to it", url)
             await ws.send_json({"t": "error", "reason": reason})
             return None
         old = self._controls.pop(device, None)
@@ -193,6 +200,15 @@ class RelayServer:
         await ws.send_json({"t": "welcome", "device": str(device), "observed": observed})
         log.info("device %s attached", device.short)
         return device
+
+    @staticmethod
+    def _url_of(request: web.Request) -> str:
+        """This relay's canonical URL as the request names it (Host header)."""
+        typed = f"{'wss' if request.secure else 'ws'}://{request.host}"
+        try:
+            return canonical_relay_url(typed)
+        except ValueError:  # a Host header no device signs for: the login will fail
+            return typed
 
     async def _serve_control(self, device: DeviceID, ws: web.WebSocketResponse) -> None:
         try:

@@ -271,7 +271,7 @@ def test_access_rules_allowlist_and_tokens():
     rules = {**rules, "access": "token", "token_keys": keys}
     check_access(ident.device_id, issue_token(signer, ident.device_id, "fleet", 60, NOW),
                  **rules)
-    for token, reason in ((None, "token_malformed"),
+    for token, reason in ((None, "token_missing"), ("x.y", "token_malformed"),
                           (issue_token(signer, ident.device_id, "fleet", 60, NOW - 600),
                            "token_expired"),
                           (issue_token(signer, stranger.device_id, "fleet", 60, NOW),
