@@ -99,6 +99,7 @@ class Node:
         self._trust = trust = Trust(registry, self.data_dir.device_cert, self.data_dir.device_key)
         await trust.load()
         self._disc_key = await discovery_key(db)
+        self._relay_access = await RelayAccess.open(db, cfg.relay_tokens)
         manager, pairing = self._connections(registry, trust, documents)
         await self._serve_api(tokens, ApiServices(
             device_id=self.identity.device_id, name=lambda: self.name,
@@ -129,7 +130,8 @@ class Node:
         """Relay clients, the connection manager, pairing, mDNS and the P2P listener."""
         cfg = self.config
         options = SessionOptions(cfg.keepalive, cfg.keepalive_timeout)
-        self._relay_access = access = await RelayAccess.open(db, cfg.relay_tokens)
+        access = self._relay_access
+        assert access is not None  # noqa: S101 (opened by start)
         self._relays = [RelayClient(url, self.identity, registry.is_trusted_device,
                                     self._relayed_session, token=access.token_for(url))
                         for url in cfg.relays]
@@ -153,7 +155,8 @@ class Node:
         cfg = self.config
         routes: list[Any] = []
         routes.extend(api_routes(services, lambda: openapi_document(routes)))
-        routes.extend(relay_routes(access))
+        if self._relay_access is not None:
+            routes.extend(relay_routes(self._relay_access))
         app = build_application(
             routes, tokens, max_body=cfg.max_body_bytes,
             rate=RateLimiter(cfg.rate_limit, cfg.rate_burst),

@@ -20,6 +20,7 @@ from p2pgate.relay.client import RelayClient, RelayError
 from p2pgate.storage.registry import Device
 from p2pgate.stream import StreamClosed
 from p2pgate.supervisor import Supervisor
+from p2pgate.urls import canonical_relay_url
 
 __all__ = ["Dialer", "dial_errors"]
 
@@ -81,7 +82,7 @@ class Dialer:
         """Through the relays the peer named in its Hello (through ours if it named
         none): ours first, then others we connect to as a visitor."""
         ours = {r.url: r for r in self._relays}
-        named = [u.rstrip("/") for u in device.relays] or list(ours)
+        named = [_canonical(u) for u in device.relays] or list(ours)
         failures = []
         for url in sorted(named, key=lambda u: u not in ours):
             relay = ours.get(url) or await self._visitor(url)
@@ -111,3 +112,11 @@ class Dialer:
             async with asyncio.timeout(VISITOR_CONNECT_WAIT):
                 await relay.wait_connected()
         return relay
+
+
+def _canonical(url: str) -> str:
+    """A relay URL a peer named, spelled as ours are (so ours is recognised)."""
+    try:
+        return canonical_relay_url(url)
+    except ValueError:  # unparseable: dialing it fails and is reported
+        return url
