@@ -60,8 +60,9 @@ class PeerHello:
                         tuple(str(c) for c in d.get("caps", ())),
                         tuple(str(r) for r in d.get("relays", ())),
                         bytes.fromhex(str(d.get("disc", ""))))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RemoteProtocolError(f"malformed Hello: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                RecursionError) as exc:  # whatever JSON a peer sends ends here
+            raise RemoteProtocolError(f"malformed Hello: {type(exc).__name__}") from None
         if len(hello.disc_key) not in (0, 32):
             raise RemoteProtocolError("malformed Hello: bad discovery key")
         if not hello.versions or len(hello.versions) > 16:

@@ -28,7 +28,7 @@ from p2pgate.pairing.protocol import (
     open_sealed,
     seal,
 )
-from p2pgate.pairing.wire import Message, field_bytes
+from p2pgate.pairing.wire import Message, field_bytes, field_int, field_str
 
 __all__ = ["STEP_TIMEOUT", "InviterHandshake", "JoinerHandshake"]
 
@@ -84,7 +84,7 @@ class InviterHandshake(_Handshake):
     def receive(self, msg: Message, now: float) -> list[Message]:
         """Feed one message from the joiner; the messages to send back."""
         if msg.get("t") == "fail":  # the joiner gave up (e.g. it could not open ours)
-            self.abort(str(msg.get("reason", "the other device gave up")))
+            self.abort(_said(msg, "the other device gave up"))
             return []
         self._step(now)
         try:
@@ -106,13 +106,16 @@ class InviterHandshake(_Handshake):
         return []
 
     def _hello(self, msg: Message, now: float) -> list[Message]:
-        claimed = self._book.claim(int(msg.get("nameplate", -1)), now)
+        nameplate = field_int(msg, "nameplate", 1, 9999)
+        kind = field_str(msg, "kind", ("code", "uri"))
+        pake = field_bytes(msg, "pake")
+        claimed = self._book.claim(nameplate, now)
         if isinstance(claimed, Refusal):
             return self._refuse(claimed)
         self.offer = claimed
-        password = (claimed.secret if msg.get("kind") == "uri" else claimed.code).encode()
+        password = (claimed.secret if kind == "uri" else claimed.code).encode()
         self._role = Role(joiner=False, password=password)
-        self._role.finish(field_bytes(msg, "pake"))
+        self._role.finish(pake)
         self.state = "confirm"
         return [{"t": "pake", "pake": self._role.message}]
 
@@ -168,8 +171,8 @@ class JoinerHandshake(_Handshake):
     def receive(self, msg: Message, now: float) -> list[Message]:
         """Feed one message from the inviter; the messages to send back."""
         if msg.get("t") == "fail":
-            self._fail(PairingFailed(str(msg.get("reason", "the other side refused")),
-                                     str(msg.get("code", "refused"))))
+            self._fail(PairingFailed(_said(msg, "the other side refused"),
+                                     _said(msg, "refused", "code")))
             return []
         self._step(now)
         try:
@@ -197,3 +200,11 @@ class JoinerHandshake(_Handshake):
         self.result = derive(self._role, mine, peer)
         self.state = "done-wait"
         return [{"t": "sealed", "sealed": seal(self._role, mine)}]
+
+
+def _said(msg: Message, default: str, key: str = "reason") -> str:
+    """What the peer says, fit to show a person: printable, at most 200 characters."""
+    text = msg.get(key)
+    if not isinstance(text, str) or not text:
+        return default
+    return "".join(c if c.isprintable() else "?" for c in text[:200])

@@ -66,8 +66,8 @@ class PairingIdentity:
             d = json.loads(data)
             ident = cls(_unb64(d["cert"]), str(d["name"])[:64], _unb64(d["k"]),
                         _unb64(d["disc"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RemoteProtocolError(f"bad pairing identity: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise RemoteProtocolError(f"bad pairing identity: {type(exc).__name__}") from None
         if len(ident.k_part) != 32 or len(ident.disc_key) != 32:
             raise RemoteProtocolError("bad pairing key material")
         return ident

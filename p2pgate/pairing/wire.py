@@ -15,7 +15,8 @@ from typing import Any
 
 from p2pgate.errors import RemoteProtocolError
 
-__all__ = ["MAX_MESSAGE", "Message", "MessageDecoder", "encode", "field_bytes"]
+__all__ = ["MAX_MESSAGE", "Message", "MessageDecoder", "encode", "field_bytes", "field_int",
+           "field_str"]
 
 MAX_MESSAGE = 16 << 10
 _LEN = struct.Struct(">I")
@@ -38,6 +39,22 @@ def field_bytes(msg: Message, key: str) -> bytes:
         raise RemoteProtocolError(f"pairing message lacks {key}") from None
 
 
+def field_int(msg: Message, key: str, low: int, high: int) -> int:
+    """An integer field in [low, high] (JSON floats, booleans and huge numbers refused)."""
+    value = msg.get(key)
+    if type(value) is not int or not low <= value <= high:
+        raise RemoteProtocolError(f"pairing message lacks a valid {key}")
+    return value
+
+
+def field_str(msg: Message, key: str, allowed: tuple[str, ...]) -> str:
+    """A string field that must be one of `allowed`."""
+    value = msg.get(key)
+    if value not in allowed:
+        raise RemoteProtocolError(f"pairing message lacks a valid {key}")
+    return str(value)
+
+
 class MessageDecoder:
     """Bytes in, whole messages out."""
 
@@ -58,7 +75,7 @@ class MessageDecoder:
             del self._buf[:_LEN.size + n]
             try:
                 msg = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise RemoteProtocolError("pairing message is not JSON") from None
             if not isinstance(msg, dict):
                 raise RemoteProtocolError("pairing message is not an object")

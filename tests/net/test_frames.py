@@ -1,8 +1,10 @@
 """The session core, sans-I/O: Hello, versions, keepalive, hostile bytes."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pgate.errors import RemoteProtocolError
 from p2pgate.net.frames import (
     PROTOCOL_VERSION,
     ClosedEvent,
@@ -106,3 +108,11 @@ def test_any_bytes_either_parse_or_close_the_session(chunks, after_hello):
         b.receive(chunk, 1.0)  # never raises
     for e in events(b):
         assert isinstance(e, HelloReceived | DataReceived | ClosedEvent)
+
+
+@pytest.mark.parametrize("payload", [b"[" * 5000 + b"]" * 5000, b'{"device": "x", "name": "y",'
+                                     b' "versions": [1e400]}', b'[1]', b'{"device": 1, "name": 2,'
+                                     b' "versions": [1], "caps": 5}'])
+def test_a_hostile_hello_payload_is_a_protocol_error_only(payload):
+    with pytest.raises(RemoteProtocolError):
+        PeerHello.decode(payload)

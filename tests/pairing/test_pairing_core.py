@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity import Identity
@@ -180,3 +182,50 @@ def test_the_pairing_cores_import_no_io():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("raw", [b'{"t": "hello", "nameplate": 1e400, "kind": "code"}',
+                                 b'{"t": "hello", "nameplate": {}}',
+                                 b'{"t": "hello", "nameplate": [1]}',
+                                 b'{"t": "hello", "nameplate": true, "kind": "code", "pake": ""}',
+                                 b'{"t": "hello", "nameplate": 7, "kind": ["code"]}',
+                                 b"[" * 5000 + b"]" * 5000])
+def test_hostile_hellos_end_in_a_protocol_error_and_nothing_else(raw):
+    book = OfferBook()
+    inviter = InviterHandshake(book, me("desk"), T0)
+    try:
+        messages = MessageDecoder().feed(len(raw).to_bytes(4, "big") + raw)
+    except RemoteProtocolError:
+        return  # refused by the decoder: fine
+    for msg in messages:
+        inviter.receive(msg, T0)  # must not raise
+    assert inviter.state == "failed"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+                    max_leaves=20),
+       st.sampled_from(["hello", "confirm", "sealed", "fail", "done", None]))
+def test_any_message_either_moves_the_handshake_or_fails_it(value, t):
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    inviter = InviterHandshake(book, me("desk"), T0)
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0)
+    junk = {"t": t, "nameplate": value, "kind": value, "pake": value, "confirm": value,
+            "sealed": value, "reason": value, "code": value}
+    for side in (inviter, joiner):
+        side.receive(dict(junk), T0)  # never raises
+        assert side.state in ("failed", "hello", "pake")
+    inviter.release()
+    assert offer.busy is False
+    assert offer.failures == 0
+
+
+def test_a_peers_reason_is_shown_printable_and_short():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0)
+    joiner.receive({"t": "fail", "reason": "\x1b[2J" + "x" * 500, "code": "\x07"}, T0)
+    assert str(joiner.failure) == "?[2J" + "x" * 196
+    assert joiner.failure.code == "?"
