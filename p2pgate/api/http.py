@@ -249,7 +249,7 @@ def _authenticate(request: web.Request, auth: Auth, gate: _Gate) -> None:
         raise Unauthorized("unknown, revoked or expired token")
     if auth == "admin" and not principal.admin:
         raise Forbidden("this needs the admin token")
-    wait = gate.rate.acquire(principal.name, gate.clock())
+    wait = gate.rate.acquire(principal.token_id, gate.clock())
     if wait > 0:
         raise TooManyRequests("too many requests for this token", wait)
     request[PRINCIPAL] = principal

@@ -50,6 +50,9 @@ def parse_scope(text: str) -> Scope:
     return Scope(collection, mode == "rw")
 
 
+RESERVED_NAMES = frozenset({"admin"})
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The caller of one request."""
@@ -57,6 +60,7 @@ class Principal:
     name: str
     admin: bool
     scopes: tuple[Scope, ...] = ()
+    token_id: str = "admin"  # noqa: S105 (which token, not a secret: the rate limit keys on it)
 
     def can_read(self, collection: str) -> bool:
         """Whether the caller may read `collection`."""
@@ -125,7 +129,7 @@ class TokenStore:
             return None
         if app.expires_at is not None and self._clock() >= app.expires_at:
             return None
-        return Principal(app.name, admin=False, scopes=app.scopes)
+        return Principal(app.name, admin=False, scopes=app.scopes, token_id=f"app:{match[1]}")
 
     def apps(self) -> list[AppToken]:
         """The app tokens, by name."""
@@ -140,6 +144,8 @@ class TokenStore:
             raise TokenError("an app token needs at least one scope")
         if not name or len(name) > 64:
             raise TokenError("an app name has 1 to 64 characters")
+        if name.strip().lower() in RESERVED_NAMES:
+            raise TokenError(f"{name!r} is reserved; choose another app name")
         if any(a.name == name for a in self._apps.values()):
             raise TokenError(f"an app named {name!r} exists; revoke it first")
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)

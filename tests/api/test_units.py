@@ -126,6 +126,19 @@ async def test_duplicate_and_scopeless_apps_refused(tokens):
         await store.add("b", [])
 
 
+async def test_an_app_cannot_pass_for_the_admin_or_spend_its_rate(tokens):
+    store, _, _ = tokens
+    for name in ("admin", "Admin", " admin "):
+        with pytest.raises(TokenError, match="reserved"):
+            await store.add(name, ["x:r"])
+    _, token = await store.add("admin2", ["x:r"])
+    app, admin = store.authenticate(token), store.authenticate("the-admin-token")
+    assert app.token_id != admin.token_id  # the rate limit keys on these, not on names
+    limiter = RateLimiter(1.0, 2)
+    assert [limiter.acquire(app.token_id, 0.0) for _ in range(3)][-1] > 0  # the app spent it
+    assert limiter.acquire(admin.token_id, 0.0) == 0  # the admin still gets through
+
+
 # -- event hub ---------------------------------------------------------------------
 
 
