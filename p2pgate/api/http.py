@@ -36,8 +36,8 @@ from p2pgate.errors import P2PGateError
 from p2pgate.ratelimit import RateLimiter
 
 __all__ = [
-    "Auth", "Route", "build_application", "json_body", "model_body", "principal_of", "respond",
-    "validate",
+    "Auth", "Route", "bearer_token", "build_application", "json_body", "model_body",
+    "principal_of", "respond", "validate",
 ]
 
 log = logging.getLogger("p2pgate.api")
@@ -127,7 +127,8 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
     return err
 
 
-def _bearer(request: web.Request) -> str | None:
+def bearer_token(request: web.Request) -> str | None:
+    """The bearer token of a request (header, or a browser WebSocket's subprotocol)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -241,7 +242,7 @@ def _check_host(request: web.Request, hosts: frozenset[str]) -> None:
 
 def _authenticate(request: web.Request, auth: Auth, gate: _Gate) -> None:
     """Check the bearer token for `auth` and the token's rate; remember the principal."""
-    token = _bearer(request)
+    token = bearer_token(request)
     if token is None:
         raise Unauthorized("missing bearer token")
     principal = gate.tokens.authenticate(token)

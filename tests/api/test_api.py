@@ -266,6 +266,22 @@ async def test_events_scoped_and_resumed_without_gap_or_duplicate(node, admin):
         await resumed.aclose()
 
 
+async def test_a_revoked_token_receives_no_more_events_on_an_open_socket(node, admin):
+    token = (await admin.add_app("watcher", ["notes:r"])).token
+    start = (await admin.node()).cursor
+    async with aiohttp.ClientSession() as s, s.ws_connect(
+            node.url + f"/api/v1/events?cursor={start}",
+            protocols=("p2pgate.v1", f"bearer.{token}")) as ws:
+        await admin.put("notes", "before", {"v": 1})
+        first = await asyncio.wait_for(ws.receive(), 10)
+        assert json.loads(first.data)["id"] == "before"  # the check below can fail
+        await admin.revoke_app("watcher")
+        await admin.put("notes", "after", {"v": 1})
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 4401
+
+
 async def test_events_websocket_auth_by_subprotocol_and_never_query(node, admin):
     token = (await admin.add_app("browser", ["notes:r"])).token
     async with aiohttp.ClientSession() as s:

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from p2pgate.api import models as m
 from p2pgate.api.errors import BadRequest, NotFound
 from p2pgate.api.events import ChangeRecord, Reset
-from p2pgate.api.http import Route, json_body, model_body, principal_of, respond
+from p2pgate.api.http import Route, bearer_token, json_body, model_body, principal_of, respond
 from p2pgate.api.routes.params import (
     MAX_CURSOR,
     collection_of,
@@ -119,14 +119,18 @@ class _DocumentHandlers:
         ))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        principal = principal_of(request)
+        principal, token = principal_of(request), bearer_token(request) or ""
         after = int_query(request, "cursor", None, 0, MAX_CURSOR)
         ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=20)
         await ws.prepare(request)
         reader = asyncio.create_task(_drain_client(ws))
+        code, why = int(WSCloseCode.OK), b""
         try:
             async for item in self.s.events.stream(after, principal.can_read):
                 if reader.done():
+                    break
+                if self.s.tokens.authenticate(token) is None:  # revoked or expired since
+                    code, why = 4401, b"token revoked or expired"
                     break
                 await ws.send_str(_event(item).model_dump_json(exclude_none=True))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -135,7 +139,7 @@ class _DocumentHandlers:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            await ws.close()
+            await ws.close(code=code, message=why)
         return ws
 
 
