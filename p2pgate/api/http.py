@@ -91,9 +91,37 @@ async def json_body(request: web.Request) -> Any:
     if not raw:
         raise BadRequest("a JSON body is required", code="empty_body")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4,300 digits
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    _check_json(value)
+    return value
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _check_json(value: Any) -> None:
+    """Refuse what json.loads lets through but nothing downstream can hold: nesting deeper
+    than `MAX_JSON_DEPTH` and strings (keys too) that are not Unicode (lone surrogates)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"body is nested deeper than {MAX_JSON_DEPTH}", code="invalid_json")
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("body holds a string that is not valid Unicode (a lone "
+                                 "surrogate)", code="invalid_json") from None
 
 
 async def model_body(request: web.Request, model: type[M]) -> M:

@@ -57,6 +57,22 @@ async def test_a_collection_name_with_a_trailing_newline_is_refused(node):
     assert_error(status, body, 400, "bad_collection")  # `$` alone matched before the newline
 
 
+@pytest.mark.parametrize("body", [
+    b"[" * 10_000 + b"]" * 10_000,
+    b'{"n": ' + b"7" * 5000 + b"}",
+    b'{"title": "\\ud800"}',
+    b'{"\\ud800": 1}',
+    b'{"body": {"$splice": [0, 0, "\\ud800"]}}',
+    b'{"a": ' + b'{"a": ' * 64 + b"1" + b"}" * 65,
+])
+async def test_hostile_json_bodies_get_a_400_not_a_500(node, body):
+    for method in ("PUT", "PATCH"):
+        status, answer, _ = await raw(node, method, "/api/v1/collections/notes/docs/n1",
+                                      token=node.admin_token, data=io.BytesIO(body),
+                                      headers={"Content-Type": "application/json"})
+        assert_error(status, answer, 400, "invalid_json")
+
+
 async def test_documents_crud_etag_and_if_match(admin):
     created = await admin.put("notes", "n1", {"title": "Hello", "n": 1})
     assert created.data == {"title": "Hello", "n": 1}
