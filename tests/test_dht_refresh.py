@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -192,15 +189,3 @@ def test_under_any_failures_publishing_is_retried_never_hammered_never_stale(ste
         else:
             refresh.publish_failed(command, now)
             assert now + 2 <= refresh.get_timer() <= now + 60
-
-
-def test_the_refresh_core_loads_no_io_modules():
-    code = (
-        "import sys, p2pgate.discovery, p2pgate.discovery.refresh\n"
-        "bad = [m for m in ('asyncio', 'socket', 'ssl', 'aiohttp', 'zeroconf', 'kademlia')"
-        " if m in sys.modules]\n"
-        "print(','.join(bad))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
-    assert result.stdout.strip() == ""

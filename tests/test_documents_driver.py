@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -128,24 +127,6 @@ def test_a_closed_session_flushes_its_close_and_has_no_timer():
     assert len(stepped.messages) == 1
     _deliver(stepped.messages, remote, T0 + 2)
     assert remote.closed
-
-
-def test_the_driver_core_needs_no_io_modules():
-    path = Path(__file__).parent.parent / "p2pgate" / "documents" / "driver.py"
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('driver_core', {str(path)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "sys.modules['driver_core'] = module\n"
-        "spec.loader.exec_module(module)\n"
-        "assert module.SyncDriver\n"
-        "bad = [m for m in ('asyncio', 'socket', 'ssl', 'aiohttp', 'libsql', 'p2pgate')"
-        " if m in sys.modules]\n"
-        "print(','.join(bad))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
-    assert result.stdout.strip() == ""
 
 
 def test_importing_documents_does_not_import_the_api():
