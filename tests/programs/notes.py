@@ -4,7 +4,8 @@ Document OPs print the document (or `{"error": STATUS}`): `put ID JSON`, `patch 
 `get ID`, `conflicts ID`, and `cput`/`cget` with a collection first; `revoke DEVICE`.
 Others: `ids`, `count` (pages through the collection), `events` (every change so far,
 by ID), `watch ID` (prints change events until one for ID), `peers`, `alone` (prints
-`ready` once a peer is connected, then the wall-clock time at which none is), `write
+`ready` once a peer is connected, then the wall-clock time at which none is), `path
+WAS NOW` (prints `ready` once the first peer's path is WAS, then the time it is NOW), `write
 PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor passes it).
 """
 
@@ -66,6 +67,19 @@ async def _document(c: Client, op: str, args: tuple[str, ...]) -> Any:
     return await c.device_action(args[0], "revoke")
 
 
+async def _path_becomes(c: Client, was: str, now: str) -> None:
+    async def path() -> str | None:
+        items = (await c.peers()).items
+        return str(items[0]["path"]) if items else None
+
+    while await path() != was:  # noqa: ASYNC110 (polling another process)
+        await asyncio.sleep(0.02)
+    print("ready", flush=True)
+    while await path() != now:  # noqa: ASYNC110 (polling another process)
+        await asyncio.sleep(0.02)
+    print(time.time())
+
+
 async def main(url: str, token: str, op: str, *args: str) -> None:
     async with Client(url, token) as c:
         if op in ("put", "patch", "get", "conflicts", "cput", "cget", "revoke"):
@@ -92,6 +106,8 @@ async def main(url: str, token: str, op: str, *args: str) -> None:
                 print(event.model_dump_json(), flush=True)
                 if event.id == args[0]:
                     return
+        elif op == "path":
+            await _path_becomes(c, args[0], args[1])
         elif op == "peers":
             print(json.dumps((await c.peers()).items))
         elif op == "write":
