@@ -99,7 +99,8 @@ async def find_inviters(interfaces: list[str], nameplate: int,
     try:
         while (left := deadline - time.monotonic()) > 0:
             try:
-                name = await asyncio.wait_for(names.get(), left)
+                async with asyncio.timeout(left):  # (not wait_for: 3.11's can swallow a cancel)
+                    name = await names.get()
             except TimeoutError:
                 break
             info = AsyncServiceInfo(SERVICE, name)

@@ -239,7 +239,8 @@ class RelayClient:
     async def _pause(self, seconds: float) -> None:
         """Sleep `seconds`, or less if `set_token` wakes us."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: 3.11's can swallow a cancel
+                await self._wake.wait()
         self._wake.clear()
 
     def _log_refusal(self, reason: str) -> None:
@@ -335,7 +336,8 @@ class RelayClient:
         try:
             async with _relay_errors(self.url):
                 await self._ws.send_json({"t": "connect", "req": req, "to": str(peer)})
-                answer = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
+                async with asyncio.timeout(ANSWER_TIMEOUT):
+                    answer = await fut
         finally:
             self._requests.pop(req, None)
         if answer["t"] != "ready" or "sid" not in answer or "key" not in answer:

@@ -104,7 +104,8 @@ class RelayServer:
         if self.broker.sessions:
             self._no_sessions.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_sessions.wait(), self.config.drain_timeout)
+                async with asyncio.timeout(self.config.drain_timeout):  # (not wait_for: 3.11)
+                    await self._no_sessions.wait()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for ws in list(self._controls.values()):
