@@ -63,6 +63,30 @@ class _Handshake:
         if not self.finished:
             self._fail(PairingFailed(f"pairing failed: {reason}", "failed"))
 
+    def receive(self, msg: Message, now: float) -> list[Message]:
+        """Feed one message from the other side; the messages to send back. A peer that
+        breaks the protocol fails the handshake; nothing is raised."""
+        if msg.get("t") == "fail":
+            self._peer_failed(msg)
+            return []
+        self._step(now)
+        try:
+            out = self._on_message(msg, now)
+        except (RemoteProtocolError, ValueError) as exc:
+            self.abort(str(exc))
+            return []
+        if out is None:
+            self.abort(f"unexpected message in state {self.state}")
+            return []
+        return out
+
+    def _on_message(self, msg: Message, now: float) -> list[Message] | None:
+        """This side's step for one message (None: not expected now)."""
+        raise NotImplementedError
+
+    def _peer_failed(self, msg: Message) -> None:
+        raise NotImplementedError
+
     def _fail(self, failure: PairingFailed) -> None:
         self.state, self.failure = "failed", failure
 
@@ -81,29 +105,22 @@ class InviterHandshake(_Handshake):
         self._role: Role | None = None
         self._mine: PairingIdentity | None = None
 
-    def receive(self, msg: Message, now: float) -> list[Message]:
-        """Feed one message from the joiner; the messages to send back."""
-        if msg.get("t") == "fail":  # the joiner gave up (e.g. it could not open ours)
-            self.abort(_said(msg, "the other device gave up"))
+    def _peer_failed(self, msg: Message) -> None:
+        self.abort(_said(msg, "the other device gave up"))  # e.g. it could not open ours
+
+    def _on_message(self, msg: Message, now: float) -> list[Message] | None:
+        if self.state == "hello":
+            return self._hello(msg, now)
+        if self.state == "confirm":
+            return self._confirm(msg, now)
+        if self.state == "sealed":
+            assert self._role is not None  # noqa: S101
+            assert self._mine is not None  # noqa: S101
+            peer = open_sealed(self._role, field_bytes(msg, "sealed"))
+            self.result = derive(self._role, self._mine, peer)
+            self.state = "trusting"
             return []
-        self._step(now)
-        try:
-            if self.state == "hello":
-                return self._hello(msg, now)
-            if self.state == "confirm":
-                return self._confirm(msg, now)
-            if self.state == "sealed":
-                assert self._role is not None  # noqa: S101
-                assert self._mine is not None  # noqa: S101
-                peer = open_sealed(self._role, field_bytes(msg, "sealed"))
-                self.result = derive(self._role, self._mine, peer)
-                self.state = "trusting"
-                return []
-        except (RemoteProtocolError, ValueError) as exc:
-            self.abort(str(exc))
-            return []
-        self.abort(f"unexpected message in state {self.state}")
-        return []
+        return None
 
     def _hello(self, msg: Message, now: float) -> list[Message]:
         nameplate = field_int(msg, "nameplate", 1, 9999)
@@ -168,28 +185,21 @@ class JoinerHandshake(_Handshake):
         return [{"t": "hello", "nameplate": inv.nameplate, "kind": inv.kind,
                  "pake": self._role.message}]
 
-    def receive(self, msg: Message, now: float) -> list[Message]:
-        """Feed one message from the inviter; the messages to send back."""
-        if msg.get("t") == "fail":
-            self._fail(PairingFailed(_said(msg, "the other side refused"),
-                                     _said(msg, "refused", "code")))
+    def _peer_failed(self, msg: Message) -> None:
+        self._fail(PairingFailed(_said(msg, "the other side refused"),
+                                 _said(msg, "refused", "code")))
+
+    def _on_message(self, msg: Message, now: float) -> list[Message] | None:
+        if self.state == "pake":
+            self._role.finish(field_bytes(msg, "pake"))
+            self.state = "confirm"
+            return [{"t": "confirm", "confirm": self._role.confirmation(of_joiner=True)}]
+        if self.state == "confirm":
+            return self._confirmed(msg)
+        if self.state == "done-wait" and msg.get("t") == "done":
+            self.state = "done"
             return []
-        self._step(now)
-        try:
-            if self.state == "pake":
-                self._role.finish(field_bytes(msg, "pake"))
-                self.state = "confirm"
-                return [{"t": "confirm", "confirm": self._role.confirmation(of_joiner=True)}]
-            if self.state == "confirm":
-                return self._confirmed(msg)
-            if self.state == "done-wait" and msg.get("t") == "done":
-                self.state = "done"
-                return []
-        except (RemoteProtocolError, ValueError) as exc:
-            self.abort(str(exc))
-            return []
-        self.abort(f"unexpected message in state {self.state}")
-        return []
+        return None
 
     def _confirmed(self, msg: Message) -> list[Message]:
         if not self._role.check(field_bytes(msg, "confirm")):
