@@ -62,9 +62,12 @@ class NodeConfig(BaseModel):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     rate_limit: float = Field(200.0, gt=0, description="Requests per second per token.")
     rate_burst: int = Field(400, gt=0, description="Requests a token may burst above the rate.")
-    keepalive: float = Field(15.0, gt=0, description="Seconds between pings on an idle session.")
-    keepalive_timeout: float = Field(45.0, gt=0, description="A session silent this long is "
-                                     "dead (then the peer is dialed again, e.g. via a relay).")
+    keepalive: float = Field(30.0, gt=0, description="Seconds between pings on "
+                             "an idle session (a write is always acknowledged at once: a cut "
+                             "is noticed within about a second of the next write).")
+    keepalive_timeout: float = Field(20.0, gt=0, description="A ping unanswered "
+                                     "this long ends the session (an alternative path has "
+                                     "started long before, after max(1 s, 4 x RTT)).")
     dht_lookup_interval: float = Field(30.0, gt=0, description="Seconds between DHT lookups "
                                        "of paired devices we have no direct session with.")
     direct_probe_interval: float = Field(30.0, gt=0, description="While a peer is reached "

@@ -14,9 +14,12 @@ from typing import Protocol
 
 from p2pgate.errors import P2PGateError
 
+CONNECT_TIMEOUT = 5.0  # a TCP connect that has not completed by then has failed
+CLOSE_GRACE = 1.0  # close() waits this long for buffered bytes to leave, then aborts
+
 __all__ = [
-    "FailingStream", "SlowStream", "Stream", "StreamClosed", "TcpStream", "map_errors",
-    "memory_pair",
+    "CLOSE_GRACE", "CONNECT_TIMEOUT", "FailingStream", "SlowStream", "Stream", "StreamClosed",
+    "TcpStream", "map_errors", "memory_pair",
 ]
 
 
@@ -68,9 +71,14 @@ class TcpStream:
 
     @classmethod
     async def connect(cls, host: str, port: int) -> TcpStream:
-        """Connect to `host`:`port`; raises StreamClosed if that fails."""
-        with map_errors():
-            reader, writer = await asyncio.open_connection(host, port)
+        """Connect to `host`:`port`; raises StreamClosed if that fails or takes longer
+        than `CONNECT_TIMEOUT`."""
+        try:
+            with map_errors():
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    reader, writer = await asyncio.open_connection(host, port)
+        except TimeoutError:
+            raise StreamClosed(f"no answer within {CONNECT_TIMEOUT:.0f} s") from None
         return cls(reader, writer)
 
     @property
@@ -92,10 +100,14 @@ class TcpStream:
             await self._writer.drain()
 
     async def close(self) -> None:
-        """Close the connection; errors while closing are ignored."""
+        """Close the connection; errors while closing are ignored, and bytes a dead peer
+        does not take are dropped after `CLOSE_GRACE`."""
         self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._writer.wait_closed()
+                return
+        self._writer.transport.abort()
 
 
 class _MemoryEnd:

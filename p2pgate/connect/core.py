@@ -25,6 +25,12 @@ LINKED: one adopted session. Another session with the peer (accepted, a probe, a
   *move*), a worse one is closed; of two of the same rank, the one initiated by the
   lower device ID is kept. While the path is the relay, direct paths are probed every
   `probe_every` seconds (± 20 % jitter) and at once on a sighting.
+SUSPECT (a LINKED session whose PING went unanswered, see `p2pgate.net.frames`): the
+  session is kept, and every alternative starts at once (direct candidates and the
+  relay), each naming the session it replaces. The first to complete Hello takes the
+  peer's session whatever its rank (a move); the peer, told which session it replaces,
+  moves too, even though its side of the dead path still looks fine. A suspect path
+  that answers again stays, unless a replacement already won.
 """
 
 from __future__ import annotations
@@ -63,12 +69,14 @@ class DialDirect:
     """Dial the peer's direct addresses; report `session_established` or `dial_failed`."""
     peer: DeviceID
     probe: bool = False  # True: the peer is relayed and this looks for a direct path
+    replaces: int | None = None  # the key of the suspect session this would replace
 
 
 @dataclass(frozen=True, slots=True)
 class DialRelay:
     """Reach the peer through a relay; report `session_established` or `dial_failed`."""
     peer: DeviceID
+    replaces: int | None = None  # the key of the suspect session this would replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class SessionAdopted:
     path: str
     initiated_by_us: bool
     moved_from: str | None = None
+    why: str | None = None  # of a move: "suspect path", "the peer lost its path", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,7 @@ class _Link:
     key: int
     path: str
     initiated_by_us: bool
+    suspect: bool = False
 
 
 @dataclass(slots=True)
@@ -128,6 +138,7 @@ class _Peer:
     due: float | None = 0.0  # IDLE: when the next round starts
     relay_at: float | None = None  # DIALING: when the relay attempt starts
     probe_at: float | None = None  # LINKED via the relay: next direct probe
+    replacing: int | None = None  # key of the suspect session our dials in flight replace
     backoff: float = 0.0
 
 
@@ -220,9 +231,11 @@ class ConnectionCore:
             self._round_over(peer, state, now)
 
     def session_established(self, peer: DeviceID, key: int, path: str,
-                            initiated_by_us: bool, now: float) -> None:
-        """A session completed Hello (`initiated_by_us`: we dialed it). The core answers
-        with SessionAdopted, or CloseSession for this or the replaced session."""
+                            initiated_by_us: bool, now: float,
+                            replaces: int | None = None) -> None:
+        """A session completed Hello (`initiated_by_us`: we dialed it; `replaces`: the key
+        of our session the peer says this one replaces). The core answers with
+        SessionAdopted, or CloseSession for this or the replaced session."""
         # pinned TLS proved the peer is trusted, maybe before our list of peers knows it
         state = self._peers.setdefault(peer, _Peer(due=None, backoff=self._redial))
         attempt = DIRECT if path != RELAY else RELAY
@@ -231,17 +244,43 @@ class ConnectionCore:
                 self._out.append(CloseSession(peer, key, "another path won"))
                 return
             state.dialing.discard(attempt)
-        if initiated_by_us and state.in_round:  # the first of ours to complete Hello wins
-            self._end_round(peer, state)
         current = state.link
+        why = None
+        if current is not None and initiated_by_us and state.replacing == current.key:
+            why = "suspect path"  # the first replacement to complete Hello wins
+        elif current is not None and not initiated_by_us and replaces == current.key:
+            why = "the peer lost its path"
+        if initiated_by_us and (state.in_round or why is not None):
+            self._end_round(peer, state)  # the first of ours to complete Hello wins
         if current is not None:
-            reason = self._loser(current, path, initiated_by_us, peer)
+            reason = None if why else self._loser(current, path, initiated_by_us, peer)
             if reason is not None:
                 self._out.append(CloseSession(peer, key, reason))
                 return
-            self._out.append(CloseSession(peer, current.key, "replaced by the preferred session"))
+            self._out.append(CloseSession(peer, current.key, f"replaced: {why}" if why else
+                                          "replaced by the preferred session"))
         self._adopt(peer, state, _Link(key, path, initiated_by_us), now,
-                    None if current is None else current.path)
+                    None if current is None else current.path, why)
+
+    def session_suspect(self, peer: DeviceID, key: int, now: float) -> None:
+        """The adopted session's PING went unanswered: start every alternative now."""
+        state = self._peers.get(peer)
+        if state is None or state.link is None or state.link.key != key or state.link.suspect:
+            return
+        state.link.suspect = True
+        state.replacing = key
+        if state.direct and DIRECT not in state.dialing:
+            state.dialing.add(DIRECT)
+            self._out.append(DialDirect(peer, replaces=key))
+        if state.relayed and RELAY not in state.dialing:
+            state.dialing.add(RELAY)
+            self._out.append(DialRelay(peer, replaces=key))
+
+    def session_recovered(self, peer: DeviceID, key: int, now: float) -> None:
+        """The suspect session answered: keep it (a replacement in flight still wins)."""
+        state = self._peers.get(peer)
+        if state is not None and state.link is not None and state.link.key == key:
+            state.link.suspect = False
 
     def session_ended(self, peer: DeviceID, key: int, now: float) -> None:
         """An adopted session ended: dial the peer again at once."""
@@ -251,6 +290,12 @@ class ConnectionCore:
         state.link = None
         state.probe_at = None
         state.due = now
+        # replacement dials in flight go on: the first to complete is adopted
+
+    def is_suspect(self, peer: DeviceID) -> bool:
+        """Whether the peer's adopted session is suspect."""
+        state = self._peers.get(peer)
+        return state is not None and state.link is not None and state.link.suspect
 
     def path_of(self, peer: DeviceID) -> str | None:
         """The path of the peer's adopted session, or None."""
@@ -317,11 +362,12 @@ class ConnectionCore:
         return None
 
     def _adopt(self, peer: DeviceID, state: _Peer, link: _Link, now: float,
-               moved_from: str | None) -> None:
+               moved_from: str | None, why: str | None = None) -> None:
         state.link, state.due, state.backoff = link, None, self._redial
+        state.replacing = None
         state.probe_at = self._next_probe(now) if link.path == RELAY else None
         self._out.append(SessionAdopted(peer, link.key, link.path, link.initiated_by_us,
-                                        moved_from))
+                                        moved_from, why))
 
     def _probe(self, peer: DeviceID, state: _Peer, now: float) -> None:
         state.probe_at = self._next_probe(now)

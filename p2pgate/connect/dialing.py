@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
@@ -64,21 +65,26 @@ class Dialer:
         """The control connections to other people's relays (to stop them)."""
         return [task for _, task in self._visiting.values()]
 
-    async def direct(self, device: Device) -> Session:
-        """A session at the first of the peer's addresses that answers."""
+    def _hello_for(self, replaces: bytes) -> PeerHello:
+        return dataclasses.replace(self._hello(), replaces=replaces)
+
+    async def direct(self, device: Device, replaces: bytes = b"") -> Session:
+        """A session at the first of the peer's addresses that answers (`replaces`: the
+        ID of the suspect session it is to replace)."""
         failures = []
         for address in device.addresses:
             host, _, port = address.rpartition(":")
             try:
                 with dial_errors(f"at {address}"):
-                    return await dial(self._trust, self._hello(), device.device_id,
-                                      host.strip("[]"), int(port), options=self._options)
+                    return await dial(self._trust, self._hello_for(replaces),
+                                      device.device_id, host.strip("[]"), int(port),
+                                      options=self._options)
             except DialFailed as exc:
                 log.debug("dial %s at %s: %s", device.device_id.short, address, exc)
                 failures.append(str(exc))
         raise DialFailed("; ".join(failures) or "no direct address known")
 
-    async def relayed(self, device: Device) -> Session:
+    async def relayed(self, device: Device, replaces: bytes = b"") -> Session:
         """Through the relays the peer named in its Hello (through ours if it named
         none): ours first, then others we connect to as a visitor."""
         ours = {r.url: r for r in self._relays}
@@ -92,8 +98,9 @@ class Dialer:
             try:
                 with dial_errors(f"relay {relay.url}"):
                     stream = await relay.connect(device.device_id)
-                    return await dial(self._trust, self._hello(), device.device_id,
-                                      relay.url, 0, stream=stream, options=self._options)
+                    return await dial(self._trust, self._hello_for(replaces),
+                                      device.device_id, relay.url, 0, stream=stream,
+                                      options=self._options)
             except DialFailed as exc:
                 log.debug("relay %s to %s: %s", relay.url, device.device_id.short, exc)
                 failures.append(str(exc))

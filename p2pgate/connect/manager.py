@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +67,7 @@ class ConnectionManager:
                                     probe_every=probe_every)
         self._devices: dict[DeviceID, Device] = {}
         self._links: dict[DeviceID, Link] = {}
+        self._moves: dict[DeviceID, dict[str, Any]] = {}  # each peer's last move, for /peers
         self._sessions: dict[int, Session] = {}  # offered to the core, not yet closed
         self._keys = itertools.count(1)
         self._attempts: dict[tuple[DeviceID, str], asyncio.Task[None]] = {}
@@ -128,6 +130,7 @@ class ConnectionManager:
             out.append({
                 "device_id": str(device_id), "name": s.peer_name, "state": "connected",
                 "path": s.path, "address": s.remote_address, "since": link.since,
+                "suspect": s.suspect, "last_move": self._moves.get(device_id),
                 "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
                 "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
                 "last_sync": self._documents.last_synced.get(str(device_id)),
@@ -191,18 +194,21 @@ class ConnectionManager:
         if device is None:
             self._core.dial_failed(command.peer, path, self._now())
             return
+        replaced = None if command.replaces is None else self._sessions.get(command.replaces)
+        replaces = b"" if replaced is None else replaced.session_id
         task = self._supervisor.fire(f"dial {command.peer.short} ({path})",
-                                     self._attempt(device, path))
+                                     self._attempt(device, path, replaces))
         self._attempts[(command.peer, path)] = task
 
-    async def _attempt(self, device: Device, path: str) -> None:
-        """One dial; any failure is logged and reported, never raised."""
+    async def _attempt(self, device: Device, path: str, replaces: bytes) -> None:
+        """One dial (naming the session it `replaces`, if any); any failure is logged
+        and reported, never raised."""
         peer = device.device_id
         try:
             if path == "direct":
-                session = await self._dialer.direct(device)
+                session = await self._dialer.direct(device, replaces)
             else:
-                session = await self._dialer.relayed(device)
+                session = await self._dialer.relayed(device, replaces)
         except DialFailed as exc:
             log.debug("dial %s via %s failed: %s", peer.short, path, exc)
             self._attempt_failed(peer, path)
@@ -230,9 +236,25 @@ class ConnectionManager:
         current = self._links.get(peer)
         if current is not None and current.session.closed:  # its task is finishing
             self._core.session_ended(peer, current.key, now)
+        replaces = None  # the peer's Hello names the session of ours it replaces
+        if (current is not None and not initiated_by_us and session.replaces
+                and session.replaces == current.session.session_id):
+            replaces = current.key
         key = next(self._keys)
         self._sessions[key] = session
-        self._core.session_established(peer, key, session.path, initiated_by_us, now)
+        self._core.session_established(peer, key, session.path, initiated_by_us, now,
+                                       replaces)
+        self._carry_out()
+        self._wake.set()
+
+    def _suspect_changed(self, link: Link, suspect: bool) -> None:
+        peer = link.session.peer
+        if self._links.get(peer) is not link:
+            return
+        if suspect:
+            self._core.session_suspect(peer, link.key, self._now())
+        else:
+            self._core.session_recovered(peer, link.key, self._now())
         self._carry_out()
         self._wake.set()
 
@@ -245,11 +267,19 @@ class ConnectionManager:
 
     def _adopted(self, adopted: SessionAdopted) -> None:
         session = self._sessions[adopted.key]
-        if adopted.moved_from is not None and adopted.moved_from != session.path:
-            log.info("moving %s from the %s to a %s path", adopted.peer.short,
-                     adopted.moved_from, session.path)
+        if adopted.moved_from is not None and (adopted.why or
+                                               adopted.moved_from != session.path):
+            log.info("moving %s from the %s to a %s path%s", adopted.peer.short,
+                     adopted.moved_from, session.path,
+                     f" ({adopted.why})" if adopted.why else "")
+            self._moves[adopted.peer] = {"from": adopted.moved_from, "to": session.path,
+                                         "why": adopted.why or "a preferred path",
+                                         "at": time.time()}
         link = Link(session, adopted.key, adopted.initiated_by_us)
         self._links[adopted.peer] = link
+        session.on_suspect(lambda _, suspect: self._suspect_changed(link, suspect))
+        if session.suspect:  # turned suspect before we listened
+            self._suspect_changed(link, True)
         link.task = self._supervisor.fire(f"sync with {adopted.peer.short}", self._run(link))
         log.info("session with %s (%s) via %s", session.peer_name, adopted.peer.short,
                  session.path)

@@ -7,13 +7,26 @@ capabilities, relays, discovery key); each picks the highest version both speak,
 or closes with a clear reason. Then DATA frames carry the protocols above (sync),
 PING/PONG keep it alive and measure RTT, CLOSE ends it with a reason.
 
-States: hello (waiting for the peer's HELLO) → open → closed. Timers: a PING
-after `keepalive` seconds without sending, the peer declared dead after
-`dead_after` seconds without receiving.
+States: hello (waiting for the peer's HELLO) → open → closed.
+
+Liveness follows the traffic. A DATA frame sent while no PING is outstanding is
+followed at once by a PING, and a PONG that arrives after more DATA went out sends
+the next one: every byte we send is soon acknowledged. An idle session pings after
+`keepalive` seconds without sending (a battery-friendly 30 s by default), so an
+idle cut is found by that ping or by the first write after the cut, whichever
+comes first. A PING unanswered for `suspect_after()` — max(1 s, 4 × smoothed RTT),
+plus the time the DATA sent before it needs at a floor rate of 1 Mbit/s — makes
+the path *suspect* (`PathSuspect`: the adapter starts an alternative path and
+keeps this one); its PONG clears that (`PathRecovered`). A PING unanswered for
+max(`dead_after`, 2 × that allowance) closes the session.
+
+Each side's HELLO carries a random nonce; both derive the same `session_id` from
+the two, so a replacement session can name the one it replaces (`replaces`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections import deque
@@ -22,14 +35,19 @@ from dataclasses import dataclass, field
 from p2pgate.errors import RemoteProtocolError
 
 __all__ = [
-    "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "ClosedEvent", "DataReceived",
-    "HelloReceived", "PeerHello", "SessionCore",
+    "DEFAULT_DEAD_AFTER", "DEFAULT_KEEPALIVE", "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS", "ClosedEvent", "DataReceived", "HelloReceived", "PathRecovered",
+    "PathSuspect", "PeerHello", "SessionCore",
 ]
 
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_VERSION - 1)  # we speak N and N-1
 DEFAULT_MAX_FRAME = (4 << 20) + 1024  # a sync message is at most 4 MiB
 HELLO, DATA, PING, PONG, CLOSE = 1, 2, 3, 4, 5
+DEFAULT_KEEPALIVE = 30.0  # an idle session pings this often (half a common 60 s proxy timeout)
+DEFAULT_DEAD_AFTER = 20.0  # a PING unanswered this long ends the session
+MIN_SUSPECT = 1.0  # a PING unanswered this long (at least) makes the path suspect
+FLOOR_RATE = 125_000.0  # bytes/s: DATA ahead of a PING may take this long to arrive
 _HEAD = struct.Struct(">IB")
 
 
@@ -43,12 +61,15 @@ class PeerHello:
     capabilities: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()
     disc_key: bytes = b""  # the sender's current discovery key (it rotates on revoke)
+    nonce: bytes = b""  # random per session: with the peer's, it makes the session ID
+    replaces: bytes = b""  # the ID of the session this one replaces (its path went quiet)
 
     def encode(self) -> bytes:
         """The HELLO frame's payload (JSON)."""
         return json.dumps({"device": self.device, "name": self.name,
                            "versions": list(self.versions), "caps": list(self.capabilities),
-                           "relays": list(self.relays), "disc": self.disc_key.hex()}).encode()
+                           "relays": list(self.relays), "disc": self.disc_key.hex(),
+                           "nonce": self.nonce.hex(), "replaces": self.replaces.hex()}).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> PeerHello:
@@ -59,12 +80,16 @@ class PeerHello:
                         tuple(int(v) for v in d["versions"]),
                         tuple(str(c) for c in d.get("caps", ())),
                         tuple(str(r) for r in d.get("relays", ())),
-                        bytes.fromhex(str(d.get("disc", ""))))
+                        bytes.fromhex(str(d.get("disc", ""))),
+                        bytes.fromhex(str(d.get("nonce", ""))),
+                        bytes.fromhex(str(d.get("replaces", ""))))
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
                 RecursionError) as exc:  # whatever JSON a peer sends ends here
             raise RemoteProtocolError(f"malformed Hello: {type(exc).__name__}") from None
         if len(hello.disc_key) not in (0, 32):
             raise RemoteProtocolError("malformed Hello: bad discovery key")
+        if len(hello.nonce) > 32 or len(hello.replaces) > 32:
+            raise RemoteProtocolError("malformed Hello: bad session nonce")
         if not hello.versions or len(hello.versions) > 16:
             raise RemoteProtocolError("Hello lists no protocol versions")
         return hello
@@ -97,7 +122,19 @@ class ClosedEvent:
     error: bool = False
 
 
-Event = HelloReceived | DataReceived | ClosedEvent
+@dataclass(frozen=True, slots=True)
+class PathSuspect:
+    """A PING has gone unanswered for `after` seconds: the path may be dead."""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class PathRecovered:
+    """The PING of a suspect path was answered."""
+
+
+Event = HelloReceived | DataReceived | ClosedEvent | PathSuspect | PathRecovered
 
 
 @dataclass
@@ -106,21 +143,26 @@ class SessionCore:
 
     hello: PeerHello
     now: float
-    keepalive: float = 15.0
-    dead_after: float = 45.0
+    keepalive: float = DEFAULT_KEEPALIVE
+    dead_after: float = DEFAULT_DEAD_AFTER
     max_frame: int = DEFAULT_MAX_FRAME
     state: str = "hello"
     version: int | None = None
-    rtt: float | None = None
+    rtt: float | None = None  # the last measured round trip
+    srtt: float | None = None  # smoothed (RFC 6298: 7/8 old + 1/8 new)
+    suspect: bool = False
+    session_id: bytes = b""  # from both nonces, once the peer's Hello is in (b"": none)
     _in: bytearray = field(default_factory=bytearray)
     _out: bytearray = field(default_factory=bytearray)
     _events: deque[Event] = field(default_factory=deque)
-    _last_rx: float = 0.0
     _last_tx: float = 0.0
-    _ping_sent: float | None = None
+    _ping_sent: float | None = None  # the outstanding PING (one at a time)
+    _data_sent: int = 0  # bytes of DATA framed so far
+    _data_at_ping: int = 0  # ... when the outstanding PING was sent
+    _data_acked: int = 0  # ... before the last answered PING
 
     def __post_init__(self) -> None:
-        self._last_rx = self._last_tx = self.now
+        self._last_tx = self.now
         self._frame(HELLO, self.hello.encode(), self.now)
 
     # -- output ----------------------------------------------------------------------
@@ -130,13 +172,21 @@ class SessionCore:
         self._out += payload
         self._last_tx = now
 
+    def _ping(self, now: float) -> None:
+        self._ping_sent, self._data_at_ping = now, self._data_sent
+        self._frame(PING, b"", now)
+
     def send(self, payload: bytes, now: float) -> None:
-        """Queue a DATA frame; RemoteProtocolError unless open, ValueError if over `max_frame`."""
+        """Queue a DATA frame (and a PING if none is outstanding, so it is acknowledged);
+        RemoteProtocolError unless open, ValueError if over `max_frame`."""
         if self.state != "open":
             raise RemoteProtocolError(f"cannot send: session is {self.state}")
         if len(payload) + 1 > self.max_frame:
             raise ValueError(f"payload of {len(payload)} bytes exceeds the frame limit")
         self._frame(DATA, payload, now)
+        self._data_sent += len(payload) + 5
+        if self._ping_sent is None:
+            self._ping(now)
 
     def close(self, reason: str, now: float) -> None:
         """Queue CLOSE with `reason` (cut to 200 bytes) and end the session; no-op once closed."""
@@ -162,7 +212,6 @@ class SessionCore:
         """
         if self.state == "closed":
             return
-        self._last_rx = now
         self._in += data
         try:
             self._parse(now)
@@ -199,15 +248,16 @@ class SessionCore:
                     f"we speak {sorted(SUPPORTED_VERSIONS)}")
             self.version = max(common)
             self.state = "open"
+            if self.hello.nonce and hello.nonce:
+                low, high = sorted((self.hello.nonce, hello.nonce))
+                self.session_id = hashlib.sha256(b"p2pgate session\0" + low + high).digest()[:16]
             self._events.append(HelloReceived(hello, self.version))
         elif kind == DATA:
             self._events.append(DataReceived(payload))
         elif kind == PING:
             self._frame(PONG, payload, now)
         elif kind == PONG:
-            if self._ping_sent is not None:
-                self.rtt = now - self._ping_sent
-                self._ping_sent = None
+            self._answered(now)
         elif kind == CLOSE:
             self._finish(payload.decode(errors="replace") or "closed by peer", by_peer=True)
         else:
@@ -217,23 +267,52 @@ class SessionCore:
         self.state = "closed"
         self._events.append(ClosedEvent(reason, by_peer, error))
 
+    def _answered(self, now: float) -> None:
+        if self._ping_sent is None:
+            return  # a PONG we did not ask for
+        self.rtt = now - self._ping_sent
+        self.srtt = self.rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * self.rtt
+        self._ping_sent, self._data_acked = None, self._data_at_ping
+        if self.suspect:
+            self.suspect = False
+            self._events.append(PathRecovered())
+        if self._data_sent > self._data_acked and self.state == "open":
+            self._ping(now)  # DATA went out after that PING: have it acknowledged too
+
     # -- timers ----------------------------------------------------------------------
 
+    def suspect_after(self) -> float:
+        """How long the outstanding PING may go unanswered before the path is suspect."""
+        base = max(MIN_SUSPECT, 4 * self.srtt) if self.srtt is not None else MIN_SUSPECT
+        return base + (self._data_at_ping - self._data_acked) / FLOOR_RATE
+
+    def _dead_at(self, ping_sent: float) -> float:
+        return ping_sent + max(self.dead_after, 2 * self.suspect_after())
+
     def get_timer(self) -> float | None:
-        """When `handle_timer` is due next (the keepalive or the dead-peer time), or None."""
+        """When `handle_timer` is due next (suspect, dead, or the idle PING), or None."""
         if self.state == "closed":
             return None
-        return min(self._last_tx + self.keepalive, self._last_rx + self.dead_after)
+        if self._ping_sent is None:
+            return self._last_tx + self.keepalive
+        if not self.suspect:
+            return self._ping_sent + self.suspect_after()
+        return self._dead_at(self._ping_sent)
 
     def handle_timer(self, now: float) -> None:
-        """Close if nothing came for `dead_after` seconds, else PING after `keepalive` idle."""
+        """PING an idle session; mark the path suspect, or close it, when a PING goes
+        unanswered (see the module docstring)."""
         if self.state == "closed":
             return
-        if now >= self._last_rx + self.dead_after:
-            self._frame(CLOSE, b"keepalive timeout", now)
-            self._finish("peer stopped answering (keepalive timeout)", by_peer=False,
-                         error=True)
+        sent = self._ping_sent
+        if sent is None:
+            if now >= self._last_tx + self.keepalive and self.state == "open":
+                self._ping(now)
             return
-        if now >= self._last_tx + self.keepalive and self.state == "open":
-            self._ping_sent = now
-            self._frame(PING, b"", now)
+        if now >= self._dead_at(sent):
+            self._frame(CLOSE, b"keepalive timeout", now)
+            self._finish(f"peer stopped answering (no answer for {now - sent:.0f} s)",
+                         by_peer=False, error=True)
+        elif not self.suspect and now >= sent + self.suspect_after():
+            self.suspect = True
+            self._events.append(PathSuspect(round(now - sent, 3)))

@@ -1,15 +1,20 @@
 """A session between two trusted devices: the asyncio adapter of `SessionCore`.
 
 It owns one pinned `TlsStream`: a reader task feeds received bytes to the core,
-a timer drives keepalives, and DATA payloads queue up for `receive()`. Errors of
-the transport end the session with a reason; they never escape into the loop.
+a timer drives its liveness checks (see `p2pgate.net.frames`), and DATA payloads
+queue up for `receive()`. A suspect or recovered path is reported to the
+`on_suspect` callbacks. Errors of the transport end the session with a reason;
+they never escape into the loop, and closing never waits on a dead peer for
+longer than `CLOSE_GRACE`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +22,14 @@ from dataclasses import dataclass
 from p2pgate.errors import P2PGateError, RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.frames import (
+    DEFAULT_DEAD_AFTER,
+    DEFAULT_KEEPALIVE,
     DEFAULT_MAX_FRAME,
     ClosedEvent,
     DataReceived,
     HelloReceived,
+    PathRecovered,
+    PathSuspect,
     PeerHello,
     SessionCore,
 )
@@ -32,14 +41,16 @@ __all__ = ["Session", "SessionError", "SessionOptions"]
 log = logging.getLogger("p2pgate.net")
 
 HELLO_TIMEOUT = 10.0
+CLOSE_GRACE = 1.0  # close() waits this long, at most, for our CLOSE to be written
 
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
-    """Keepalive and dead-peer delays (seconds) and the largest frame (bytes) of a session."""
+    """The idle-ping interval and how long an unanswered PING may take before the
+    session ends (seconds), and the largest frame (bytes) of a session."""
 
-    keepalive: float = 15.0
-    dead_after: float = 45.0
+    keepalive: float = DEFAULT_KEEPALIVE
+    dead_after: float = DEFAULT_DEAD_AFTER
     max_frame: int = DEFAULT_MAX_FRAME
 
 
@@ -52,6 +63,8 @@ class Session:
 
     `peer_name`, `version`, `capabilities`, `relays` and `disc_key` come from the peer's
     Hello; `path` and `remote_address` from the stream; byte counts include framing.
+    `session_id` is shared by both ends; `replaces` is the ID of the session the peer
+    means this one to replace (b"": none).
     """
 
     def __init__(self, stream: TlsStream, core: SessionCore, hello: PeerHello) -> None:
@@ -63,6 +76,8 @@ class Session:
         self.capabilities = hello.capabilities
         self.relays = hello.relays
         self.disc_key = hello.disc_key
+        self.replaces = hello.replaces
+        self.session_id = core.session_id
         self.path = stream.path
         self.remote_address = stream.remote_address
         self.bytes_sent = 0
@@ -70,9 +85,12 @@ class Session:
         self.close_reason: str | None = None
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = asyncio.Event()
+        self._rearm = asyncio.Event()  # the core's timer may be earlier now (a PING went out)
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._on_close: list[Callable[[Session], None]] = []
+        self._on_suspect: list[Callable[[Session, bool], None]] = []
+        self.last_received = time.monotonic()
         self._closer: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -82,6 +100,11 @@ class Session:
     def rtt(self) -> float | None:
         """The last measured round-trip time in seconds, or None before the first PONG."""
         return self._core.rtt
+
+    @property
+    def suspect(self) -> bool:
+        """Whether a PING is overdue (the path may be dead; see `p2pgate.net.frames`)."""
+        return self._core.suspect
 
     @property
     def closed(self) -> bool:
@@ -94,6 +117,7 @@ class Session:
     async def establish(cls, stream: TlsStream, hello: PeerHello,
                         options: SessionOptions = SessionOptions()) -> Session:  # noqa: B008
         """Exchange Hellos over a pinned stream; the session is then running."""
+        hello = dataclasses.replace(hello, nonce=os.urandom(16))
         core = SessionCore(hello, time.monotonic(), options.keepalive, options.dead_after,
                            options.max_frame)
         try:
@@ -135,6 +159,11 @@ class Session:
         """Call `callback(session)` when the session ends (never, if it already has)."""
         self._on_close.append(callback)
 
+    def on_suspect(self, callback: Callable[[Session, bool], None]) -> None:
+        """Call `callback(session, True)` when the path turns suspect, `(session, False)`
+        when it recovers."""
+        self._on_suspect.append(callback)
+
     # -- use -------------------------------------------------------------------------
 
     async def send(self, payload: bytes) -> None:
@@ -145,6 +174,7 @@ class Session:
             self._core.send(payload, time.monotonic())
         except RemoteProtocolError as exc:
             raise SessionError(str(exc)) from None
+        self._rearm.set()
         await self._flush()
 
     async def receive(self) -> bytes:
@@ -159,8 +189,9 @@ class Session:
         """Tell the peer `reason` (best effort), end the session and wait for it to wind down."""
         if not self.closed:
             self._core.close(reason, time.monotonic())
-            with contextlib.suppress(StreamClosed, RemoteProtocolError):
-                await self._flush()
+            with contextlib.suppress(StreamClosed, RemoteProtocolError, TimeoutError):
+                async with asyncio.timeout(CLOSE_GRACE):  # a dead peer reads nothing
+                    await self._flush()
             self._end(reason)
         await self.wait_closed()
 
@@ -179,11 +210,17 @@ class Session:
     # -- internals -----------------------------------------------------------------------
 
     async def _flush(self) -> None:
-        data = self._core.data_to_send()
-        if data:
-            async with self._write_lock:
+        """Write what the core queued, and what it queues meanwhile (PINGs, PONGs)."""
+        async with self._write_lock:
+            while data := self._core.data_to_send():
                 await self._stream.write(data)
-            self.bytes_sent += len(data)
+                self.bytes_sent += len(data)
+
+    async def _kick(self) -> None:
+        """Flush unless a write is under way (the writer takes our bytes along): the
+        reader and the timer never wait on a stream that does not drain."""
+        if not self._write_lock.locked():
+            await self._flush()
 
     async def _read_loop(self) -> None:
         try:
@@ -193,7 +230,8 @@ class Session:
                     self._core.receive_eof()
                 else:
                     self.bytes_received += len(data)
-                    self._core.receive(data, time.monotonic())
+                    self.last_received = time.monotonic()
+                    self._core.receive(data, self.last_received)
                 await self._drain_events()
         except (StreamClosed, RemoteProtocolError) as exc:
             self._end(f"connection lost: {exc}")
@@ -201,8 +239,11 @@ class Session:
             self._end("connection lost")
 
     async def _drain_events(self) -> None:
+        self._dispatch()
         with contextlib.suppress(StreamClosed):
-            await self._flush()  # PONGs, CLOSE after a protocol error
+            await self._kick()  # PINGs, PONGs, CLOSE after a protocol error
+
+    def _dispatch(self) -> None:
         while (event := self._core.next_event()) is not None:
             if isinstance(event, DataReceived):
                 self._inbox.put_nowait(event.payload)
@@ -210,15 +251,34 @@ class Session:
                 if event.error:
                     log.info("session with %s closed: %s", self.peer.short, event.reason)
                 self._end(event.reason)
+            elif isinstance(event, PathSuspect):
+                log.info("path to %s (%s) is suspect: no answer for %.1f s",
+                         self.peer.short, self.path, event.after)
+                for callback in self._on_suspect:
+                    callback(self, True)
+            elif isinstance(event, PathRecovered):
+                for callback in self._on_suspect:
+                    callback(self, False)
 
     async def _timer_loop(self) -> None:
         while not self.closed:
             when = self._core.get_timer()
             if when is None:
                 return
-            await asyncio.sleep(max(0.0, when - time.monotonic()))
+            self._rearm.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, when - time.monotonic())):
+                    await self._rearm.wait()
+                    continue  # a write moved the timer: compute it again
             self._core.handle_timer(time.monotonic())
-            await self._drain_events()
+            self._dispatch()
+            when = self._core.get_timer()
+            # a stream that does not drain must not hold up the next check (the
+            # bytes stay queued in the transport: cancelling the wait loses nothing)
+            with contextlib.suppress(StreamClosed, TimeoutError):
+                async with asyncio.timeout(None if when is None else
+                                           max(0.05, when - time.monotonic())):
+                    await self._kick()
 
     def _end(self, reason: str) -> None:
         if self.closed:

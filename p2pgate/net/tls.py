@@ -8,6 +8,7 @@ the device we expect *and* a device the registry trusts right now.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable, Iterable
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
-from p2pgate.stream import Stream, StreamClosed
+from p2pgate.stream import CLOSE_GRACE, Stream, StreamClosed
 
 __all__ = ["NO_CHECK_TIME", "PeerNotTrusted", "TlsStream", "make_context"]
 
@@ -138,7 +139,9 @@ class TlsStream:
         self._closed = True
         with contextlib.suppress(ssl.SSLError, ValueError):
             self._obj.unwrap()
-        await _flush(self._inner, self._out, quiet=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE):  # a dead peer takes no close_notify
+                await _flush(self._inner, self._out, quiet=True)
         await self._inner.close()
 
 

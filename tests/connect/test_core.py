@@ -208,3 +208,70 @@ def test_a_peer_no_longer_trusted_is_forgotten():
     c.handle_timer(0.0)
     assert drain(c) == []
     assert c.get_timer() is None
+
+
+# -- suspect paths: alternatives start at once, the first to complete takes over -------------
+
+def direct_linked(me=LOW, key=1):
+    c = core(me)
+    c.peers_known([(PEER, True, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    c.session_established(PEER, key, "direct", True, 0.1)
+    drain(c)
+    return c
+
+
+def test_a_suspect_session_starts_every_alternative_at_once_and_the_first_wins_any_rank():
+    c = direct_linked()
+    c.session_suspect(PEER, 1, 50.0)
+    assert drain(c) == [DialDirect(PEER, replaces=1), DialRelay(PEER, replaces=1)]
+    assert c.is_suspect(PEER)
+    c.session_suspect(PEER, 1, 50.5)  # once per suspicion
+    assert drain(c) == []
+    c.session_established(PEER, 2, "relay", True, 50.6)  # the relay beats the dead direct
+    assert drain(c) == [CancelDials(PEER), CloseSession(PEER, 1, "replaced: suspect path"),
+                        SessionAdopted(PEER, 2, "relay", True, "direct", "suspect path")]
+    assert c.path_of(PEER) == "relay" and not c.is_suspect(PEER)
+
+
+def test_a_recovered_session_stays_and_a_late_relay_then_loses_by_rank():
+    c = direct_linked()
+    c.session_suspect(PEER, 1, 50.0)
+    drain(c)
+    c.session_recovered(PEER, 1, 50.3)
+    assert not c.is_suspect(PEER)
+    c.dial_failed(PEER, "direct", 50.4)
+    c.dial_failed(PEER, "relay", 51.0)
+    assert drain(c) == []
+    assert c.path_of(PEER) == "direct"
+
+
+def test_the_peer_moves_when_told_which_of_its_sessions_is_replaced():
+    # our side of the dead path looks fine (we were not sending): the peer's word counts
+    c = core(HIGH)
+    c.peers_known([(PEER, True, True)], 0.0)
+    assert linked(c, PEER, "direct", key=1, initiated_by_us=False)[-1].path == "direct"
+    c.session_established(PEER, 2, "relay", False, 9.0, replaces=1)
+    assert drain(c) == [CloseSession(PEER, 1, "replaced: the peer lost its path"),
+                        SessionAdopted(PEER, 2, "relay", False, "direct",
+                                       "the peer lost its path")]
+
+
+def test_without_naming_our_session_a_worse_path_from_the_peer_is_still_refused():
+    c = core(HIGH)
+    c.peers_known([(PEER, True, True)], 0.0)
+    linked(c, PEER, "direct", key=1)
+    c.session_established(PEER, 2, "relay", False, 9.0, replaces=77)  # some older session
+    assert drain(c) == [CloseSession(PEER, 2, "a direct session exists")]
+
+
+def test_a_replacement_completing_after_the_suspect_session_ended_is_adopted():
+    c = direct_linked()
+    c.session_suspect(PEER, 1, 50.0)
+    drain(c)
+    c.session_ended(PEER, 1, 55.0)  # dead before any replacement completed
+    c.handle_timer(55.0)
+    assert drain(c) == []  # the replacements in flight are the next round
+    c.session_established(PEER, 3, "relay", True, 55.5)
+    assert drain(c)[-1] == SessionAdopted(PEER, 3, "relay", True)

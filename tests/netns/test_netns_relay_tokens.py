@@ -20,7 +20,6 @@ from tests.netns.nodes import Devices
 pytestmark = pytest.mark.netns
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "devices" / "relay" / "relay.toml"
-FAST = "keepalive = 0.5\nkeepalive_timeout = 1.5\n"
 
 
 def p2pgate(*args: str) -> str:
@@ -63,12 +62,12 @@ def test_token_relay_admits_devices_with_tokens_and_tells_the_others(lab, tmp_pa
 
     # the phone: its token in config.toml, keyed by another spelling of the relay's URL
     (nodes["phone"].data_dir.root / "config.toml").write_text(
-        f'{FAST}\n[relay_tokens]\n"ws://{relay.ip}:8443" = "{tokens["phone"]}"\n')
+        f'[relay_tokens]\n"ws://{relay.ip}:8443" = "{tokens["phone"]}"\n')
     given = {"phone": f"http://{relay.ip}:8443", "desk": f"ws://{relay.ip}:8443/",
              "stranger": f"HTTP://{relay.ip}:8443"}
     for n, host in hosts.items():
         if n != "phone":
-            (nodes[n].data_dir.root / "config.toml").write_text(FAST)
+            (nodes[n].data_dir.root / "config.toml").write_text("")
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), "--relay", given[n],
                    log=tmp_path / f"{n}.log")
     devices = Devices(hosts, nodes)

@@ -6,7 +6,11 @@ Others: `ids`, `count` (pages through the collection), `events` (every change so
 by ID), `watch ID` (prints change events until one for ID), `peers`, `alone` (prints
 `ready` once a peer is connected, then the wall-clock time at which none is), `path
 WAS NOW` (prints `ready` once the first peer's path is WAS, then the time it is NOW), `write
-PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor passes it).
+PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor passes it),
+`ticker PREFIX EVERY` (writes PREFIX0, PREFIX1, ... every EVERY seconds, each with its
+wall-clock write time `t`, until killed; prints `ID T` once written), `arrivals` (prints
+`ID TIME` for every change from now on, TIME the wall clock when the event arrived;
+`ready` first).
 """
 
 from __future__ import annotations
@@ -80,6 +84,23 @@ async def _path_becomes(c: Client, was: str, now: str) -> None:
     print(time.time())
 
 
+async def _ticker(c: Client, prefix: str, every: float) -> None:
+    n = 0
+    while True:
+        started, stamp = time.monotonic(), time.time()
+        await c.put("notes", f"{prefix}{n}", {"t": stamp})
+        print(f"{prefix}{n}", stamp, flush=True)
+        n += 1
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+async def _arrivals(c: Client) -> None:
+    cursor = (await c.node()).cursor
+    print("ready", flush=True)
+    async for event in c.events(cursor=cursor):
+        print(event.id, time.time(), flush=True)
+
+
 async def main(url: str, token: str, op: str, *args: str) -> None:
     async with Client(url, token) as c:
         if op in ("put", "patch", "get", "conflicts", "cput", "cget", "revoke"):
@@ -112,6 +133,10 @@ async def main(url: str, token: str, op: str, *args: str) -> None:
             print(json.dumps((await c.peers()).items))
         elif op == "write":
             await _write(c, args[0], int(args[1]))
+        elif op == "ticker":
+            await _ticker(c, args[0], float(args[1]))
+        elif op == "arrivals":
+            await _arrivals(c)
         elif op == "wait":
             while (await c.node()).cursor <= int(args[0]):  # noqa: ASYNC110 (another process)
                 await asyncio.sleep(0.005)
@@ -120,4 +145,4 @@ async def main(url: str, token: str, op: str, *args: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 300))
+    asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 900))
