@@ -1,6 +1,7 @@
 """Two devices that cannot reach each other sync through a real relay process, which
 sees only ciphertext; when the direct route opens they move to it without loss or
-duplicate events, and fall back to the relay when it closes again."""
+duplicate events, and fall back to the relay when it closes again. Default settings
+throughout (the time a fall-back takes is `test_netns_failover.py`)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
     url = f"ws://{relay.ip}:8443"
     lab.cut_unicast(phone, desk)  # they reach the relay, never each other
     for n, host in hosts.items():
-        (nodes[n].data_dir.root / "config.toml").write_text(
-            "direct_probe_interval = 2\nkeepalive = 0.5\nkeepalive_timeout = 1.5\n")
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), "--relay", url,
                    log=tmp_path / f"{n}.log")
     devices = Devices(hosts, nodes)
@@ -58,13 +57,10 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
     api("phone", "put", "n3", json.dumps({"text": "direct now"}))
     wait_for(lambda: api("desk", "ids") == ["n1", "n2", "n3"], what="sync after the move")
 
-    watchers = [devices.spawn_notes(n, "path", "direct", "relay") for n in hosts]  # in-process
-    assert [w.stdout.readline().strip() for w in watchers] == ["ready", "ready"]
-    cut = time.time()
-    lab.cut_unicast(phone, desk)
-    fallback = max(float(w.communicate(timeout=30)[0]) for w in watchers) - cut
+    lab.cut_unicast(phone, desk)  # idle: the first write finds the cut
     api("phone", "put", "n4", json.dumps({"text": "relayed again"}))
     wait_for(lambda: api("desk", "ids") == ["n1", "n2", "n3", "n4"], what="sync after falling back")
+    assert path("phone") == "relay"
 
     # the relay restarts: the sessions come back on their own
     relay_process.terminate()
@@ -77,8 +73,7 @@ def test_relay_fallback_then_move_to_direct_and_back(lab, tmp_path):
     # nothing lost, nothing delivered twice: one event per document on each side
     for n in hosts:
         assert sorted(api(n, "events")) == ["n1", "n2", "n3", "n4", "n5"]
-    print(f"relayed session after {relayed_after:.2f} s; fell back in {fallback:.2f} s")
-    assert fallback < 3 + 1  # target 3 s (polled every 20 ms in each namespace)
+    print(f"relayed session after {relayed_after:.2f} s")
 
 
 def test_a_device_without_relays_reaches_a_peer_through_the_peer_s_relay(lab, tmp_path):
@@ -89,8 +84,6 @@ def test_a_device_without_relays_reaches_a_peer_through_the_peer_s_relay(lab, tm
     relay.spawn(sys.executable, "-m", "p2pgate", "relay", "--listen", f"{relay.ip}:8443",
                 log=tmp_path / "relay.log")
     for n, host in hosts.items():
-        (nodes[n].data_dir.root / "config.toml").write_text(
-            "keepalive = 0.5\nkeepalive_timeout = 1.5\n")
         relays = ["--relay", f"ws://{relay.ip}:8443"] if n == "desk" else []
         host.spawn(*node_argv(nodes[n], f"{host.ip}:7771"), *relays, log=tmp_path / f"{n}.log")
     devices = Devices(hosts, nodes)
@@ -98,7 +91,6 @@ def test_a_device_without_relays_reaches_a_peer_through_the_peer_s_relay(lab, tm
 
     wait_for(lambda: path("phone") == "direct", what="a direct session first")
     lab.cut_unicast(phone, desk)  # the phone learnt the desktop's relay from its Hello
-    wait_for(lambda: path("phone") == "relay" and path("desk") == "relay", timeout=20,
-             what="the phone dialing through the desktop's relay")
     api("phone", "put", "n1", json.dumps({"text": "via a relay the phone never configured"}))
     wait_for(lambda: api("desk", "ids") == ["n1"], what="sync")
+    assert path("phone") == "relay" and path("desk") == "relay"
