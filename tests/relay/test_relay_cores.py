@@ -291,7 +291,7 @@ def test_absent_and_refusing_devices_are_answered_alike_at_the_deadline():
     broker.attach(a)
     broker.attach(b)
     [invite] = broker.request(a, b, 1, now=0.0)
-    assert broker.answer(b, str(invite.message["sid"]), False) == []  # refused: silent
+    assert broker.answer(b, str(invite.message["sid"]), False, now=0.0) == []  # refused: silent
     assert broker.request(a, absent, 2, now=0.0) == []
     assert broker.get_timer() == 1.0
     assert broker.handle_timer(0.99) == []  # never earlier than the deadline
