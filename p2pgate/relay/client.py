@@ -362,8 +362,12 @@ class RelayClient:
             if len(self._accepted) > MAX_ACCEPTED:
                 del self._accepted[sid]
                 accept = False
-        async with _relay_errors(self.url, RelayError):
-            await ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
+        try:
+            async with _relay_errors(self.url, RelayError):
+                await ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
+        except RelayError as exc:  # the connection went: so did the invitation
+            self._accepted.pop(sid, None)
+            log.info("%s", exc)
 
     async def _signalled(self, peer: DeviceID, data: Any) -> None:
         if self.on_signal is not None and await self._should_accept(peer):
