@@ -203,7 +203,8 @@ class RelayClient:
         self._connected = asyncio.Event()
         self._requests: dict[int, asyncio.Future[Ready | Unavailable]] = {}
         self._req_ids = itertools.count(1)
-        self._accepted: dict[str, DeviceID] = {}  # invitations accepted, awaiting `ready`
+        # invitations accepted and awaiting their `ready`: sid -> (peer, when accepted)
+        self._accepted: dict[str, tuple[DeviceID, float]] = {}
         self._joining = 0  # splices being opened for accepted invitations
         self.unsolicited = 0  # `ready` messages for nothing we asked for or accepted
         self._tasks = Supervisor(logger=log)
@@ -341,7 +342,8 @@ class RelayClient:
 
     def _ready_for_invitation(self, ready: Ready) -> None:
         """Join the splice of an invitation we accepted (from that peer), nothing else."""
-        if self._accepted.get(ready.sid) != ready.peer or self._joining >= MAX_JOINING:
+        accepted = self._accepted.get(ready.sid)
+        if accepted is None or accepted[0] != ready.peer or self._joining >= MAX_JOINING:
             self.unsolicited += 1
             return
         del self._accepted[ready.sid]
@@ -354,11 +356,14 @@ class RelayClient:
 
     async def _invited(self, sid: str, peer: DeviceID) -> None:
         ws = self._ws
+        now = time.monotonic()
+        for stale in [s for s, (_, at) in self._accepted.items() if now - at > ANSWER_TIMEOUT]:
+            del self._accepted[stale]  # the relay will not send their `ready` any more
         accept = len(self._accepted) < MAX_ACCEPTED and await self._should_accept(peer)
         if ws is None or ws is not self._ws or ws.closed:
             return  # the invitation came on a connection that is gone
         if accept:
-            self._accepted[sid] = peer
+            self._accepted[sid] = (peer, now)
             if len(self._accepted) > MAX_ACCEPTED:
                 del self._accepted[sid]
                 accept = False

@@ -275,3 +275,27 @@ def test_a_ready_session_nobody_splices_expires_and_frees_its_slots():
     broker.handle_timer(100.0)
     assert broker.sessions == 1
     assert broker.spliced == 0  # one side only: it does not hold a drain either
+
+
+async def test_the_relay_counts_out_unspliced_sessions_when_their_deadline_passes():
+    """The wiring: the server arms the broker's splice deadline and /health follows.
+    (The 30 s default is the broker core's test above; here the deadline is 0.5 s so
+    the test does not wait 30 s.) Failed before: /health counted them forever."""
+    b_id = Identity.generate()
+    async with relay() as r, logged_in(r.url) as a, logged_in(r.url, b_id) as b, \
+            aiohttp.ClientSession() as s:
+        r.server.broker.splice_wait = 0.5
+        await a.send_json({"t": "connect", "req": 1, "to": str(b_id.device_id)})
+        invite = await b.receive_json(timeout=5)
+        await b.send_json({"t": "accept", "sid": invite["sid"]})
+        ready = await a.receive_json(timeout=5)
+        health = r.url.replace("ws://", "http://") + "/health"
+        async with s.get(health) as resp:
+            assert (await resp.json())["sessions"] == 1
+        await asyncio.sleep(1.0)
+        async with s.get(health) as resp:
+            assert (await resp.json())["sessions"] == 0
+        async with s.ws_connect(r.url + "/v1/splice") as ws:  # its key is void now
+            await ws.send_json({"sid": ready["sid"], "key": ready["key"]})
+            assert (await ws.receive(timeout=5)).type != aiohttp.WSMsgType.TEXT
+        assert r.server.metrics.value("refusals_total", reason="bad_splice_key") == 1
