@@ -25,11 +25,18 @@ class RateLimiter:
     rate: float
     burst: int
     _buckets: dict[str, _Tokens] = field(default_factory=dict)
+    _prune_at: int = 1024
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def acquire(self, key: str, now: float) -> float:
         """Take one request for `key`; return 0, or the seconds to wait before retrying."""
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= self._prune_at:  # many keys: forget the full buckets
+                self.prune(now)
+                self._prune_at = max(1024, 2 * len(self._buckets))
             bucket = self._buckets[key] = _Tokens(float(self.burst), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
@@ -41,6 +48,13 @@ class RateLimiter:
     def take(self, key: str, now: float) -> bool:
         """Take one request for `key` if one is available now."""
         return self.acquire(key, now) == 0.0
+
+    def prune(self, now: float) -> None:
+        """Forget the keys whose bucket is full again at `now` (a new one starts full)."""
+        full = [key for key, b in self._buckets.items()
+                if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+        for key in full:
+            del self._buckets[key]
 
 
 @dataclass(slots=True)

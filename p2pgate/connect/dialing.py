@@ -107,9 +107,12 @@ class Dialer:
         raise DialFailed("; ".join(failures) or "no relay to try")
 
     async def _visitor(self, url: str) -> RelayClient | None:
-        """A control connection to someone else's relay, kept for later dials."""
-        if url in self._visiting:
-            return self._visiting[url][0]
+        """A control connection to someone else's relay, kept for later dials (while
+        its task runs: a client whose task ended is replaced, never handed out)."""
+        cached = self._visiting.get(url)
+        if cached is not None and not cached[1].done():
+            return cached[0]
+        self._visiting.pop(url, None)
         if self._visit is None:
             return None
         relay = self._visit(url)

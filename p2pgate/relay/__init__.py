@@ -1,9 +1,10 @@
 """Relay: the fallback server operators run, and the node's client for it.
 
-Sans-I/O cores (time is an argument): `auth` (device login and the access rule),
-`access_tokens` (operator-signed JWTs), `broker` (who is attached, invitations, splice
-keys), `rendezvous` (where splice halves and pairing mailboxes meet), `limits` (per-IP
-admission, bytes per second), `refusals` (a refused login said once, with its fix).
+Sans-I/O cores (time is an argument): `wire` (control messages, decoded strictly),
+`auth` (device login and the access rule), `access_tokens` (operator-signed JWTs),
+`broker` (who is attached, invitations, splice keys), `rendezvous` (where splice
+halves and pairing mailboxes meet), `limits` (per-IP admission, bytes per second,
+signalling), `refusals` (a refused login said once, with its fix).
 Relay URLs are made canonical by `p2pgate.urls` on both sides. asyncio adapters:
 `server` (aiohttp endpoints and control connections), `splicing` (the server's byte
 splices), `client` (the node's side). `config` and `metrics` serve the server;

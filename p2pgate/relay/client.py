@@ -6,6 +6,10 @@ invitation to `should_accept(device_id)` — the node accepts only trusted devic
 `connect(peer)` asks the relay for a session and returns the splice as a
 `SpliceStream` once both sides are in; the devices then run admission and pinned
 mutual TLS over it, so the relay carries only ciphertext.
+The client opens a splice only for a request it made or an invitation it accepted
+(a relay's unsolicited `ready` is dropped), a bounded number at a time, and splice
+frames are bounded (`SPLICE_MAX_MESSAGE`). Every message from the relay is decoded by
+`wire` (a malformed one ends that control connection, which is opened again).
 The URL is made canonical (`p2pgate.urls`) before it is signed, as the relay does
 before it checks; a refused login is logged once per reason with its fix
 (`refusals`), and `set_token` hands over a new access token and logs in again.
@@ -16,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import random
 import time
@@ -25,12 +28,21 @@ from typing import Any
 
 import aiohttp
 
-from p2pgate.errors import P2PGateError
+from p2pgate.errors import P2PGateError, RemoteProtocolError
 from p2pgate.identity import Identity
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.net.frames import DEFAULT_MAX_FRAME
 from p2pgate.relay.access_tokens import token_expiry
 from p2pgate.relay.auth import login_message
 from p2pgate.relay.refusals import RefusalNotes, refusal_advice
+from p2pgate.relay.wire import (
+    Invited,
+    Ready,
+    Signal,
+    Unavailable,
+    decode_relay_message,
+    json_object,
+)
 from p2pgate.stream import StreamClosed
 from p2pgate.supervisor import Supervisor
 from p2pgate.urls import canonical_relay_url
@@ -41,6 +53,13 @@ __all__ = ["RelayClient", "RelayError", "RelayRefused", "RelayUnavailable", "Spl
 log = logging.getLogger("p2pgate.relay.client")
 
 ANSWER_TIMEOUT = 15.0
+CONTROL_MAX_MESSAGE = 64 << 10  # the relay's largest message is a signal (8 KB of data)
+# A splice frame is at most one session frame (DEFAULT_MAX_FRAME) with its TLS records'
+# overhead (at most 256 bytes per 16 KiB record), plus slack; we send at most SPLICE_CHUNK.
+SPLICE_MAX_MESSAGE = DEFAULT_MAX_FRAME + (DEFAULT_MAX_FRAME >> 6) + (64 << 10)
+SPLICE_CHUNK = 64 << 10
+MAX_ACCEPTED = 64  # invitations accepted and waiting for their `ready`
+MAX_JOINING = 32  # splices being opened at once for accepted invitations
 
 
 class RelayError(P2PGateError):
@@ -84,9 +103,12 @@ class SpliceStream:
         self.remote_address: str | None = relay_url
 
     async def write(self, data: bytes) -> None:
-        """Send `data` as one binary frame; StreamClosed if the splice is gone."""
+        """Send `data` in binary frames of at most SPLICE_CHUNK bytes; StreamClosed if
+        the splice is gone."""
+        view = memoryview(data)
         try:
-            await self._ws.send_bytes(bytes(data))
+            for start in range(0, len(view), SPLICE_CHUNK):
+                await self._ws.send_bytes(bytes(view[start:start + SPLICE_CHUNK]))
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise StreamClosed(f"relay splice closed: {exc}") from None
 
@@ -143,15 +165,20 @@ async def _spliced(relay_url: str, path: str, first: dict[str, str], wait: float
 def _says_spliced(msg: aiohttp.WSMessage) -> bool:
     if msg.type != aiohttp.WSMsgType.TEXT:
         return False
-    data = json.loads(msg.data)
-    return isinstance(data, dict) and data.get("t") == "spliced"
+    try:
+        return json_object(msg.data).get("t") == "spliced"
+    except RemoteProtocolError:
+        return False
 
 
 async def _receive_object(ws: aiohttp.ClientWebSocketResponse, url: str) -> dict[str, Any]:
-    data = await ws.receive_json(timeout=10)
-    if not isinstance(data, dict):
-        raise RelayError(f"relay {url}: the answer is not a JSON object")
-    return data
+    msg = await ws.receive(timeout=10)
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        raise RelayError(f"relay {url}: the connection closed during login")
+    try:
+        return json_object(msg.data)
+    except RemoteProtocolError as exc:
+        raise RelayError(f"relay {url}: {exc}") from None
 
 
 class RelayClient:
@@ -174,8 +201,12 @@ class RelayClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: aiohttp.ClientSession | None = None
         self._connected = asyncio.Event()
-        self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._requests: dict[int, asyncio.Future[Ready | Unavailable]] = {}
         self._req_ids = itertools.count(1)
+        # invitations accepted and awaiting their `ready`: sid -> (peer, when accepted)
+        self._accepted: dict[str, tuple[DeviceID, float]] = {}
+        self._joining = 0  # splices being opened for accepted invitations
+        self.unsolicited = 0  # `ready` messages for nothing we asked for or accepted
         self._tasks = Supervisor(logger=log)
         self.observed_address: str | None = None
         self.on_connected: Callable[[], None] | None = None
@@ -260,7 +291,8 @@ class RelayClient:
     async def _control(self, session: aiohttp.ClientSession) -> None:
         """One control connection, from login until it closes (RelayError on failure)."""
         async with _relay_errors(self.url, RelayError), \
-                session.ws_connect(self.url + "/v1/control", heartbeat=30) as ws:
+                session.ws_connect(self.url + "/v1/control", heartbeat=30,
+                                   max_msg_size=CONTROL_MAX_MESSAGE) as ws:
             hello = await _receive_object(ws, self.url)
             if hello.get("t") != "hello" or "nonce" not in hello:
                 raise RelayError(f"relay {self.url} did not say hello")
@@ -277,38 +309,70 @@ class RelayClient:
             if self.on_connected is not None:
                 self.on_connected()
             log.info("relay %s: connected (we are %s)", self.url, self.observed_address)
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                self._on_message(json.loads(msg.data))
+            unsolicited = self.unsolicited
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    self._on_message(msg.data)
+            finally:
+                self._accepted.clear()  # their `ready` can only come on this connection
+                if self.unsolicited > unsolicited:
+                    log.info("relay %s sent %d `ready` messages for no request of ours "
+                             "(ignored)", self.url, self.unsolicited - unsolicited)
 
-    def _on_message(self, data: dict[str, Any]) -> None:
+    def _on_message(self, text: str) -> None:
+        """Act on one message from the relay; RelayError if it is malformed."""
         try:
-            self._dispatch(data)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise RelayError(f"relay {self.url} sent a bad message: {exc!r}") from None
-
-    def _dispatch(self, data: dict[str, Any]) -> None:
-        kind = data.get("t")
-        if kind in ("ready", "unavailable") and "req" in data:
-            fut = self._requests.pop(int(data["req"]), None)
+            message = decode_relay_message(text)
+        except RemoteProtocolError as exc:
+            raise RelayError(f"relay {self.url} sent a bad message: {exc}") from None
+        if isinstance(message, (Ready, Unavailable)) and message.req is not None:
+            fut = self._requests.pop(message.req, None)
             if fut is not None and not fut.done():
-                fut.set_result(data)
-        elif kind == "invite":
-            self._tasks.fire("relay invitation",
-                             self._invited(str(data["sid"]), DeviceID.parse(str(data["from"]))))
-        elif kind == "ready":
-            self._tasks.fire("relayed session", self._join(
-                str(data["sid"]), str(data["key"]), DeviceID.parse(str(data["peer"]))))
-        elif kind == "signal":
-            self._tasks.fire("relay signal", self._signalled(DeviceID.parse(str(data["from"])),
-                                                             data.get("data")))
+                fut.set_result(message)
+            elif isinstance(message, Ready):
+                self.unsolicited += 1
+        elif isinstance(message, Invited):
+            self._tasks.fire("relay invitation", self._invited(message.sid, message.peer))
+        elif isinstance(message, Ready):
+            self._ready_for_invitation(message)
+        elif isinstance(message, Signal):
+            self._tasks.fire("relay signal", self._signalled(message.peer, message.data))
+
+    def _ready_for_invitation(self, ready: Ready) -> None:
+        """Join the splice of an invitation we accepted (from that peer), nothing else."""
+        accepted = self._accepted.get(ready.sid)
+        if accepted is None or accepted[0] != ready.peer or self._joining >= MAX_JOINING:
+            self.unsolicited += 1
+            return
+        del self._accepted[ready.sid]
+        self._joining += 1
+        task = self._tasks.fire("relayed session", self._join(ready.sid, ready.key, ready.peer))
+        task.add_done_callback(lambda _: self._joined())
+
+    def _joined(self) -> None:
+        self._joining -= 1
 
     async def _invited(self, sid: str, peer: DeviceID) -> None:
-        accept = await self._should_accept(peer)
-        if self._ws is not None:
+        ws = self._ws
+        now = time.monotonic()
+        for stale in [s for s, (_, at) in self._accepted.items() if now - at > ANSWER_TIMEOUT]:
+            del self._accepted[stale]  # the relay will not send their `ready` any more
+        accept = len(self._accepted) < MAX_ACCEPTED and await self._should_accept(peer)
+        if ws is None or ws is not self._ws or ws.closed:
+            return  # the invitation came on a connection that is gone
+        if accept:
+            self._accepted[sid] = (peer, now)
+            if len(self._accepted) > MAX_ACCEPTED:
+                del self._accepted[sid]
+                accept = False
+        try:
             async with _relay_errors(self.url, RelayError):
-                await self._ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
+                await ws.send_json({"t": "accept" if accept else "refuse", "sid": sid})
+        except RelayError as exc:  # the connection went: so did the invitation
+            self._accepted.pop(sid, None)
+            log.info("%s", exc)
 
     async def _signalled(self, peer: DeviceID, data: Any) -> None:
         if self.on_signal is not None and await self._should_accept(peer):
@@ -324,14 +388,15 @@ class RelayClient:
 
     async def _open_splice(self, sid: str, key: str, peer: DeviceID) -> SpliceStream:
         return await _spliced(self.url, "/v1/splice", {"sid": sid, "key": key}, 35,
-                              "the other side never joined the splice", peer, max_msg_size=0)
+                              "the other side never joined the splice", peer,
+                              max_msg_size=SPLICE_MAX_MESSAGE)
 
     async def connect(self, peer: DeviceID) -> SpliceStream:
         """A relayed stream to `peer`, or RelayUnavailable."""
         if self._ws is None:
             raise RelayUnavailable(f"not connected to relay {self.url}")
         req = next(self._req_ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Ready | Unavailable] = asyncio.get_running_loop().create_future()
         self._requests[req] = fut
         try:
             async with _relay_errors(self.url):
@@ -340,9 +405,9 @@ class RelayClient:
                     answer = await fut
         finally:
             self._requests.pop(req, None)
-        if answer["t"] != "ready" or "sid" not in answer or "key" not in answer:
+        if not isinstance(answer, Ready) or answer.peer != peer:
             raise RelayUnavailable(f"device {peer.short} is not reachable through {self.url}")
-        return await self._open_splice(str(answer["sid"]), str(answer["key"]), peer)
+        return await self._open_splice(answer.sid, answer.key, peer)
 
     async def signal(self, peer: DeviceID, data: Any) -> None:
         """Send signalling `data` to `peer` through the relay (dropped unless it trusts us)."""

@@ -45,7 +45,8 @@ class RelayConfig(BaseModel):
     )
     idle_timeout: float = Field(300.0, gt=0, description="Seconds before an idle splice closes.")
     max_frame: int = Field(256 << 10, gt=0, description="Largest WebSocket frame accepted.")
-    invite_rate: float = Field(2.0, gt=0, description="Invitations/s one device may receive.")
+    invite_rate: float = Field(2.0, gt=0, description="Invitations/s one device may send to "
+                               "one other device (4x that to all of them together).")
     unavailable_delay: float = Field(
         1.0, gt=0, description="Seconds before 'unavailable' (same for absent and refusing)."
     )

@@ -4,7 +4,10 @@
 new connections per second from one client IP (`client_ip` believes X-Forwarded-For
 only from a trusted proxy). `Throughput` paces every splice direction at
 `session_rate` bytes/s and all of them together at `global_rate`: a `Meter` says how
-long the adapter waits, given `now`, before it forwards more. Time is an argument.
+long the adapter waits, given `now`, before it forwards more; signalling is charged
+to the same relay-wide bucket (`Throughput.charge`). `SignalLimits` bounds signalling
+messages per sender, per sender→target pair and per target, whether the target is
+attached or not (so the limits say nothing about who is online). Time is an argument.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections import Counter
 
 from p2pgate.ratelimit import ByteBucket, RateLimiter
 
-__all__ = ["IpAdmission", "Meter", "Throughput", "client_ip"]
+__all__ = ["IpAdmission", "Meter", "SignalLimits", "Throughput", "client_ip"]
 
 
 def client_ip(peer: str, forwarded_for: str | None, trusted_proxies: tuple[str, ...]) -> str:
@@ -87,3 +90,28 @@ class Throughput:
     def meter(self) -> Meter:
         """A meter for a new splice direction: the current session rate, the shared bucket."""
         return Meter(ByteBucket(self.session_rate), self._global)
+
+    def charge(self, n: int, now: float) -> float:
+        """Count `n` bytes sent outside a splice (signalling) against the global rate;
+        the seconds of backlog the relay-wide bucket now holds."""
+        return self._global.delay(n, now)
+
+
+class SignalLimits:
+    """Signalling messages/s per sender, per sender→target pair and per target.
+
+    A WebRTC connection attempt takes an offer, an answer and a few dozen ICE
+    candidates: the bursts let that through at once; a flood gets the rates.
+    """
+
+    def __init__(self, pair_rate: float = 10.0, pair_burst: int = 40,
+                 sender_rate: float = 40.0, sender_burst: int = 160,
+                 target_rate: float = 40.0, target_burst: int = 160) -> None:
+        self._pairs = RateLimiter(pair_rate, pair_burst)
+        self._senders = RateLimiter(sender_rate, sender_burst)
+        self._targets = RateLimiter(target_rate, target_burst)
+
+    def admit(self, sender: str, target: str, now: float) -> bool:
+        """Count one message from `sender` to `target` at `now`: whether it may pass."""
+        return (self._senders.take(sender, now) and self._pairs.take(f"{sender}>{target}", now)
+                and self._targets.take(target, now))

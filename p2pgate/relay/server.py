@@ -18,7 +18,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -27,9 +26,16 @@ from p2pgate.identity.deviceid import DeviceID
 from p2pgate.relay.auth import AuthRefused, check_access, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
-from p2pgate.relay.limits import IpAdmission, client_ip
+from p2pgate.relay.limits import IpAdmission, SignalLimits, client_ip
 from p2pgate.relay.metrics import Metrics
-from p2pgate.relay.splicing import Splicer, first_message
+from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
+from p2pgate.relay.wire import (
+    Accepted,
+    ConnectAsked,
+    SignalSent,
+    decode_device_message,
+    decode_login,
+)
 from p2pgate.supervisor import Supervisor
 from p2pgate.urls import canonical_relay_url
 
@@ -38,6 +44,7 @@ __all__ = ["RelayServer"]
 log = logging.getLogger("p2pgate.relay")
 
 PROTOCOL_VERSION = 1
+SIGNAL_BACKLOG = 1.0  # signalling waits for no splice: dropped past this much global backlog
 
 
 @contextlib.contextmanager
@@ -56,7 +63,9 @@ class RelayServer:
         self.config = config
         self.broker = Broker(unavailable_delay=config.unavailable_delay,
                              invite_rate=config.invite_rate,
-                             max_sessions_per_device=config.max_sessions_per_device)
+                             max_sessions_per_device=config.max_sessions_per_device,
+                             splice_wait=SPLICE_WAIT)
+        self.signal_limits = SignalLimits()
         self.admission = IpAdmission(config.max_connections_per_ip, config.accept_rate_per_ip)
         self.metrics = Metrics()
         self.splicer = Splicer(config, self.broker, self.metrics, self._session_closed)
@@ -77,6 +86,7 @@ class RelayServer:
         m.counter("refusals_total", "Connections or requests refused, by reason.")
         m.counter("auth_failures_total", "Device authentications that failed, by reason.")
         m.counter("sessions_total", "Relayed sessions started.")
+        m.counter("signals_total", "Signalling messages forwarded or dropped, by outcome.")
 
     def reload(self, config: RelayConfig) -> None:
         """Apply a new configuration to new connections and requests (SIGHUP)."""
@@ -99,9 +109,10 @@ class RelayServer:
         return app
 
     async def drain(self) -> None:
-        """Refuse new work and wait (up to drain_timeout) for running splices."""
+        """Refuse new work and wait (up to drain_timeout) for running splices (sessions
+        accepted but never spliced do not hold it)."""
         self._draining = True
-        if self.broker.sessions:
+        if self.broker.spliced:
             self._no_sessions.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.drain_timeout):  # (not wait_for: 3.11)
@@ -176,6 +187,7 @@ class RelayServer:
         cfg = self.config
         try:
             data = await first_message(ws)
+            decode_login(data)  # typed: lists, 10**400, Infinity are refused as malformed
             device = verify_login(data, url, nonce, time.time(), cfg.auth_skew)
             check_access(device, data.get("token"), access=cfg.access,
                          allowlist=cfg.allowlist, token_keys=cfg.token_keys,
@@ -217,38 +229,54 @@ class RelayServer:
                 if msg.type != WSMsgType.TEXT:
                     break
                 try:
-                    await self._on_control(device, json.loads(msg.data))
-                except (ValueError, TypeError, KeyError):
+                    message = decode_device_message(msg.data)
+                except RemoteProtocolError as exc:
                     self.metrics.inc("refusals_total", reason="malformed")
+                    log.info("device %s sent a bad message: %s", device.short, exc)
                     break
+                await self._on_control(device, message)
         finally:
             if self._controls.get(device) is ws:
                 del self._controls[device]
                 self.broker.detach(device)
                 log.info("device %s detached", device.short)
 
-    async def _on_control(self, device: DeviceID, data: dict[str, Any]) -> None:
-        kind = data["t"]
-        if kind == "connect":
+    async def _on_control(self, device: DeviceID,
+                          message: ConnectAsked | Accepted | SignalSent) -> None:
+        if isinstance(message, ConnectAsked):
             if self._draining:
-                await self._deliver([Send(device, {"t": "unavailable", "req": data["req"]})])
+                await self._deliver([Send(device, {"t": "unavailable", "req": message.req})])
                 return
-            target = DeviceID.parse(str(data["to"]))
-            await self._deliver(self.broker.request(device, target, int(data["req"]),
+            await self._deliver(self.broker.request(device, message.to, message.req,
                                                     self._now()))
             self._arm_timer()
-        elif kind in ("accept", "refuse"):
-            sends = self.broker.answer(device, str(data["sid"]), kind == "accept")
+        elif isinstance(message, Accepted):
+            accept = message.accept and not self._draining
+            sends = self.broker.answer(device, message.sid, accept, self._now())
             if sends:
                 self.metrics.inc("sessions_total")
+                self._arm_timer()
             await self._deliver(sends)
-        elif kind == "signal":
-            target = DeviceID.parse(str(data["to"]))
-            if target in self._controls and len(json.dumps(data.get("data"))) <= 8192:
-                await self._deliver([Send(target, {"t": "signal", "from": str(device),
-                                                   "data": data.get("data")})])
         else:
-            raise KeyError(kind)
+            self._signal(device, message)
+
+    def _signal(self, device: DeviceID, message: SignalSent) -> None:
+        """Forward signalling within its limits. Attached or absent, the target costs
+        the sender the same: the same limits are charged, the same message encoded,
+        and the send runs in its own task, never on the sender's path."""
+        now = self._now()
+        admitted = (self.signal_limits.admit(str(device), str(message.to), now)
+                    and self.splicer.throughput.charge(message.size, now) <= SIGNAL_BACKLOG)
+        text = json.dumps({"t": "signal", "from": str(device), "data": message.data})
+        ws = self._controls.get(message.to)
+        if admitted and ws is not None:
+            self._tasks.fire("relay: signal", self._send_text(ws, text))
+        self.metrics.inc("signals_total", outcome="forwarded" if admitted else "dropped")
+
+    async def _send_text(self, ws: web.WebSocketResponse, text: str) -> None:
+        if not ws.closed:
+            with _client_errors("signal target"):
+                await ws.send_str(text)
 
     async def _deliver(self, sends: list[Send]) -> None:
         for send in sends:
@@ -275,6 +303,7 @@ class RelayServer:
         sends = self.broker.handle_timer(self._now())
         if sends:
             self._tasks.fire("relay: unavailable answers", self._deliver(sends))
+        self._session_closed()  # ready sessions nobody spliced may have expired
         self._arm_timer()
 
     # -- splices and the pairing mailbox ---------------------------------------------------
@@ -289,5 +318,5 @@ class RelayServer:
         return await self._websocket(request, 64 << 10, self.splicer.run_mailbox)
 
     def _session_closed(self) -> None:
-        if not self.broker.sessions:
+        if not self.broker.spliced:
             self._no_sessions.set()

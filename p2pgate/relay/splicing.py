@@ -11,7 +11,6 @@ arms the timer they ask for.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.limits import Throughput
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.rendezvous import Mailboxes, Refused, Replaced, SpliceMatcher
+from p2pgate.relay.wire import json_object
 
 __all__ = ["FIRST_MESSAGE_WAIT", "Splicer", "first_message"]
 
@@ -40,12 +40,11 @@ async def first_message(ws: web.WebSocketResponse) -> dict[str, Any]:
     """The client's first message, a JSON object, or RemoteProtocolError."""
     try:
         msg = await ws.receive(timeout=FIRST_MESSAGE_WAIT)
-        data = json.loads(msg.data) if msg.type == WSMsgType.TEXT else None
-    except (TimeoutError, ValueError) as exc:
+    except TimeoutError as exc:
         raise RemoteProtocolError(f"no valid first message: {exc}") from None
-    if not isinstance(data, dict):
+    if msg.type != WSMsgType.TEXT:
         raise RemoteProtocolError("the first message is not a JSON object")
-    return data
+    return json_object(msg.data)  # (RemoteProtocolError for any other JSON or text)
 
 
 def _fields(data: dict[str, Any], *names: str) -> list[str]:

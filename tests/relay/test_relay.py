@@ -198,7 +198,7 @@ def test_broker_limits_sessions_and_answers_at_the_deadline():
     broker.attach(a)
     broker.attach(b)
     [invite] = broker.request(a, b, 1, now=0.0)
-    ready = broker.answer(b, str(invite.message["sid"]), True)
+    ready = broker.answer(b, str(invite.message["sid"]), True, now=0.0)
     assert {s.to for s in ready} == {a, b}
     assert broker.sessions == 1
     assert broker.request(a, b, 2, now=0.1) == []  # over the session limit: no invitation

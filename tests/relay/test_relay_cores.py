@@ -291,7 +291,7 @@ def test_absent_and_refusing_devices_are_answered_alike_at_the_deadline():
     broker.attach(a)
     broker.attach(b)
     [invite] = broker.request(a, b, 1, now=0.0)
-    assert broker.answer(b, str(invite.message["sid"]), False) == []  # refused: silent
+    assert broker.answer(b, str(invite.message["sid"]), False, now=0.0) == []  # refused: silent
     assert broker.request(a, absent, 2, now=0.0) == []
     assert broker.get_timer() == 1.0
     assert broker.handle_timer(0.99) == []  # never earlier than the deadline
@@ -301,7 +301,7 @@ def test_absent_and_refusing_devices_are_answered_alike_at_the_deadline():
     assert {s.to for s in answers} == {a}
 
 
-def test_invitations_are_rate_limited_per_target():
+def test_invitations_are_rate_limited_per_requester_and_target():
     a, b = Identity.generate().device_id, Identity.generate().device_id
     broker = Broker(unavailable_delay=1.0, invite_rate=1.0, max_sessions_per_device=99)
     broker.attach(a)
