@@ -15,6 +15,7 @@ from p2pgate.relay.access_tokens import issue_token, token_expiry
 from p2pgate.relay.auth import AuthRefused, login_message, verify_login
 from p2pgate.relay.config import load_relay_config
 from p2pgate.relay.refusals import RefusalNotes, refusal_advice
+from p2pgate.relay.relay_key import RelayKey
 from p2pgate.urls import canonical_relay_url
 
 ACCEPTED = [
@@ -63,13 +64,14 @@ def test_a_login_signed_for_the_typed_form_verifies_at_the_canonical_one():
     ident = Identity.generate()
     now = 1_000_000.0
     signed_for = canonical_relay_url("http://127.0.0.1:8443/")
-    message = login_message(ident.cert_der, ident.sign, signed_for, "nonce", now, None)
-    assert verify_login(message, canonical_relay_url("ws://127.0.0.1:8443"), "nonce", now,
-                        60) == ident.device_id
-    raw = login_message(ident.cert_der, ident.sign, "http://127.0.0.1:8443/", "nonce", now,
-                        None)
-    with pytest.raises(AuthRefused, match="bad_signature"):
-        verify_login(raw, "ws://127.0.0.1:8443", "nonce", now, 60)
+    key = RelayKey.generate().public_raw
+    message = login_message(ident.cert_der, ident.sign, signed_for, key, "nonce", now, None)
+    assert verify_login(message, canonical_relay_url("ws://127.0.0.1:8443"), key, "nonce",
+                        now, 60) == ident.device_id
+    raw = login_message(ident.cert_der, ident.sign, "http://127.0.0.1:8443/", key, "nonce",
+                        now, None)
+    with pytest.raises(AuthRefused, match="wrong_url"):
+        verify_login(raw, "ws://127.0.0.1:8443", key, "nonce", now, 60)
 
 
 # -- configuration ---------------------------------------------------------------------
