@@ -168,12 +168,13 @@ class RelayClient:
                  on_session: Callable[[SpliceStream], Awaitable[None]],
                  token: str | None = None) -> None:
         self.relay_id: RelayID | None = None  # pinned by the URL's ?id=
+        self._unusable = False
         try:
             self.url = relay_base_url(url)  # the relay's name: dialed, signed, shown
             pinned = relay_url_id(url)
             self.relay_id = RelayID.parse(pinned) if pinned else None
-        except ValueError:  # a peer's relay we cannot parse: dialing it will fail
-            self.url = url.rstrip("/")
+        except ValueError:  # a peer's relay we cannot parse (or its pin): never dialed
+            self.url, self._unusable = url.rstrip("/"), True
         self._identity = identity
         self._should_accept = should_accept
         self._on_session = on_session
@@ -268,6 +269,8 @@ class RelayClient:
 
     async def _control(self, session: aiohttp.ClientSession) -> None:
         """One control connection, from login until it closes (RelayError on failure)."""
+        if self._unusable:
+            raise RelayError(f"relay {self.url[:200]}: not a relay URL")
         challenge = secrets.token_urlsafe(24)
         async with _relay_errors(self.url, RelayError), \
                 session.ws_connect(f"{self.url}/v1/control?challenge={challenge}",

@@ -108,3 +108,8 @@ def _create(path: Path, pem: bytes) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from p2pgate.identity import Identity
@@ -185,3 +186,28 @@ def test_the_relay_id_printed_at_start_is_the_key_files_and_survives_restarts(tm
     finally:
         _stop(proc)
     assert again == printed
+
+
+async def test_a_pin_that_does_not_parse_is_never_dialed_unpinned(caplog):
+    caplog.set_level(logging.INFO, ADVICE_LOGGER)
+    async with relay() as r, device(f"{r.url}?id=NOT-A-RELAY-ID") as (client, ident, _):
+        await _until(lambda: any("not a relay URL" in m.getMessage()
+                                 for m in caplog.records))
+        assert not client.connected
+        assert not r.server.broker.is_attached(ident.device_id)
+
+
+def test_the_relay_key_file_is_private_made_once_and_refused_when_others_can_read_it(tmp_path):
+    import os
+
+    from p2pgate.identity.paths import DataDir
+    from p2pgate.relay.relay_key import RelayKey, RelayKeyError
+
+    home = DataDir(tmp_path / "relay")
+    first = RelayKey.load_or_create(home)
+    assert RelayKey.load_or_create(home).relay_id == first.relay_id
+    assert oct((home.root / "relay.key").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in home.root.iterdir()] == ["relay.key"]  # no temp file left
+    os.chmod(home.root / "relay.key", 0o644)
+    with pytest.raises(RelayKeyError, match="chmod 600"):
+        RelayKey.load_or_create(home)
