@@ -147,6 +147,9 @@ def add_relay_command(sub: Any) -> None:
     p.add_argument("action", nargs="?", default="serve", choices=["serve", "keygen", "token"])
     p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8443)")
     p.add_argument("--config", help="relay config file (TOML)")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS,  # (also before `relay`)
+                   help="where the relay's key (relay.key, its relay ID) lives (default: "
+                   "data_dir in the config, else $P2PGATE_HOME, else the user data dir)")
     p.add_argument("--dht-port", type=int, help="also run a DHT bootstrap node on this UDP port")
     p.add_argument("--log-json", action="store_true", help="log JSON lines")
     p.add_argument("--key", default="relay-signing.key",

@@ -140,9 +140,10 @@ async def test_a_device_dialing_a_host_name_without_public_url_is_told_why(caplo
             await asyncio.wait_for(client.wait_connected(), 10)
 
 
-def _start_relay(data_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "p2pgate", "--data-dir", str(data_dir),
-                             "relay", "--listen", "127.0.0.1:0"],
+def _start_relay(data_dir, *, after=False):
+    where = ["relay", "--data-dir", str(data_dir)] if after else ["--data-dir", str(data_dir),
+                                                                  "relay"]
+    proc = subprocess.Popen([sys.executable, "-m", "p2pgate", *where, "--listen", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
@@ -180,7 +181,7 @@ def test_the_relay_id_printed_at_start_is_the_key_files_and_survives_restarts(tm
     finally:
         _stop(proc)
     assert f"devices use: --relay ws://127.0.0.1:{port}?id={printed}" in out
-    proc, port, again, _ = _start_relay(home)
+    proc, port, again, _ = _start_relay(home, after=True)  # `relay --data-dir` works too
     try:
         assert f'"relay_id": "{printed}"' in _health(port)
     finally:
