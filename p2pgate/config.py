@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2pgate.errors import LocalProtocolError
-from p2pgate.urls import RELAY_URL_FORMS, canonical_relay_url
+from p2pgate.urls import RELAY_URL_FORMS, canonical_relay_url, relay_base_url
 
 __all__ = [
     "ConfigError", "HostPort", "NodeConfig", "load_config", "one_line", "parse_host_port",
@@ -100,7 +100,7 @@ class NodeConfig(BaseModel):
     def _relay_token_urls(cls, value: dict[str, str]) -> dict[str, str]:
         if any(not token.strip() for token in value.values()):
             raise ValueError("a relay token is empty")
-        return {canonical_relay_url(url): token.strip() for url, token in value.items()}
+        return {relay_base_url(url): token.strip() for url, token in value.items()}
 
     @field_validator("bootstrap", mode="before")
     @classmethod

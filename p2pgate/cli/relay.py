@@ -19,8 +19,10 @@ from p2pgate.cli.logs import setup_logging
 from p2pgate.errors import LocalProtocolError
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.identity.files import read_secret, write_secret
+from p2pgate.identity.paths import resolve_data_dir
 from p2pgate.relay.access_tokens import MAX_TTL, issue_token, key_id, public_key_text
-from p2pgate.relay.config import load_relay_config
+from p2pgate.relay.config import RelayConfig, load_relay_config
+from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.server import RelayServer
 
 __all__ = ["add_relay_command"]
@@ -66,16 +68,32 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _urls_to_give(config: RelayConfig, key: RelayKey, port: int) -> str:
+    """The relay URL(s) devices should use, each pinning this relay's ID."""
+    pin = f"?id={key.relay_id}"
+    if config.public_url is not None:
+        return config.public_url + pin
+    host = config.listen[0]
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (naming the wildcard, not binding it)
+        return (f"ws://THIS-HOST-IP:{port}{pin} (a host name needs public_url in the "
+                "config)")
+    shown = f"[{host}]" if ":" in host else host
+    return f"ws://{shown}:{port}{pin}"
+
+
 async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
     config = load_relay_config(config_path, overrides)
-    server = RelayServer(config)
+    key = RelayKey.load_or_create(resolve_data_dir(config.data_dir))
+    server = RelayServer(config, key)
     runner = web.AppRunner(server.application(), access_log=None, shutdown_timeout=5)
     await runner.setup()
     host, port = config.listen
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-    print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})", flush=True)
+    print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})")
+    print(f"relay ID: {key.relay_id}", flush=True)
+    log.info("devices use: --relay %s", _urls_to_give(config, key, bound))
     dht = None
     if config.dht_port is not None:  # a DHT bootstrap node beside the relay
         from p2pgate.discovery.dht.node import DhtNode
@@ -114,8 +132,9 @@ def _relay(args: argparse.Namespace) -> int:
     if args.action == "token":
         return _token(args)
     config_path = Path(args.config) if args.config else None
-    overrides = {"listen": args.listen, "dht_port": args.dht_port}
-    load_relay_config(config_path, overrides)  # a bad config fails before anything starts
+    overrides = {"listen": args.listen, "dht_port": args.dht_port, "data_dir": args.data_dir}
+    config = load_relay_config(config_path, overrides)  # a bad config fails before start
+    RelayKey.load_or_create(resolve_data_dir(config.data_dir))  # ...and so does a bad key
     setup_logging("json" if args.log_json else "human", args.debug)
     asyncio.run(_serve(config_path, overrides))
     return 0
@@ -128,6 +147,9 @@ def add_relay_command(sub: Any) -> None:
     p.add_argument("action", nargs="?", default="serve", choices=["serve", "keygen", "token"])
     p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8443)")
     p.add_argument("--config", help="relay config file (TOML)")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS,  # (also before `relay`)
+                   help="where the relay's key (relay.key, its relay ID) lives (default: "
+                   "data_dir in the config, else $P2PGATE_HOME, else the user data dir)")
     p.add_argument("--dht-port", type=int, help="also run a DHT bootstrap node on this UDP port")
     p.add_argument("--log-json", action="store_true", help="log JSON lines")
     p.add_argument("--key", default="relay-signing.key",

@@ -21,7 +21,7 @@ from p2pgate.relay.client import RelayClient, RelayError
 from p2pgate.storage.registry import Device
 from p2pgate.stream import StreamClosed
 from p2pgate.supervisor import Supervisor
-from p2pgate.urls import canonical_relay_url
+from p2pgate.urls import canonical_relay_url, relay_base_url
 
 __all__ = ["Dialer", "dial_errors"]
 
@@ -90,8 +90,8 @@ class Dialer:
         ours = {r.url: r for r in self._relays}
         named = [_canonical(u) for u in device.relays] or list(ours)
         failures = []
-        for url in sorted(named, key=lambda u: u not in ours):
-            relay = ours.get(url) or await self._visitor(url)
+        for url in sorted(named, key=lambda u: _base(u) not in ours):
+            relay = ours.get(_base(url)) or await self._visitor(url)
             if relay is None or not relay.connected:
                 failures.append(f"{url}: not connected")
                 continue
@@ -122,6 +122,14 @@ class Dialer:
             async with asyncio.timeout(VISITOR_CONNECT_WAIT):
                 await relay.wait_connected()
         return relay
+
+
+def _base(url: str) -> str:
+    """A relay's name (its URL without ?id=), as our relay clients are keyed."""
+    try:
+        return relay_base_url(url)
+    except ValueError:
+        return url
 
 
 def _canonical(url: str) -> str:

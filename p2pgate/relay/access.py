@@ -19,7 +19,7 @@ from p2pgate.relay.access_tokens import token_expiry
 from p2pgate.relay.client import RelayClient
 from p2pgate.storage.database import Database
 from p2pgate.storage.relay_tokens import relay_tokens, store_relay_token
-from p2pgate.urls import canonical_relay_url
+from p2pgate.urls import relay_base_url
 
 __all__ = ["RelayAccess", "RelayStatus", "UnknownRelay"]
 
@@ -57,7 +57,7 @@ class RelayAccess:
     def token_for(self, url: str) -> str | None:
         """Our access token for relay `url` (any spelling), or None."""
         try:
-            return self._tokens.get(canonical_relay_url(url))
+            return self._tokens.get(relay_base_url(url))
         except ValueError:
             return None
 
@@ -71,7 +71,7 @@ class RelayAccess:
         ValueError for a URL that is not a relay URL; UnknownRelay for one that is not
         one of ours.
         """
-        canonical = canonical_relay_url(url)
+        canonical = relay_base_url(url)
         client = self._clients.get(canonical)
         if client is None:
             raise UnknownRelay(f"{canonical} is not one of this node's relays "

@@ -1,7 +1,10 @@
 """The node's side of a relay: one control connection, invitations, splices.
 
 `RelayClient.run()` keeps the control connection up (reconnecting with backoff),
-logs in by signing the relay URL and nonce with the device key, and hands each
+logs in (the relay first proves its key for our random challenge; with `?id=RELAYID`
+in the URL it must be that relay's key, otherwise — plain URL — the key it shows is
+taken, and on `wss://` TLS to a public CA is the check), signs the relay URL, the
+relay's key and its nonce with the device key, and hands each
 invitation to `should_accept(device_id)` — the node accepts only trusted devices.
 `connect(peer)` asks the relay for a session and returns the splice as a
 `SpliceStream` once both sides are in; the devices then run admission and pinned
@@ -22,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -33,7 +37,7 @@ from p2pgate.identity import Identity
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.frames import DEFAULT_MAX_FRAME
 from p2pgate.relay.access_tokens import token_expiry
-from p2pgate.relay.auth import login_message
+from p2pgate.relay.auth import AuthRefused, RelayID, check_relay_proof, login_message
 from p2pgate.relay.refusals import RefusalNotes, refusal_advice
 from p2pgate.relay.wire import (
     Invited,
@@ -45,7 +49,7 @@ from p2pgate.relay.wire import (
 )
 from p2pgate.stream import StreamClosed
 from p2pgate.supervisor import Supervisor
-from p2pgate.urls import canonical_relay_url
+from p2pgate.urls import relay_base_url, relay_url_id
 
 __all__ = ["RelayClient", "RelayError", "RelayRefused", "RelayUnavailable", "SpliceStream",
            "open_mailbox"]
@@ -136,6 +140,8 @@ class SpliceStream:
 async def open_mailbox(url: str, box: str, role: str, wait: float) -> SpliceStream:
     """A stream to whoever opens the same pairing mailbox on the relay at `url` (the
     inviter waits up to `wait` seconds; a joiner finding nobody gets RelayUnavailable)."""
+    with contextlib.suppress(ValueError):  # (an unparseable URL fails when dialed)
+        url = relay_base_url(url)  # without ?id=: SPAKE2 runs end to end through it
     return await _spliced(url.rstrip("/"), "/v1/mailbox", {"box": box, "role": role}, wait,
                           f"nobody is waiting with this code at {url}", None)
 
@@ -188,10 +194,14 @@ class RelayClient:
                  should_accept: Callable[[DeviceID], Awaitable[bool]],
                  on_session: Callable[[SpliceStream], Awaitable[None]],
                  token: str | None = None) -> None:
+        self.relay_id: RelayID | None = None  # pinned by the URL's ?id=
+        self._unusable = False
         try:
-            self.url = canonical_relay_url(url)
-        except ValueError:  # a peer's relay we cannot parse: dialing it will fail
-            self.url = url.rstrip("/")
+            self.url = relay_base_url(url)  # the relay's name: dialed, signed, shown
+            pinned = relay_url_id(url)
+            self.relay_id = RelayID.parse(pinned) if pinned else None
+        except ValueError:  # a peer's relay we cannot parse (or its pin): never dialed
+            self.url, self._unusable = url.rstrip("/"), True
         self._identity = identity
         self._should_accept = should_accept
         self._on_session = on_session
@@ -290,15 +300,24 @@ class RelayClient:
 
     async def _control(self, session: aiohttp.ClientSession) -> None:
         """One control connection, from login until it closes (RelayError on failure)."""
+        if self._unusable:
+            raise RelayError(f"relay {self.url[:200]}: not a relay URL")
+        challenge = secrets.token_urlsafe(24)
         async with _relay_errors(self.url, RelayError), \
-                session.ws_connect(self.url + "/v1/control", heartbeat=30,
-                                   max_msg_size=CONTROL_MAX_MESSAGE) as ws:
+                session.ws_connect(f"{self.url}/v1/control?challenge={challenge}",
+                                   heartbeat=30, max_msg_size=CONTROL_MAX_MESSAGE) as ws:
             hello = await _receive_object(ws, self.url)
+            if hello.get("t") == "error":
+                raise RelayRefused(self.url, str(hello.get("reason", "?"))[:64])
             if hello.get("t") != "hello" or "nonce" not in hello:
                 raise RelayError(f"relay {self.url} did not say hello")
+            try:
+                relay_key = check_relay_proof(hello, challenge, self.relay_id)
+            except AuthRefused as exc:
+                raise RelayRefused(self.url, exc.reason) from None
             await ws.send_json(login_message(self._identity.cert_der, self._identity.sign,
-                                             self.url, str(hello["nonce"]), time.time(),
-                                             self._token))
+                                             self.url, relay_key, str(hello["nonce"]),
+                                             time.time(), self._token))
             welcome = await _receive_object(ws, self.url)
             if welcome.get("t") != "welcome":
                 raise RelayRefused(self.url, str(welcome.get("reason", "?"))[:64])

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2pgate.config import HostPort, one_line, parse_host_port, read_toml
-from p2pgate.urls import canonical_relay_url
+from p2pgate.urls import relay_base_url
 
 __all__ = ["RelayConfig", "load_relay_config"]
 
@@ -22,8 +22,15 @@ class RelayConfig(BaseModel):
     listen: HostPort = Field(("0.0.0.0", 8443), description="HOST:PORT to serve on.")  # noqa: S104
     public_url: str | None = Field(
         None, description="URL devices use (ws://, wss://, http:// or https://; stored in "
-        "canonical form, so http: means ws: and https: means wss:); device auth is bound to "
-        "it. Set it behind a TLS terminator. Default: derived from each request's Host header."
+        "canonical form, so http: means ws: and https: means wss:, and without ?id=); device "
+        "auth is bound to it. Set it when devices dial a host name, a port forward or a TLS "
+        "terminator. Default: the address each connection reached (ws://IP:PORT, never the "
+        "request's Host header); a device that dials a host name is then refused."
+    )
+    data_dir: str | None = Field(
+        None, description="Where the relay keeps its key (relay.key, mode 0600, made on first "
+        "start; it is the relay ID). Default: --data-dir, else $P2PGATE_HOME, else the user "
+        "data dir."
     )
     dht_port: int | None = Field(None, ge=0, le=65535, description="UDP port of the DHT "
                                  "bootstrap node; none = no DHT node.")
@@ -61,7 +68,7 @@ class RelayConfig(BaseModel):
     @field_validator("public_url")
     @classmethod
     def _canonical_url(cls, value: str | None) -> str | None:
-        return None if value is None else canonical_relay_url(value)
+        return None if value is None else relay_base_url(value)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -23,11 +23,12 @@ from aiohttp import WSMsgType, web
 
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
-from p2pgate.relay.auth import AuthRefused, check_access, verify_login
+from p2pgate.relay.auth import AuthRefused, check_access, relay_hello, relay_url_for, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.limits import IpAdmission, SignalLimits, client_ip
 from p2pgate.relay.metrics import Metrics
+from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
 from p2pgate.relay.wire import (
     Accepted,
@@ -37,7 +38,6 @@ from p2pgate.relay.wire import (
     decode_login,
 )
 from p2pgate.supervisor import Supervisor
-from p2pgate.urls import canonical_relay_url
 
 __all__ = ["RelayServer"]
 
@@ -57,10 +57,15 @@ def _client_errors(ip: str) -> Iterator[None]:
 
 
 class RelayServer:
-    """The relay: control connections, splices, pairing mailboxes, health, metrics."""
+    """The relay: control connections, splices, pairing mailboxes, health, metrics.
 
-    def __init__(self, config: RelayConfig) -> None:
+    `key` is the relay's own key (`p2pgate relay` loads it from its data dir); without
+    one the relay makes a fresh key, so its relay ID lasts as long as the object.
+    """
+
+    def __init__(self, config: RelayConfig, key: RelayKey | None = None) -> None:
         self.config = config
+        self.key = key or RelayKey.generate()
         self.broker = Broker(unavailable_delay=config.unavailable_delay,
                              invite_rate=config.invite_rate,
                              max_sessions_per_device=config.max_sessions_per_device,
@@ -73,7 +78,7 @@ class RelayServer:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks = Supervisor(logger=log)
         self._draining = False
-        self._told_url = False
+        self._told_url: set[str] = set()  # operator warnings already given, by reason
         self._no_sessions = asyncio.Event()
         self._declare_metrics()
 
@@ -128,7 +133,8 @@ class RelayServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         status = "draining" if self._draining else "ok"
-        return web.json_response({"status": status, "connections": len(self._controls),
+        return web.json_response({"status": status, "relay_id": str(self.key.relay_id),
+                                  "connections": len(self._controls),
                                   "sessions": self.broker.sessions})
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -182,13 +188,17 @@ class RelayServer:
     async def _authenticate(self, request: web.Request, ws: web.WebSocketResponse, ip: str
                             ) -> DeviceID | None:
         nonce = secrets.token_urlsafe(24)
-        url = self.config.public_url or self._url_of(request)
-        await ws.send_json({"t": "hello", "v": PROTOCOL_VERSION, "nonce": nonce})
         cfg = self.config
+        url = cfg.public_url
         try:
+            url = relay_url_for(cfg.public_url, request.secure, self._local_address(request),
+                                request.headers.get("Host"))
+            await ws.send_json(relay_hello(nonce, self.key.public_raw, self.key.sign,
+                                           request.query.get("challenge")))
             data = await first_message(ws)
             decode_login(data)  # typed: lists, 10**400, Infinity are refused as malformed
-            device = verify_login(data, url, nonce, time.time(), cfg.auth_skew)
+            device = verify_login(data, url, self.key.public_raw, nonce, time.time(),
+                                  cfg.auth_skew)
             check_access(device, data.get("token"), access=cfg.access,
                          allowlist=cfg.allowlist, token_keys=cfg.token_keys,
                          audience=cfg.audience, now=time.time())
@@ -196,11 +206,7 @@ class RelayServer:
             reason = exc.reason if isinstance(exc, AuthRefused) else "malformed"
             self.metrics.inc("auth_failures_total", reason=reason)
             log.info("auth failed from %s: %s", ip, reason)
-            if reason == "bad_signature" and cfg.public_url is None and not self._told_url:
-                self._told_url = True  # said once: the operator's fix, not the device's
-                log.warning("a device signed its login for another URL than %s: if devices "
-                            "dial another one (e.g. through a TLS terminator), set public_url "
-                            "to it", url)
+            self._tell_operator(reason, url, request)
             await ws.send_json({"t": "error", "reason": reason})
             return None
         old = self._controls.pop(device, None)
@@ -215,13 +221,29 @@ class RelayServer:
         return device
 
     @staticmethod
-    def _url_of(request: web.Request) -> str:
-        """This relay's canonical URL as the request names it (Host header)."""
-        typed = f"{'wss' if request.secure else 'ws'}://{request.host}"
-        try:
-            return canonical_relay_url(typed)
-        except ValueError:  # a Host header no device signs for: the login will fail
-            return typed
+    def _local_address(request: web.Request) -> tuple[str, int] | None:
+        """The address this connection reached (the socket's own, not the Host header)."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            return str(sockname[0]), int(sockname[1])
+        return None
+
+    def _tell_operator(self, reason: str, url: str | None, request: web.Request) -> None:
+        """Once per reason, the operator's fix for logins that fail because of our URL."""
+        if self.config.public_url is not None or reason in self._told_url:
+            return
+        if reason == "public_url_unset":
+            self._told_url.add(reason)
+            host = request.headers.get("Host", "?")
+            log.warning("a device dialed this relay by name (Host: %.100s), but public_url "
+                        "is not set, so its login cannot be checked: set public_url to the "
+                        "URL devices use (e.g. public_url = \"%s://%.100s\")", host,
+                        "wss" if request.secure else "ws", host)
+        elif reason == "wrong_url":
+            self._told_url.add(reason)
+            log.warning("a device signed its login for another URL than %s (the address it "
+                        "reached): if devices dial another one (a port forward, a TLS "
+                        "terminator), set public_url to it", url)
 
     async def _serve_control(self, device: DeviceID, ws: web.WebSocketResponse) -> None:
         try:

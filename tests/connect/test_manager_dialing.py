@@ -60,3 +60,32 @@ async def test_a_relay_dial_that_raises_is_logged_and_the_peer_is_dialed_again(d
     assert "ClientConnectionError: relay went away" in text
     assert "no path to" in text
     assert manager.path_of(desk.identity.device_id) is None
+
+
+async def test_our_relay_named_by_a_peer_with_its_pinned_id_is_ours_not_a_visitor(devices):
+    """A relay URL with ?id= names the same relay as ours (keyed without the pin): a
+    second control connection would replace ours at the relay."""
+    from p2pgate.relay.relay_key import RelayKey
+
+    phone, desk = await devices("phone"), await devices("desk")
+    await pair(phone, desk)
+    relay = FailingRelay(phone.identity, [TimeoutError()])
+    pinned = f"{relay.url}?id={RelayKey.generate().relay_id}"
+    await phone.registry.record_seen(desk.identity.device_id, None, [pinned])
+    visited = []
+
+    def visit(url):
+        visited.append(url)
+        return relay
+
+    documents = await Documents.open(phone.db, phone.identity.device_id)
+    manager = ConnectionManager(phone.trust, phone.registry, documents,
+                                phone.identity.device_id, phone.hello, relays=[relay],
+                                redial=0.01, max_redial=0.02, visit=visit)
+    manager.start()
+    try:
+        async with asyncio.timeout(30):  # a hang guard, not a timing claim
+            assert await relay.attempts.get() == desk.identity.device_id
+    finally:
+        await manager.stop()
+    assert visited == []

@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from p2pgate.identity import Identity
-from p2pgate.relay.auth import login_message
+from p2pgate.relay.auth import check_relay_proof, login_message, relay_hello
+from p2pgate.relay.relay_key import RelayKey
 
 
 @contextlib.asynccontextmanager
@@ -26,10 +27,13 @@ async def logged_in(url: str, identity: Identity | None = None, *, autoping: boo
                     ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """A raw control WebSocket logged in as `identity` (a new device by default)."""
     identity = identity or Identity.generate()
+    challenge = "c" * 32
     async with aiohttp.ClientSession() as session, \
-            session.ws_connect(url + "/v1/control", autoping=autoping) as ws:
+            session.ws_connect(f"{url}/v1/control?challenge={challenge}",
+                               autoping=autoping) as ws:
         hello = await ws.receive_json(timeout=5)
-        await ws.send_json(login_message(identity.cert_der, identity.sign, url,
+        relay_key = check_relay_proof(hello, challenge, None)
+        await ws.send_json(login_message(identity.cert_der, identity.sign, url, relay_key,
                                          hello["nonce"], time.time(), None))
         welcome = await ws.receive_json(timeout=5)
         assert welcome["t"] == "welcome", welcome
@@ -61,11 +65,13 @@ async def hostile_relay(script: Script, splice: SpliceScript = _hold
     """A relay that welcomes any login, then runs `script` on the control connection
     (it is closed when the script returns); splices run `splice` after "spliced"."""
     state: list[HostileRelay] = []
+    key = RelayKey.generate()  # it proves a key of its own: a relay without ?id= pinning
 
     async def control(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        await ws.send_json({"t": "hello", "v": 1, "nonce": "n" * 32})
+        await ws.send_json(relay_hello("n" * 32, key.public_raw, key.sign,
+                                       request.query.get("challenge")))
         await ws.receive(timeout=5)
         await ws.send_json({"t": "welcome", "device": "?", "observed": "127.0.0.1:1"})
         state[0].logins += 1

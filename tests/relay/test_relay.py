@@ -140,7 +140,8 @@ async def test_auth_bound_to_relay_url_and_bad_signature_refused():
         async with aiohttp.ClientSession() as s, s.ws_connect(r.url + "/v1/control") as ws:
             hello = await ws.receive_json()
             stamp = int(time.time())
-            wrong_url = auth_payload("ws://other-relay:1", hello["nonce"], stamp)
+            relay_key = base64.urlsafe_b64decode(hello["relay_key"] + "=")
+            wrong_url = auth_payload("ws://other-relay:1", relay_key, hello["nonce"], stamp)
             await ws.send_json({"t": "auth", "cert": base64.b64encode(ident.cert_der).decode(),
                                 "time": stamp,
                                 "sig": base64.b64encode(ident.sign(wrong_url)).decode()})

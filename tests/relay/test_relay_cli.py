@@ -51,7 +51,8 @@ def test_bad_config_is_one_line(tmp_path):
 def relay_process(tmp_path):
     cfg = tmp_path / "relay.toml"
     cfg.write_text('listen = "127.0.0.1:0"\ndrain_timeout = 5\n')
-    proc = subprocess.Popen([sys.executable, "-m", "p2pgate", "relay", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "p2pgate", "--data-dir", str(tmp_path / "home"),
+                             "relay", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = proc.stdout.readline()
     assert "listening on" in line, line

@@ -19,6 +19,7 @@ from p2pgate.relay.auth import (
 )
 from p2pgate.relay.broker import Broker
 from p2pgate.relay.limits import IpAdmission, Throughput, client_ip
+from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.rendezvous import Expired, Mailboxes, Refused, Replaced, SpliceMatcher
 
 BOX, OTHER_BOX = "a" * 64, "b" * 64
@@ -194,32 +195,33 @@ def test_the_global_rate_bounds_all_sessions_together_and_reloads_at_once():
 # -- login ------------------------------------------------------------------------------
 
 URL, NONCE, NOW = "wss://relay.example", "nonce-123", 1_800_000_000.0
+KEY = RelayKey.generate().public_raw
 
 
 def _login(identity: Identity, *, url: str = URL, nonce: str = NONCE, now: float = NOW,
            token: str | None = None) -> dict:
-    return login_message(identity.cert_der, identity.sign, url, nonce, now, token)
+    return login_message(identity.cert_der, identity.sign, url, KEY, nonce, now, token)
 
 
 def test_a_signed_login_names_the_device_within_the_freshness_window():
     ident = Identity.generate()
     for skew in (-86_400, 0, 86_400):
-        device = verify_login(_login(ident, now=NOW + skew), URL, NONCE, NOW, 86_400.0)
+        device = verify_login(_login(ident, now=NOW + skew), URL, KEY, NONCE, NOW, 86_400.0)
         assert device == ident.device_id
     for skew in (-86_401, 86_401):
         with pytest.raises(AuthRefused) as err:
-            verify_login(_login(ident, now=NOW + skew), URL, NONCE, NOW, 86_400.0)
+            verify_login(_login(ident, now=NOW + skew), URL, KEY, NONCE, NOW, 86_400.0)
         assert err.value.reason == "clock"
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ({"url": "ws://another-relay"}, "bad_signature"),
+    ({"url": "ws://another-relay"}, "wrong_url"),
     ({"nonce": "an-old-nonce"}, "bad_signature"),
 ])
 def test_a_login_for_another_relay_or_connection_is_refused(change, reason):
     message = _login(Identity.generate(), **change)
     with pytest.raises(AuthRefused) as err:
-        verify_login(message, URL, NONCE, NOW, 60.0)
+        verify_login(message, URL, KEY, NONCE, NOW, 60.0)
     assert err.value.reason == reason
 
 
@@ -231,7 +233,7 @@ def test_a_signature_by_another_key_or_a_tampered_time_is_refused():
     tampered["time"] += 1
     for message in (forged, tampered):
         with pytest.raises(AuthRefused) as err:
-            verify_login(message, URL, NONCE, NOW, 60.0)
+            verify_login(message, URL, KEY, NONCE, NOW, 60.0)
         assert err.value.reason == "bad_signature"
 
 
@@ -245,7 +247,7 @@ def test_malformed_logins_and_certificates_are_refused_with_their_reason():
     for reason, messages in cases.items():
         for message in messages:
             with pytest.raises(AuthRefused) as err:
-                verify_login(message, URL, NONCE, NOW, 60.0)
+                verify_login(message, URL, KEY, NONCE, NOW, 60.0)
             assert err.value.reason == reason, message
 
 

@@ -43,7 +43,8 @@ def token_relay(tmp_path):
     config = tmp_path / "relay.toml"
     config.write_text(f'listen = "127.0.0.1:0"\naccess = "token"\naudience = "my-fleet"\n'
                       f"{token_keys}\ndrain_timeout = 1\n")
-    proc = subprocess.Popen([sys.executable, "-m", "p2pgate", "relay", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "p2pgate", "relay", "--config", str(config),
+                             "--data-dir", str(tmp_path / "relay-home")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = proc.stdout.readline()
     assert "listening on" in line, line

@@ -11,11 +11,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pgate.config import ConfigError, load_config
 from p2pgate.identity import Identity
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.relay.access_tokens import issue_token, token_expiry
-from p2pgate.relay.auth import AuthRefused, login_message, verify_login
+from p2pgate.relay.auth import (
+    AuthRefused,
+    RelayID,
+    check_relay_proof,
+    login_message,
+    relay_hello,
+    relay_url_for,
+    verify_login,
+)
 from p2pgate.relay.config import load_relay_config
 from p2pgate.relay.refusals import RefusalNotes, refusal_advice
-from p2pgate.urls import canonical_relay_url
+from p2pgate.relay.relay_key import RelayKey
+from p2pgate.urls import canonical_relay_url, relay_base_url, relay_url_id
 
 ACCEPTED = [
     ("ws://relay.example:8443", "ws://relay.example:8443"),
@@ -63,13 +73,14 @@ def test_a_login_signed_for_the_typed_form_verifies_at_the_canonical_one():
     ident = Identity.generate()
     now = 1_000_000.0
     signed_for = canonical_relay_url("http://127.0.0.1:8443/")
-    message = login_message(ident.cert_der, ident.sign, signed_for, "nonce", now, None)
-    assert verify_login(message, canonical_relay_url("ws://127.0.0.1:8443"), "nonce", now,
-                        60) == ident.device_id
-    raw = login_message(ident.cert_der, ident.sign, "http://127.0.0.1:8443/", "nonce", now,
-                        None)
-    with pytest.raises(AuthRefused, match="bad_signature"):
-        verify_login(raw, "ws://127.0.0.1:8443", "nonce", now, 60)
+    key = RelayKey.generate().public_raw
+    message = login_message(ident.cert_der, ident.sign, signed_for, key, "nonce", now, None)
+    assert verify_login(message, canonical_relay_url("ws://127.0.0.1:8443"), key, "nonce",
+                        now, 60) == ident.device_id
+    raw = login_message(ident.cert_der, ident.sign, "http://127.0.0.1:8443/", key, "nonce",
+                        now, None)
+    with pytest.raises(AuthRefused, match="wrong_url"):
+        verify_login(raw, "ws://127.0.0.1:8443", key, "nonce", now, 60)
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -171,3 +182,85 @@ def test_token_expiry_is_read_without_verifying():
     assert token_expiry(token) == 1_003_600
     assert token_expiry("not-a-token") is None
     assert token_expiry("a.b.c") is None
+
+
+# -- ?id=RELAYID: kept by the canonical URL, never part of what is signed ---------------
+
+
+def test_a_relay_url_keeps_its_pinned_id_in_canonical_spelling():
+    relay_id = RelayKey.generate().relay_id
+    typed = f"HTTP://Relay.Example:80/?id={str(relay_id).replace('-', '').lower()}"
+    assert canonical_relay_url(typed) == f"ws://relay.example?id={relay_id}"
+    assert relay_base_url(typed) == "ws://relay.example"
+    assert relay_url_id(typed) == str(relay_id)
+    assert RelayID.parse(relay_url_id(typed)) == relay_id
+    assert relay_url_id("wss://relay.example") is None
+    assert canonical_relay_url(canonical_relay_url(typed)) == canonical_relay_url(typed)
+
+
+def test_a_relay_id_is_not_a_device_id_and_a_typo_in_it_is_refused():
+    relay_id = RelayKey.generate().relay_id
+    assert relay_id != DeviceID(relay_id.digest)
+    typo = str(relay_id)
+    typo = typo[:3] + ("A" if typo[3] != "A" else "B") + typo[4:]
+    for bad in (f"ws://r?id={typo}", "ws://r?id=short", f"ws://r?id={relay_id}&x=1",
+                f"ws://r?id={relay_id}&id={relay_id}", "ws://r?x=1", "ws://r?id="):
+        with pytest.raises(ValueError, match="relay URL"):
+            canonical_relay_url(bad)
+
+
+def test_node_config_keeps_the_pin_and_tokens_match_the_url_without_it(tmp_path):
+    relay_id = RelayKey.generate().relay_id
+    config = load_config(None, {"relays": [f"http://relay.example:8443/?id={relay_id}"],
+                                "relay_tokens": {f"ws://relay.example:8443?id={relay_id}": "T"}})
+    assert config.relays == (f"ws://relay.example:8443?id={relay_id}",)
+    assert config.relay_tokens == {"ws://relay.example:8443": "T"}
+
+
+def test_the_relay_checks_against_its_public_url_or_the_address_reached_never_host():
+    public = "wss://relay.example"
+    assert relay_url_for(public, True, ("10.0.0.5", 8443), "evil.example") == public
+    assert relay_url_for(None, False, ("10.0.0.5", 8443), "10.9.9.9:1") == "ws://10.0.0.5:8443"
+    assert relay_url_for(None, False, ("10.0.0.5", 8443), None) == "ws://10.0.0.5:8443"
+    assert relay_url_for(None, True, ("::ffff:10.0.0.5", 443, 0, 0), "[::1]") == \
+        "wss://10.0.0.5"
+    assert relay_url_for(None, False, ("::1", 80, 0, 0), "[::1]:80") == "ws://[::1]"
+    for host in ("relay.example:8443", "localhost", "relay.example"):
+        with pytest.raises(AuthRefused, match="public_url_unset"):
+            relay_url_for(None, False, ("10.0.0.5", 8443), host)
+
+
+def test_the_relays_proof_answers_our_challenge_with_the_pinned_key():
+    key, other = RelayKey.generate(), RelayKey.generate()
+    hello = relay_hello("nonce", key.public_raw, key.sign, "c" * 32)
+    assert check_relay_proof(hello, "c" * 32, key.relay_id) == key.public_raw
+    assert check_relay_proof(hello, "c" * 32, None) == key.public_raw
+    cases = {
+        "wrong_relay_key": [(hello, "c" * 32, other.relay_id)],
+        "bad_relay_proof": [(hello, "d" * 32, None),  # a proof for another challenge
+                            ({**hello, "nonce": "other"}, "c" * 32, None),
+                            ({**hello, "relay_key": relay_hello("n", other.public_raw,
+                                                                other.sign, None)["relay_key"]},
+                             "c" * 32, None),
+                            ({**hello, "proof": "!!"}, "c" * 32, None),
+                            ({**hello, "relay_key": 42}, "c" * 32, None)],
+        "no_relay_proof": [(relay_hello("nonce", key.public_raw, key.sign, None), "c" * 32,
+                            None), ({"t": "hello", "nonce": "n"}, "c" * 32, None)],
+    }
+    for reason, args in cases.items():
+        for hello_, challenge, pinned in args:
+            with pytest.raises(AuthRefused) as err:
+                check_relay_proof(hello_, challenge, pinned)
+            assert err.value.reason == reason, hello_
+    for bad in ("short", "x" * 200, "no spaces allowed here!!"):
+        with pytest.raises(AuthRefused, match="malformed"):
+            relay_hello("nonce", key.public_raw, key.sign, bad)
+
+
+def test_a_login_names_the_relays_key_so_another_relay_cannot_use_it():
+    ident, key, other = Identity.generate(), RelayKey.generate(), RelayKey.generate()
+    url, now = "ws://10.0.0.5:8443", 1_000_000.0
+    message = login_message(ident.cert_der, ident.sign, url, other.public_raw, "n", now, None)
+    with pytest.raises(AuthRefused, match="wrong_key"):
+        verify_login(message, url, key.public_raw, "n", now, 60)
+    assert verify_login(message, url, other.public_raw, "n", now, 60) == ident.device_id
