@@ -6,9 +6,10 @@ writes delay everybody's cheap ones. `FairQueue` keeps one queue per writer (an
 app's token) and forms each group by deficit round robin (Shreedhar and Varghese):
 every writer with work earns `quantum` seconds per round and spends the estimated
 cost of each write it gets in; the estimate follows what that writer's writes
-measured (at once upward, as a moving average downward). A cheap writer gets many writes into the next group, a
-costly one a write every few groups, so each active writer gets about the same
-database time and a cheap write waits behind at most one costly write per writer.
+measured (at once upward, as a moving average downward). A cheap writer gets many
+writes into the next group, a costly one a write every few groups, so each active
+writer gets about the same database time and a cheap write waits behind at most one
+costly write per writer.
 An idle writer keeps no credit, but its estimate (one entry per writer: writers
 are the node's tokens).
 """
@@ -76,22 +77,24 @@ class FairQueue(Generic[T]):
             entry.estimate += SMOOTHING * (seconds - entry.estimate)
 
     def next_group(self) -> list[tuple[str, T]]:
-        """The next group: items of the writers in turn, up to the budget (at least one)."""
+        """The next group: one round of the writers in turn, up to the budget (at least
+        one item: when nobody has earned one, rounds go on without work)."""
         group: list[tuple[str, T]] = []
         spent = 0.0
-        while self._active and spent < self.budget:
-            writer = self._active.popleft()
-            entry = self._writers[writer]
-            entry.credit += self.quantum
-            while entry.items and entry.estimate <= entry.credit:
-                entry.credit -= entry.estimate
-                spent += entry.estimate
-                group.append((writer, entry.items.popleft()))
-                self._len -= 1
+        while self._active and not group:  # rounds until someone has earned a write
+            for _ in range(len(self._active)):
+                writer = self._active.popleft()
+                entry = self._writers[writer]
+                entry.credit += self.quantum
+                while entry.items and entry.estimate <= entry.credit and spent < self.budget:
+                    entry.credit -= entry.estimate
+                    spent += entry.estimate
+                    group.append((writer, entry.items.popleft()))
+                    self._len -= 1
+                if entry.items:
+                    self._active.append(writer)
+                else:
+                    entry.credit = 0.0
                 if spent >= self.budget:
                     break
-            if entry.items:
-                self._active.append(writer)
-            else:
-                entry.credit = 0.0
         return group
