@@ -1,8 +1,15 @@
-"""The write queue's fair shares (deficit round robin on measured cost), costs passed in."""
+"""The write queue's fair shares (deficit round robin on measured cost, passed in), and
+its bound per writer."""
 
 from __future__ import annotations
 
+import asyncio
+
+from p2pgate.documents import Documents, DocumentView, WritesBacklogged
 from p2pgate.documents.fairqueue import FairQueue
+from p2pgate.documents.service import MAX_QUEUED
+from p2pgate.identity import Identity
+from p2pgate.storage.database import Database
 
 
 def _run(queue: FairQueue[int], costs: dict[str, float], groups: int) -> list[list[str]]:
@@ -53,3 +60,19 @@ def test_each_writer_keeps_its_order_and_a_lone_writer_gets_everything():
             queue.charge(writer, 0.5)
     assert items == list(range(30))
     assert queue.queued("a") == 0
+
+
+async def test_a_writer_with_too_many_writes_waiting_is_told_to_retry(tmp_path):
+    db = await Database.open(tmp_path / "db", "k" * 32)
+    try:
+        documents = await Documents.open(db, Identity.generate().device_id)
+        writes = [documents.put("notes", f"n{i}", {"i": i}, None, writer="busy")
+                  for i in range(MAX_QUEUED + 5)]
+        other = documents.put("notes", "other", {"i": 0}, None, writer="calm")
+        results = await asyncio.gather(*writes, other, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, WritesBacklogged)]
+        assert len(refused) == 5 and refused[0].retry_after > 0
+        assert not isinstance(results[-1], BaseException)  # another writer is not affected
+        assert sum(isinstance(r, DocumentView) for r in results) == MAX_QUEUED + 1
+    finally:
+        await db.close()
