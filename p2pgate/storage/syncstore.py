@@ -105,18 +105,53 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-FieldCodes = dict[str, tuple[FieldState, str]]  # field name -> (state, its JSON)
+SetParts = tuple[str, str]  # a set field's JSON: its adds object, its tombstone list
+FieldCode = tuple[FieldState, str, SetParts | None]  # a state, its JSON (and its parts)
+FieldCodes = dict[str, FieldCode]  # by field name
+
+
+def _set_code(state: SetState, old: FieldCode | None) -> tuple[str, SetParts]:
+    """A set field's JSON; when `old` is the same set with elements added (the adds of a
+    large set grown by a few), only the new elements are encoded."""
+    adds_json = removed_json = None
+    if old is not None and old[2] is not None and isinstance(old[0], SetState):
+        before = old[0]
+        if len(state.adds) >= len(before.adds) and before.adds.items() <= state.adds.items():
+            new = [k for k in state.adds.keys() - before.adds.keys()]
+            if not new:
+                adds_json = old[2][0]
+            else:
+                adds = state.adds
+                entries = ",".join(f"{_dumps(k)}:{_dumps([adds[k][0], _stamps(adds[k][1])])}"
+                                   for k in new)
+                adds_json = (f"{{{entries}}}" if old[2][0] == "{}" else
+                             f"{old[2][0][:-1]},{entries}}}")
+        if state.removed is before.removed or state.removed == before.removed:
+            removed_json = old[2][1]
+    if adds_json is None:
+        adds_json = _dumps({k: [v, _stamps(tags)] for k, (v, tags) in state.adds.items()})
+    if removed_json is None:
+        removed_json = _dumps(sorted(map(list, state.removed)))
+    return (f'["s",{adds_json},{removed_json},{_dumps(_stamp(state.last))},'
+            f"{_dumps(_stamp(state.cleared))}]", (adds_json, removed_json))
 
 
 def _encode(doc: DocState, known: FieldCodes) -> tuple[bytes, FieldCodes]:
-    """`encode_state`, reusing the JSON of fields whose state is in `known` unchanged."""
+    """`encode_state`, reusing the JSON of fields whose state is in `known` unchanged (and
+    of the elements a set already had)."""
     codes: FieldCodes = {}
     parts = []
     for name, state in doc.fields.items():
         old = known.get(name)
-        code = old[1] if old is not None and old[0] is state else _dumps(_field(state))
-        codes[name] = (state, code)
-        parts.append(f"{_dumps(name)}:{code}")
+        if old is not None and old[0] is state:
+            code = old
+        elif isinstance(state, SetState):
+            text, set_parts = _set_code(state, old)
+            code = (state, text, set_parts)
+        else:
+            code = (state, _dumps(_field(state)), None)
+        codes[name] = code
+        parts.append(f"{_dumps(name)}:{code[1]}")
     text = (f"[{_dumps(_stamp(doc.deleted))},{_dumps(_stamp(doc.touched))},"
             f"{{{','.join(parts)}}},{_dumps(doc.version)}]")
     return text.encode(), codes
