@@ -13,6 +13,7 @@ import statistics
 import time
 
 import aiohttp
+import pytest
 
 from p2pgate.client import Client
 
@@ -48,7 +49,14 @@ async def _grow(session, node, token) -> tuple[int, list[tuple[int, str]]]:
     return size, refused
 
 
-async def test_a_large_document_does_not_stall_other_apps_writes(node):
+PATCHES = {  # A's tiny PATCH number i of hammer k: another field, or the large set itself
+    "other field": lambda k, i: {f"n{k}": i},
+    "one more element": lambda k, i: {"tags": {"$add": [-(k * 1_000_000 + i) - 1]}},
+}
+
+
+@pytest.mark.parametrize("shape", list(PATCHES))
+async def test_a_large_document_does_not_stall_other_apps_writes(node, shape):
     async with Client(node.url, node.admin_token) as admin:
         await admin.declare("big", {"tags": "set"})
         a = (await admin.add_app("grower", ["big:rw"])).token
@@ -71,7 +79,7 @@ async def test_a_large_document_does_not_stall_other_apps_writes(node):
                 started = time.perf_counter()
                 status, text, _ = await _send(session, node, "PATCH",
                                               "/api/v1/collections/big/docs/d", a,
-                                              {f"n{k}": i})
+                                              PATCHES[shape](k, i))
                 assert status == 200, text
                 a_latencies.append(time.perf_counter() - started)
                 i += 1
@@ -97,7 +105,7 @@ async def test_a_large_document_does_not_stall_other_apps_writes(node):
                     await task
     b_latencies.sort()
     p95 = b_latencies[int(0.95 * (len(b_latencies) - 1))] if b_latencies else float("inf")
-    print(f"\nset elements {size}; A's tiny PATCH median "
+    print(f"\n{shape}: set elements {size}; A's tiny PATCH median "
           f"{statistics.median(a_latencies or [0]) * 1000:.0f} ms ({len(a_latencies)}); "
           f"B's PUT median {statistics.median(b_latencies or [0]) * 1000:.0f} ms, "
           f"p95 {p95 * 1000:.0f} ms ({len(b_latencies)} of {B_PUTS})")
