@@ -7,6 +7,7 @@ grown to just under the 2 MiB stored-state limit. Each round times, interleaved:
 - `small`: tiny PATCHes of the small document (the baseline);
 - `large`: the same PATCHes of the large document, the document returned (default);
 - `large minimal`: the same, without rendering it (`Prefer: return=minimal`);
+- `large +1`: one more element `$add`ed to the large set itself (minimal);
 - `large uncached`: the same with the state cache emptied before each write, so the
   whole state is decoded and every field encoded again (what every write cost before).
 
@@ -78,6 +79,8 @@ async def main(ops: int) -> None:
                     "big", "large", {"n": i}, None)),
                 "large minimal": lambda: _timed(ops, lambda i: docs.patch(
                     "big", "large", {"n": i}, None, render=False)),
+                "large +1": lambda: _timed(ops, lambda i: docs.patch(
+                    "big", "large", {"tags": {"$add": [-i - 1]}}, None, render=False)),
                 "large uncached": lambda: _timed(ops, lambda i: docs.patch(
                     "big", "large", {"n": i}, None), forget),
             }

@@ -10,9 +10,11 @@ stream. All methods run on the database thread.
 
 A document's stored state is at most `MAX_DOC_BYTES` (`apply_batch` raises
 `DocumentTooLarge` and writes nothing). Large states stay decoded in a small cache,
-with each field's encoding, so a write to one field of a large document neither
-decodes it again nor re-encodes its other fields (states are never mutated: a field
-state that is the same object as the cached one has the same encoding).
+with each field's encoding (and each set element's), so a write to one field of a
+large document neither decodes it again nor re-encodes its other fields, nor the
+elements of a set it did not touch (states are never mutated: a field state, or a
+set entry, that is the same object as the cached one has the same encoding). What
+still grows with the document is writing its row.
 """
 
 from __future__ import annotations
@@ -105,35 +107,34 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-SetParts = tuple[str, str]  # a set field's JSON: its adds object, its tombstone list
+SetParts = tuple[dict[str, str], str]  # a set field's JSON: per element, its tombstones
 FieldCode = tuple[FieldState, str, SetParts | None]  # a state, its JSON (and its parts)
 FieldCodes = dict[str, FieldCode]  # by field name
 
 
 def _set_code(state: SetState, old: FieldCode | None) -> tuple[str, SetParts]:
-    """A set field's JSON; when `old` is the same set with elements added (the adds of a
-    large set grown by a few), only the new elements are encoded."""
-    adds_json = removed_json = None
-    if old is not None and old[2] is not None and isinstance(old[0], SetState):
-        before = old[0]
-        if len(state.adds) >= len(before.adds) and before.adds.items() <= state.adds.items():
-            new = [k for k in state.adds.keys() - before.adds.keys()]
-            if not new:
-                adds_json = old[2][0]
-            else:
-                adds = state.adds
-                entries = ",".join(f"{_dumps(k)}:{_dumps([adds[k][0], _stamps(adds[k][1])])}"
-                                   for k in new)
-                adds_json = (f"{{{entries}}}" if old[2][0] == "{}" else
-                             f"{old[2][0][:-1]},{entries}}}")
+    """A set field's JSON, reusing from `old` (the field's previous encoding) that of every
+    element whose entry is the same object (a merge that adds a few elements copies
+    the others' entries) and the tombstones' if they are equal."""
+    entries: dict[str, str] = {}
+    removed_json = None
+    before = old[0] if old is not None else None
+    if old is not None and old[2] is not None and isinstance(before, SetState):
+        known, had = old[2][0], before.adds
+        for key, entry in state.adds.items():
+            code = known.get(key) if had.get(key) is entry else None
+            entries[key] = code if code is not None else (
+                f"{_dumps(key)}:{_dumps([entry[0], _stamps(entry[1])])}")
         if state.removed is before.removed or state.removed == before.removed:
             removed_json = old[2][1]
-    if adds_json is None:
-        adds_json = _dumps({k: [v, _stamps(tags)] for k, (v, tags) in state.adds.items()})
+    else:
+        entries = {k: f"{_dumps(k)}:{_dumps([v, _stamps(tags)])}"
+                   for k, (v, tags) in state.adds.items()}
     if removed_json is None:
         removed_json = _dumps(sorted(map(list, state.removed)))
-    return (f'["s",{adds_json},{removed_json},{_dumps(_stamp(state.last))},'
-            f"{_dumps(_stamp(state.cleared))}]", (adds_json, removed_json))
+    return (f'["s",{{{",".join(entries.values())}}},{removed_json},'
+            f"{_dumps(_stamp(state.last))},{_dumps(_stamp(state.cleared))}]",
+            (entries, removed_json))
 
 
 def _encode(doc: DocState, known: FieldCodes) -> tuple[bytes, FieldCodes]:
