@@ -39,7 +39,7 @@ __all__ = ["MAX_DOC_BYTES", "EventRow", "LibsqlStorage", "decode_state", "encode
 MAX_DOC_BYTES = 2 << 20  # a document's stored state; its wire state is smaller, and fits a
 # 4 MiB sync message (`sync.codec.MAX_MESSAGE_SIZE`) with room to spare
 CACHED_MIN = 32 << 10  # states from this size (encoded) are kept decoded...
-CACHED_TOTAL = 16 << 20  # ...up to this many encoded bytes in all
+CACHED_TOTAL = 8 << 20  # ...up to this many encoded bytes in all (RSS: ~5x that)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +269,11 @@ class LibsqlStorage:
             self._cache.move_to_end(key)
         return cached
 
+    def _state_of(self, key: tuple[str, str], blob: bytes) -> DocState:
+        """The state of `key` stored as `blob`: the cached one if any, else decoded."""
+        known = self._known(key)
+        return known[0] if known is not None else self._decoded(key, blob)
+
     def _decoded(self, key: tuple[str, str], blob: bytes) -> DocState:
         state = decode_state(blob)
         if len(blob) >= CACHED_MIN:
@@ -309,7 +314,7 @@ class LibsqlStorage:
         rows = self._conn.execute(
             "SELECT doc_id, state FROM sync_docs WHERE collection = ? AND doc_id > ? "
             "ORDER BY doc_id LIMIT ?", (collection, after or "", limit)).fetchall()
-        return [(doc_id, decode_state(state)) for doc_id, state in rows]
+        return [(doc_id, self._state_of((collection, doc_id), state)) for doc_id, state in rows]
 
     def changes_since(self, origin: str, after_seq: int, limit: int) -> list[Change]:
         """See `Storage.changes_since`."""
@@ -486,7 +491,7 @@ class LibsqlStorage:
             "SELECT doc_id, state, cursor FROM sync_docs WHERE collection = ? AND doc_id > ? "
             "AND cursor > ? AND deleted = 0 ORDER BY doc_id LIMIT ?",
             (collection, after or "", since or 0, limit)).fetchall()
-        return [(d, decode_state(s), int(c)) for d, s, c in rows]
+        return [(d, self._state_of((collection, d), s), int(c)) for d, s, c in rows]
 
     def events_after(self, cursor: int, limit: int) -> list[EventRow]:
         """Up to `limit` event log entries after `cursor`, oldest first."""
