@@ -19,7 +19,7 @@ from sync.codec import (
     decode,
     encode,
 )
-from sync.errors import LocalProtocolError, RemoteProtocolError, SyncError
+from sync.errors import DocumentTooLarge, LocalProtocolError, RemoteProtocolError, SyncError
 from sync.events import (
     ChangeRefused,
     ClockSkewDetected,
@@ -47,6 +47,7 @@ __all__ = [
     "CollectionPolicy",
     "ChangesMessage",
     "ClockSkewDetected",
+    "DocumentTooLarge",
     "Close",
     "DocState",
     "DocumentChanged",

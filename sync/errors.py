@@ -8,7 +8,8 @@ that broke the protocol.
 
 from __future__ import annotations
 
-__all__ = ["LocalProtocolError", "P2PGateError", "RemoteProtocolError", "SyncError"]
+__all__ = ["DocumentTooLarge", "LocalProtocolError", "P2PGateError", "RemoteProtocolError",
+           "SyncError"]
 
 
 class P2PGateError(Exception):
@@ -32,3 +33,17 @@ class RemoteProtocolError(P2PGateError):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+class DocumentTooLarge(LocalProtocolError):
+    """A batch would make a document's state larger than its storage accepts.
+
+    A storage raises it from `apply_batch` (and writes nothing); the replica refuses a
+    local write with it, and a peer's change or state that would do it (see
+    `Replica.receive_changes`).
+    """
+
+    def __init__(self, collection: str, doc_id: str, size: int, limit: int) -> None:
+        super().__init__(f"document {collection}/{doc_id} would be {size} bytes; "
+                         f"the limit is {limit} bytes")
+        self.collection, self.doc_id, self.size, self.limit = collection, doc_id, size, limit

@@ -199,7 +199,28 @@ def _merge_counter(a: CounterState, b: CounterState) -> CounterState:
     )
 
 
+def _add_to_set(a: SetState, b: SetState) -> SetState:
+    """`_merge_set` when `b` removes nothing: the work grows with `b`, not with `a`.
+
+    It relies on `a` holding no add tag its own tombstones remove, which every state
+    does (merges remove them; `sync.statecodec` removes them from a peer's state)."""
+    adds = dict(a.adds)
+    dead = a.removed
+    for key, (value, tags) in b.adds.items():
+        if dead:
+            tags = frozenset(t for t in tags if (t[0], t[1], key) not in dead)
+        old = adds.get(key)
+        if old is not None:
+            adds[key] = (value, old[1] | tags)
+        elif tags:
+            adds[key] = (value, tags)
+    removed = a.removed if not b.removed else a.removed | b.removed
+    return SetState(adds, removed, max_stamp(a.last, b.last), max_stamp(a.cleared, b.cleared))
+
+
 def _merge_set(a: SetState, b: SetState) -> SetState:
+    if not b.removed and len(b.adds) < len(a.adds):
+        return _add_to_set(a, b)
     removed = a.removed | b.removed
     adds: dict[str, tuple[Any, frozenset[Stamp]]] = {}
     for source in (a.adds, b.adds):

@@ -13,6 +13,13 @@ so the sender's retransmission repairs it. Quarantine states per origin:
 While an origin is held, its later changes queue behind the held one (bounded by
 `quarantine_limit` changes in all; past that they are dropped, unacknowledged).
 
+A change that would make a document larger than the storage accepts
+(`DocumentTooLarge`) is refused whole: none of its edits is applied, it is not
+acknowledged, `ChangeRefused` reports it once, and the later changes of its origin
+are ignored behind it (sequence order) until the replica is loaded again; the
+session goes on. A peer's document state that would be too large is left aside the
+same way (its other documents are joined).
+
 The replica holds the state and commits atomic batches; the decisions live in
 pure functions beside it: `sync.intake` (remote changes, the quarantine),
 `sync.statemerge` (joining peer states), `sync.gc` (garbage collection). Sessions
@@ -27,8 +34,8 @@ from types import MappingProxyType
 from typing import Any
 
 from sync.clock import COUNTER_BITS, HybridClock
-from sync.errors import LocalProtocolError
-from sync.events import DocumentChanged, Event
+from sync.errors import DocumentTooLarge, LocalProtocolError
+from sync.events import ChangeRefused, DocumentChanged, Event
 from sync.fields import FIELD_TYPES
 from sync.gc import plan_collection
 from sync.intake import Intake, release_held, take_changes
@@ -93,6 +100,7 @@ class Replica:
         self._types: dict[str, dict[str, int]] = {}
         self._events: deque[Event] = deque()
         self._sessions: dict[str, PeerSession] = {}
+        self._refused: dict[str, int] = {}  # origin -> seq of its change we refused
 
     # ------------------------------------------------------------ schema
 
@@ -147,26 +155,29 @@ class Replica:
         return self._types.get(collection, _NO_TYPES)
 
     def put(
-        self, collection: str, doc_id: str, doc: Mapping[str, Any], now: float
+        self, collection: str, doc_id: str, doc: Mapping[str, Any], now: float,
+        *, render: bool = True,
     ) -> dict[str, Any]:
-        """Create or replace a document."""
+        """Create or replace a document; returns it as it now is (empty if not `render`)."""
         types = self._checked(collection, doc_id)
         state = self._local(
             collection, doc_id, now, lambda d: put_ops(self.device_id, d, types, doc)
         )
-        return render_doc(state) or {}
+        return (render_doc(state) or {}) if render else {}
 
     def patch(
-        self, collection: str, doc_id: str, patch: Mapping[str, Any], now: float
+        self, collection: str, doc_id: str, patch: Mapping[str, Any], now: float,
+        *, render: bool = True,
     ) -> dict[str, Any]:
         """Merge-patch a document (creating it if needed): values set fields, null clears
         one, `{"$inc": n}`, `{"$add": [..]}`, `{"$remove": [..]}`, `{"$splice": [pos, n, s]}`
-        edit counter, set and text fields."""
+        edit counter, set and text fields. Returns it as it now is (empty if not `render`:
+        rendering costs as much as the document is large)."""
         types = self._checked(collection, doc_id)
         state = self._local(
             collection, doc_id, now, lambda d: patch_ops(self.device_id, d, types, patch)
         )
-        return render_doc(state) or {}
+        return (render_doc(state) or {}) if render else {}
 
     def delete(self, collection: str, doc_id: str, now: float) -> None:
         """Delete a document (a tombstone; see `sync.model` for the rule)."""
@@ -333,44 +344,86 @@ class Replica:
         """Join document states a peer sent, as one atomic batch, and log the joined
         states as our own changes so that complete replicas get them too. A state
         stamped too far ahead is left aside; returns when to ask for it again."""
-        plan = plan_merge(self.storage, self.clock, self.gc.horizon, self.max_skew, peer_id,
-                          docs, flow, now)
-        for collection, doc_id, state in plan.zombies:
-            self._bury(collection, doc_id, state, now)
-        if not plan.edits:
+        while True:
+            plan = plan_merge(self.storage, self.clock, self.gc.horizon, self.max_skew,
+                              peer_id, docs, flow, now)
+            for collection, doc_id, state in plan.zombies:
+                self._bury(collection, doc_id, state, now)
+            if not plan.edits:
+                self._events.extend(plan.events)
+                return plan.retry
+            me = self.device_id
+            seq = log_forwarded(plan, me, self._vv.get(me, 0), self.clock, peer_id, now)
+            try:
+                self.storage.apply_batch(plan.batch)
+            except DocumentTooLarge as exc:  # leave that state aside, join the others
+                self._events.append(ChangeRefused(peer_id, exc.collection, exc.doc_id,
+                                                  str(exc)))
+                docs = [d for d in docs if (d[0], d[1]) != (exc.collection, exc.doc_id)]
+                continue
+            self._vv[me] = seq
             self._events.extend(plan.events)
+            self._changed(list(plan.batch.docs), peer_id, plan.echo)
             return plan.retry
-        me = self.device_id
-        seq = log_forwarded(plan, me, self._vv.get(me, 0), self.clock, peer_id, now)
-        self.storage.apply_batch(plan.batch)
-        self._vv[me] = seq
-        self._events.extend(plan.events)
-        self._changed(list(plan.batch.docs), peer_id, plan.echo)
-        return plan.retry
 
     # ------------------------------------------------------------ remote changes
 
     def receive_changes(self, peer_id: str, changes: list[Change], now: float) -> None:
         """Apply (or hold) logged changes a session received, as one atomic batch."""
         self._release(now)
+        refused = self._refused
+        if refused:
+            changes = [c for c in changes if c.origin not in refused]
+        try:
+            self._take(peer_id, changes, now)
+        except DocumentTooLarge:  # one at a time: apply what fits, refuse the rest
+            for change in changes:
+                if change.origin in refused:
+                    continue
+                try:
+                    self._take(peer_id, [change], now)
+                except DocumentTooLarge as exc:
+                    self._refuse(peer_id, change, exc)
+
+    def _take(self, peer_id: str, changes: list[Change], now: float) -> None:
         intake = take_changes(self.storage, self.clock, self._vv, self._held, peer_id,
                               changes, now, self.max_skew, self.quarantine_limit)
         if intake.batch.changes or intake.batch.hold:
             self._commit(intake)
 
+    def _refuse(self, peer_id: str, change: Change, exc: DocumentTooLarge) -> None:
+        self._refused[change.origin] = change.seq
+        self._events.append(ChangeRefused(
+            peer_id, exc.collection, exc.doc_id,
+            f"change {change.origin}/{change.seq} refused (its origin's later changes wait "
+            f"behind it): {exc}"))
+
     def _release(self, now: float, accept: str | None = None) -> None:
-        if not self._held:
-            return
-        intake = release_held(self.storage, self.clock, self._vv, self._held, now,
-                              self.max_skew, accept)
-        if intake.batch.release:
-            self._commit(intake)
+        while True:
+            held = {o: cs for o, cs in self._held.items() if o not in self._refused}
+            if not held:
+                return
+            intake = release_held(self.storage, self.clock, self._vv, held, now,
+                                  self.max_skew, accept)
+            if not intake.batch.release:
+                return
+            try:
+                self._commit(intake)
+                return
+            except DocumentTooLarge as exc:  # refuse the change that hit it, try the rest
+                culprit = next((c for c in intake.batch.changes if any(
+                    (e.collection, e.doc_id) == (exc.collection, exc.doc_id)
+                    for e in c.edits)), None)
+                if culprit is None:
+                    raise
+                self._refuse("", culprit, exc)
 
     def _commit(self, intake: Intake) -> None:
         intake.batch.clock = self.clock.last
         self.storage.apply_batch(intake.batch)
         self._vv = intake.vv
-        self._held = {o: cs for o, cs in intake.held.items() if cs}
+        kept = {o: cs for o, cs in self._held.items() if o in self._refused}
+        self._held = {o: cs for o, cs in {**kept, **intake.held}.items() if cs}
         self._events.extend(intake.events)
         self._changed(list(intake.batch.docs))
 
@@ -388,7 +441,8 @@ class Replica:
 
     def get_timer(self) -> float | None:
         """When the next held change becomes applicable (Unix seconds), or None."""
-        heads = [cs[0].hlc >> COUNTER_BITS for cs in self._held.values() if cs]
+        heads = [cs[0].hlc >> COUNTER_BITS for o, cs in self._held.items()
+                 if cs and o not in self._refused]
         if not heads:
             return None
         return (min(heads) - int(self.max_skew * 1000) + 1) / 1000

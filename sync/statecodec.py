@@ -184,7 +184,7 @@ class _Decoder:
             for _ in range(r.count()):
                 hlc, origin = self.stamp()
                 removed.append((hlc, origin, r.text()))
-            state = SetState(adds, frozenset(removed), self.opt(), cleared)
+            state = _without_removed(SetState(adds, frozenset(removed), self.opt(), cleared))
         elif rank == TEXT:
             from sync.text import validate_update
 
@@ -194,6 +194,22 @@ class _Decoder:
         else:
             raise r.fail("bad field type")
         return name, state
+
+
+def _without_removed(state: SetState) -> SetState:
+    """The set without the add tags its own tombstones remove (as every merge leaves it)."""
+    if not state.removed or not state.adds:
+        return state
+    adds = dict(state.adds)
+    for hlc, origin, key in state.removed:
+        entry = adds.get(key)
+        if entry is not None and (hlc, origin) in entry[1]:
+            tags = entry[1] - {(hlc, origin)}
+            if tags:
+                adds[key] = (entry[0], tags)
+            else:
+                del adds[key]
+    return SetState(adds, state.removed, state.last, state.cleared)
 
 
 def decode_state(data: bytes) -> DocState:

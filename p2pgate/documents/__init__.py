@@ -10,9 +10,11 @@ from p2pgate.documents.driver import BacklogMeasured, PeerCaughtUp, Stepped, Syn
 from p2pgate.documents.errors import (
     DocumentError,
     DocumentNotFound,
+    DocumentTooLarge,
     FieldTypeConflict,
     InvalidDocument,
     VersionMismatch,
+    WritesBacklogged,
 )
 from p2pgate.documents.service import Documents, peer_policy
 from p2pgate.documents.views import ChangeRecord, DocumentView
@@ -22,6 +24,7 @@ __all__ = [
     "ChangeRecord",
     "DocumentError",
     "DocumentNotFound",
+    "DocumentTooLarge",
     "DocumentView",
     "Documents",
     "FieldTypeConflict",
@@ -30,5 +33,6 @@ __all__ = [
     "Stepped",
     "SyncDriver",
     "VersionMismatch",
+    "WritesBacklogged",
     "peer_policy",
 ]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from p2pgate.errors import LocalProtocolError
 
-__all__ = ["DocumentError", "DocumentNotFound", "FieldTypeConflict", "InvalidDocument",
-           "VersionMismatch"]
+__all__ = ["DocumentError", "DocumentNotFound", "DocumentTooLarge", "FieldTypeConflict",
+           "InvalidDocument", "VersionMismatch", "WritesBacklogged"]
 
 
 class DocumentError(LocalProtocolError):
@@ -40,3 +40,20 @@ class FieldTypeConflict(DocumentError):
     """A declaration would change the type of a field already declared."""
 
     code = "conflict"
+
+
+class DocumentTooLarge(InvalidDocument):
+    """The write would make the document's stored state larger than the limit
+    (`p2pgate.storage.syncstore.MAX_DOC_BYTES`); nothing was written."""
+
+    code = "document_too_large"
+
+
+class WritesBacklogged(DocumentError):
+    """The writer already has too many writes waiting; retry after `retry_after` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

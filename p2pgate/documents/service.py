@@ -3,7 +3,9 @@
 The replica and its storage live on the database thread: every call runs there
 through `Database.run`, one at a time, so a check (If-Match) and the write it
 guards happen together. Writes queued while a transaction commits share the next
-one (group commit). After each call the events the storage committed are
+one (group commit); they queue per writer (an app's token) and each group takes
+fair shares of database time from each writer (`fairqueue`), so one app's costly
+writes do not hold back the others' cheap ones. After each call the events the storage committed are
 published to subscribers (the API's event hub) on the event loop, and drop the
 documents they name from the read cache (this process is the store's only writer).
 """
@@ -22,14 +24,18 @@ from p2pgate.documents.driver import BacklogMeasured, PeerCaughtUp, SyncDriver
 from p2pgate.documents.errors import (
     DocumentError,
     DocumentNotFound,
+    DocumentTooLarge,
     FieldTypeConflict,
     InvalidDocument,
     VersionMismatch,
+    WritesBacklogged,
 )
+from p2pgate.documents.fairqueue import FairQueue
 from p2pgate.documents.views import ChangeRecord, DocumentView
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.storage.database import Connection, Database, MappedConnection
 from p2pgate.storage.syncstore import EventRow, LibsqlStorage
+from sync.errors import DocumentTooLarge as StateTooLarge
 from sync.errors import LocalProtocolError
 from sync.events import ChangeRefused, ClockSkewDetected, PeerSynced, ProtocolErrorOccurred
 from sync.model import DocState, doc_conflicts, render_doc
@@ -46,6 +52,9 @@ log = logging.getLogger("p2pgate.sync")
 Listener = Callable[[ChangeRecord], None]
 
 CACHE_SIZE = 10_000  # rendered documents kept for reads; every write invalidates its own
+MAX_QUEUED = 256  # writes one writer may have waiting; past that it gets WritesBacklogged
+
+Pending = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 
 
 def _view(collection: str, doc_id: str, state: DocState | None, cursor: int) -> DocumentView:
@@ -65,7 +74,7 @@ class Documents:
         self._storage = storage
         self._clock = clock
         self._listeners: list[Listener] = []
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._queue: FairQueue[Pending] = FairQueue()
         self._cache: OrderedDict[tuple[str, str], DocumentView] = OrderedDict()
         self.last_synced: dict[str, float] = {}
         self.backlog: dict[str, tuple[int, int]] = {}  # peer -> (changes it lacks, ours)
@@ -174,26 +183,29 @@ class Documents:
             for listener in self._listeners:
                 listener(record)
 
-    async def _write(self, fn: Callable[[], Any]) -> Any:
+    async def _write(self, fn: Callable[[], Any], writer: str) -> Any:
         """Like `_call`, but writes queued meanwhile share one transaction (group
-        commit); each is acknowledged only after that transaction is durable."""
+        commit), taken fairly from each `writer`'s queue; each is acknowledged only
+        after that transaction is durable."""
+        if self._queue.queued(writer) >= MAX_QUEUED:
+            raise WritesBacklogged(f"{MAX_QUEUED} writes of this app are already waiting", 1.0)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((fn, future))
+        self._queue.push(writer, (fn, future))
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
         return await future
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                group, self._pending = self._pending, []
+            while self._queue:
+                group = self._queue.next_group()
                 try:
                     outcomes = await self._db.run(functools.partial(self._run_group, group))
                 except Exception as exc:  # the commit failed: nothing of the group landed
                     await self._db.run(lambda _: self._reload())
                     outcomes = [exc] * len(group)
                 self._publish()
-                for (_, future), outcome in zip(group, outcomes, strict=True):
+                for (_, (_, future)), outcome in zip(group, outcomes, strict=True):
                     if future.done():
                         continue
                     if isinstance(outcome, BaseException):
@@ -203,15 +215,16 @@ class Documents:
         finally:
             self._flusher = None
 
-    def _run_group(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
-                   conn: Connection) -> list[Any]:
+    def _run_group(self, group: list[tuple[str, Pending]], conn: Connection) -> list[Any]:
         outcomes: list[Any] = []
         with self._storage.group():
-            for fn, _future in group:
+            for writer, (fn, _future) in group:
+                started = time.perf_counter()
                 try:
                     outcomes.append(_mapped(fn))
                 except Exception as exc:
                     outcomes.append(exc)
+                self._queue.charge(writer, time.perf_counter() - started)
         return outcomes
 
     def _reload(self) -> None:
@@ -308,15 +321,21 @@ class Documents:
         return view  # type: ignore[no-any-return]
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
-                  if_match: str | None) -> DocumentView:
-        """Create or replace a document; a given `if_match` ("*" or a version) must match it."""
+                  if_match: str | None, *, writer: str = "", render: bool = True
+                  ) -> DocumentView:
+        """Create or replace a document; a given `if_match` ("*" or a version) must match it.
+
+        `writer` (an app's token) is whose queue the write waits in; without `render`
+        the view's data is left empty (the work grows with the document)."""
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
-            lambda: self.replica.put(collection, doc_id, data, self._clock()), False))
+            lambda: self.replica.put(collection, doc_id, data, self._clock(), render=render),
+            False), writer)
 
     async def patch(self, collection: str, doc_id: str, patch: dict[str, Any],
-                    if_match: str | None) -> DocumentView:
-        """Merge-patch a document (DocumentNotFound if none); `if_match` as for `put`."""
+                    if_match: str | None, *, writer: str = "", render: bool = True
+                    ) -> DocumentView:
+        """Merge-patch a document (DocumentNotFound if none); the rest as for `put`."""
         for name, value in patch.items():
             if type(value) is dict and len(value) == 1:
                 (key,) = value
@@ -325,13 +344,15 @@ class Documents:
                                         f"(one of {', '.join(OPERATORS)})")
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
-            lambda: self.replica.patch(collection, doc_id, patch, self._clock()), True))
+            lambda: self.replica.patch(collection, doc_id, patch, self._clock(),
+                                       render=render), True), writer)
 
-    async def delete(self, collection: str, doc_id: str, if_match: str | None) -> DocumentView:
+    async def delete(self, collection: str, doc_id: str, if_match: str | None,
+                     *, writer: str = "") -> DocumentView:
         """Delete a document (DocumentNotFound if none); `if_match` as for `put`."""
         return await self._write(lambda: self._guarded(  # type: ignore[no-any-return]
             collection, doc_id, if_match,
-            lambda: self.replica.delete(collection, doc_id, self._clock()), True))
+            lambda: self.replica.delete(collection, doc_id, self._clock()), True), writer)
 
     async def list_docs(self, collection: str, limit: int, after: str | None,
                         since: int | None) -> tuple[list[DocumentView], int]:
@@ -376,6 +397,8 @@ def _mapped(fn: Callable[[], Any]) -> Any:
         raise
     except MissingInReplica as exc:
         raise DocumentNotFound(str(exc)) from None
+    except StateTooLarge as exc:
+        raise DocumentTooLarge(str(exc)) from None
     except LocalProtocolError as exc:
         raise InvalidDocument(str(exc)) from None
 

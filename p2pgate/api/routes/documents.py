@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from p2pgate.api import models as m
-from p2pgate.api.errors import BadRequest, NotFound
+from p2pgate.api.errors import BadRequest, NotFound, TooManyRequests
 from p2pgate.api.events import ChangeRecord, Reset
 from p2pgate.api.http import Route, bearer_token, json_body, model_body, principal_of, respond
 from p2pgate.api.routes.params import (
@@ -20,6 +21,7 @@ from p2pgate.api.routes.params import (
     int_query,
 )
 from p2pgate.api.routes.services import ApiServices, DocumentView
+from p2pgate.documents.errors import WritesBacklogged
 
 __all__ = ["document_routes"]
 
@@ -33,6 +35,31 @@ def _document(view: DocumentView) -> m.Document:
 
 def _doc_response(view: DocumentView, status: int = 200) -> web.Response:
     return respond(_document(view), status, {"ETag": f'"{view.version}"'})
+
+
+def _minimal(request: web.Request) -> bool:
+    """Whether a write asked for no document back (`Prefer: return=minimal`, RFC 7240)."""
+    prefs = {p.strip().lower() for v in request.headers.getall("Prefer", ())
+             for p in v.split(",")}
+    return "return=minimal" in prefs
+
+
+def _write_response(view: DocumentView, minimal: bool, created: bool = False
+                    ) -> web.Response:
+    """The written document, or with `minimal` only its version: 204 (201 if created)
+    with `ETag`, no body (the document is not rendered: that grows with its size)."""
+    if not minimal:
+        return _doc_response(view, 201 if created else 200)
+    return web.Response(status=201 if created else 204, headers={
+        "ETag": f'"{view.version}"', "Preference-Applied": "return=minimal"})
+
+
+async def _written(write: Awaitable[DocumentView]) -> DocumentView:
+    """The write's view; an app with too many writes waiting gets 429."""
+    try:
+        return await write
+    except WritesBacklogged as exc:
+        raise TooManyRequests(str(exc), exc.retry_after) from None
 
 
 async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
@@ -86,19 +113,23 @@ class _DocumentHandlers:
     async def put_doc(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request, write=True), doc_id_of(request)
         data = await _object_body(request, "a document")
-        view = await self.s.documents.put(collection, doc_id, data, if_match(request))
-        return _doc_response(view, 201 if view.created else 200)
+        minimal, writer = _minimal(request), principal_of(request).token_id
+        view = await _written(self.s.documents.put(
+            collection, doc_id, data, if_match(request), writer=writer, render=not minimal))
+        return _write_response(view, minimal, view.created)
 
     async def patch_doc(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request, write=True), doc_id_of(request)
         patch = await _object_body(request, "a patch")
-        return _doc_response(await self.s.documents.patch(collection, doc_id, patch,
-                                                          if_match(request)))
+        minimal, writer = _minimal(request), principal_of(request).token_id
+        return _write_response(await _written(self.s.documents.patch(
+            collection, doc_id, patch, if_match(request), writer=writer, render=not minimal)),
+            minimal)
 
     async def delete_doc(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request, write=True), doc_id_of(request)
-        return _doc_response(await self.s.documents.delete(collection, doc_id,
-                                                           if_match(request)))
+        return _doc_response(await _written(self.s.documents.delete(
+            collection, doc_id, if_match(request), writer=principal_of(request).token_id)))
 
     async def list_docs(self, request: web.Request) -> web.Response:
         collection = collection_of(request)
@@ -156,12 +187,16 @@ def document_routes(s: ApiServices) -> list[Route]:
               auth="app", response=m.DocumentList, tag="documents"),
         Route("GET", "/api/v1/collections/{c}/docs/{id}", h.get_doc, "Read a document",
               auth="app", response=m.Document, errors=(404,), tag="documents"),
-        Route("PUT", "/api/v1/collections/{c}/docs/{id}", h.put_doc, "Replace a document",
-              auth="app", body="object", response=m.Document, errors=(412, 413, 422),
+        Route("PUT", "/api/v1/collections/{c}/docs/{id}", h.put_doc,
+              "Replace a document (`Prefer: return=minimal`: 204/201 with only the ETag; "
+              "422 `document_too_large` past 2 MiB of stored state)",
+              auth="app", body="object", response=m.Document, errors=(412, 413, 422, 429),
               tag="documents"),
         Route("PATCH", "/api/v1/collections/{c}/docs/{id}", h.patch_doc,
-              "Merge-patch a document ($inc, $add, $remove, $splice)", auth="app",
-              body="object", response=m.Document, errors=(404, 412, 413, 422),
+              "Merge-patch a document ($inc, $add, $remove, $splice; `Prefer: "
+              "return=minimal`: 204 with only the ETag; 422 `document_too_large` past 2 MiB "
+              "of stored state)", auth="app",
+              body="object", response=m.Document, errors=(404, 412, 413, 422, 429),
               tag="documents"),
         Route("DELETE", "/api/v1/collections/{c}/docs/{id}", h.delete_doc, "Delete a document",
               auth="app", response=m.Document, errors=(404, 412), tag="documents"),

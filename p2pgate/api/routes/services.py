@@ -32,17 +32,20 @@ class DocumentService(Protocol):
         ...
 
     async def put(self, collection: str, doc_id: str, data: dict[str, Any],
-                  if_match: str | None) -> DocumentView:
-        """Create or replace a document; a given `if_match` ("*" or a version) must match it."""
+                  if_match: str | None, *, writer: str = "", render: bool = True
+                  ) -> DocumentView:
+        """Create or replace a document; a given `if_match` ("*" or a version) must match it.
+        Writes wait fairly per `writer`; without `render` the view's data is empty."""
         ...
 
     async def patch(self, collection: str, doc_id: str, patch: dict[str, Any],
-                    if_match: str | None) -> DocumentView:
-        """Merge-patch a document (DocumentNotFound if none); `if_match` as for `put`."""
+                    if_match: str | None, *, writer: str = "", render: bool = True
+                    ) -> DocumentView:
+        """Merge-patch a document (DocumentNotFound if none); the rest as for `put`."""
         ...
 
     async def delete(self, collection: str, doc_id: str,
-                     if_match: str | None) -> DocumentView:
+                     if_match: str | None, *, writer: str = "") -> DocumentView:
         """Delete a document (DocumentNotFound if none); `if_match` as for `put`."""
         ...
 
