@@ -145,9 +145,10 @@ class PairingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def handle(self, stream: Stream, initial: bytes) -> None:
-        """Serve one joiner on a `P2PG-PAIR` connection."""
-        shake = InviterHandshake(self._book, self._me, self._clock())
+    async def handle(self, stream: Stream, initial: bytes, source: str | None = None) -> None:
+        """Serve one joiner on a `P2PG-PAIR` connection; `source` (the joiner's address
+        key on the P2P port, None through a mailbox) keys the per-source limits."""
+        shake = InviterHandshake(self._book, self._me, self._clock(), source)
         try:
             await self._drive(shake, stream, initial)
             if shake.failure is not None:

@@ -63,26 +63,26 @@ def test_offers_expire_burn_and_are_advertised_by_nameplate_only():
     assert book.offers == {}  # forgotten
 
 
-def test_the_third_wrong_code_burns_and_a_busy_offer_refuses_others():
+def test_the_third_wrong_code_burns_and_only_one_attempt_may_prove_the_code():
     book = OfferBook()
     offer = book.open(T0, ttl=300)
     assert book.claim(offer.nameplate, T0) is offer
-    assert book.claim(offer.nameplate, T0).code == "busy"
+    assert book.claim(offer.nameplate, T0) is offer  # attempts run side by side ...
+    assert book.proved(offer) is None
+    assert book.proved(offer).code == "busy"  # ... but only one proves the code
+    assert book.claim(offer.nameplate, T0).code == "busy"  # and then it alone goes on
+    book.release(offer, proved=True)
+    book.release(offer)
+    assert not offer.busy
     for n in range(1, MAX_FAILURES + 1):
-        refusal = book.wrong_code(offer, T0 + n)
-        book.release(offer)
+        assert book.claim(offer.nameplate, T0 + n, f"10.0.0.{n}") is offer
+        refusal = book.wrong_code(offer, T0 + n, f"10.0.0.{n}")
+        book.release(offer, source=f"10.0.0.{n}")
         assert refusal.code == ("burned" if n == MAX_FAILURES else "wrong_code")
-        if n < MAX_FAILURES:
-            assert book.claim(offer.nameplate, T0 + n) is offer
     assert offer.state == "failed"
     assert book.advertised(T0 + 10) == frozenset({offer.nameplate})  # until it expires
     assert book.claim(offer.nameplate, T0 + 10) == Refusal(
         "this code burned after 3 wrong tries; make a new one", "burned")
-    assert book.claim(99 if offer.nameplate != 99 else 98, T0).code == "expired"
-    assert book.get_timer() == T0 + 300
-    book.handle_timer(T0 + 300)
-    assert book.advertised(T0 + 300) == frozenset()
-    assert book.get_timer() is None  # a burned offer past its time wakes nobody
 
 
 def test_new_offers_avoid_nameplates_in_use():
