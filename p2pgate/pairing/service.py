@@ -152,7 +152,10 @@ class PairingService:
         try:
             await self._drive(shake, stream, initial)
             if shake.failure is not None:
-                log.info("pairing attempt failed: %s", shake.failure)
+                # a connection that never held an offer (a stranger's flood, a scan):
+                # not worth a line each
+                log.log(logging.INFO if shake.offer is not None else logging.DEBUG,
+                        "pairing attempt failed: %s", shake.failure)
                 if shake.failure.code in ("wrong_code", "burned") and shake.offer is not None:
                     log.info("pairing: a wrong code was tried (%d of 3)", shake.offer.failures)
             elif shake.result is not None:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,19 +33,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _limit_fds() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+def _fd_limit(n: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 class Node:
-    def __init__(self, root: Path, name: str, fd_limit: bool = False) -> None:
+    def __init__(self, root: Path, name: str, fd_limit: int = 0) -> None:
         self.dir = make_node_dir(root, name)
         self.port = _free_port()
         self.log = root / f"{name}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 node_argv(self.dir, f"127.0.0.1:{self.port}"), stdout=out,
-                stderr=subprocess.STDOUT, preexec_fn=_limit_fds if fd_limit else None)
+                stderr=subprocess.STDOUT, preexec_fn=_fd_limit(fd_limit) if fd_limit else None)
 
     def started(self) -> None:
         wait_for(lambda: (self.dir.data_dir.root / "node.json").exists(), what="node start")
@@ -95,7 +96,7 @@ def _join(joiner: Node, code: str, inviter: Node) -> subprocess.CompletedProcess
 def nodes(tmp_path):
     started: list[Node] = []
 
-    def make(name: str, fd_limit: bool = False) -> Node:
+    def make(name: str, fd_limit: int = 0) -> Node:
         node = Node(tmp_path, name, fd_limit)
         started.append(node)
         return node
@@ -106,7 +107,7 @@ def nodes(tmp_path):
 
 
 def test_a_flood_of_silent_pairing_connections_leaves_the_node_on_the_air(nodes):
-    desk, phone = nodes("desk", fd_limit=True), nodes("phone")
+    desk, phone = nodes("desk", fd_limit=1024), nodes("phone")
     desk.started()
     phone.started()
     code = desk.call("POST", "/api/v1/pairing", {})[1]["code"]  # type: ignore[index]
@@ -151,3 +152,33 @@ def test_silent_strangers_with_a_valid_hello_do_not_hold_the_offer(nodes):
     status = desk.call("GET", f"/api/v1/pairing/{nameplate}")[1]
     assert status["state"] == "paired"  # type: ignore[index]
     assert status["failures"] == 0  # type: ignore[index]
+
+
+def test_out_of_descriptors_the_listener_pauses_with_one_log_line_and_recovers(nodes):
+    desk, phone = nodes("desk", fd_limit=96), nodes("phone")  # fewer fds than the caps
+    desk.started()
+    phone.started()
+    code = desk.call("POST", "/api/v1/pairing", {})[1]["code"]  # type: ignore[index]
+    flood = _flood(desk, 300, "pair", 4, "127.0.3.1-64")
+    try:
+        time.sleep(2)
+        cpu = _cpu_seconds(desk)
+        time.sleep(2)
+        busy = _cpu_seconds(desk) - cpu
+    finally:
+        flood.communicate(timeout=60)
+    log = desk.log.read_text()
+    lines = [line for line in log.splitlines() if "accept" in line]
+    print(f"\nout of fds: {len(lines)} log lines about accepting, log {len(log)} bytes, "
+          f"{busy / 2 * 100:.0f} % CPU while starved")
+    assert any("cannot accept" in line for line in lines), log[-2000:]
+    assert len(lines) <= 6, lines[:10]
+    assert busy < 1.0  # not spinning: under half a core while starved
+    joined = _join(phone, code, desk)  # and once the flood is gone it serves again
+    assert joined.returncode == 0, joined.stderr
+    assert any("accepts again" in line for line in desk.log.read_text().splitlines())
+
+
+def _cpu_seconds(node: Node) -> float:
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
