@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from p2pgate.pairing.codes import make_code
 from p2pgate.pairing.protocol import PairingResult
 
-__all__ = ["ATTEMPTS_PER_SOURCE", "MAX_ATTEMPTS", "MAX_FAILURES", "Offer", "OfferBook",
-           "OffersChanged", "Refusal", "WrongCodeBudget"]
+__all__ = ["ATTEMPTS_PER_SOURCE", "MAX_ATTEMPTS", "MAX_FAILURES", "WRONG_CODE_REFILL", "Offer",
+           "OfferBook", "OffersChanged", "Refusal", "WrongCodeBudget"]
 
 MAX_FAILURES = 3
 FORGET_AFTER = 600.0

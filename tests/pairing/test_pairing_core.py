@@ -9,8 +9,20 @@ from hypothesis import strategies as st
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity import Identity
 from p2pgate.pairing.codes import parse_code_or_uri
-from p2pgate.pairing.handshake import STEP_TIMEOUT, InviterHandshake, JoinerHandshake
-from p2pgate.pairing.offers import MAX_FAILURES, OfferBook, OffersChanged, Refusal
+from p2pgate.pairing.handshake import (
+    HELLO_TIMEOUT,
+    STEP_TIMEOUT,
+    InviterHandshake,
+    JoinerHandshake,
+)
+from p2pgate.pairing.offers import (
+    ATTEMPTS_PER_SOURCE,
+    MAX_FAILURES,
+    WRONG_CODE_REFILL,
+    OfferBook,
+    OffersChanged,
+    Refusal,
+)
 from p2pgate.pairing.protocol import PairingIdentity
 from p2pgate.pairing.wire import MAX_MESSAGE, MessageDecoder, encode
 
@@ -213,3 +225,54 @@ def test_a_peers_reason_is_shown_printable_and_short():
     joiner.receive({"t": "fail", "reason": "\x1b[2J" + "x" * 500, "code": "\x07"}, T0)
     assert str(joiner.failure) == "?[2J" + "x" * 196
     assert joiner.failure.code == "?"
+
+
+def test_one_source_cannot_burn_offers_faster_than_one_per_offer_lifetime():
+    book = OfferBook()
+    first, second = book.open(T0, 300), book.open(T0, 300)
+    for n in range(MAX_FAILURES):  # the designed bound: three wrong codes burn an offer
+        assert book.claim(first.nameplate, T0 + n, "10.0.0.66") is first
+        book.wrong_code(first, T0 + n, "10.0.0.66")
+        book.release(first, source="10.0.0.66")
+    assert first.state == "failed"
+    refused = book.claim(second.nameplate, T0 + 3, "10.0.0.66")  # no guess left ...
+    assert isinstance(refused, Refusal)
+    assert "too many wrong codes from this address" in refused.reason
+    assert second.failures == 0  # ... and the refusal costs the offer nothing
+    assert book.claim(second.nameplate, T0 + 3, "10.0.0.7") is second  # others go on
+    book.release(second, source="10.0.0.7")
+    later = T0 + 2 + WRONG_CODE_REFILL  # one guess earned back per WRONG_CODE_REFILL
+    assert book.claim(second.nameplate, later, "10.0.0.66") is second
+    book.wrong_code(second, later, "10.0.0.66")
+    book.release(second, source="10.0.0.66")
+    assert isinstance(book.claim(second.nameplate, later + 1, "10.0.0.66"), Refusal)
+    assert MAX_FAILURES * WRONG_CODE_REFILL == 300  # one burned offer per default lifetime
+
+
+def test_one_source_holds_few_attempts_and_the_real_joiner_still_pairs():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    silent = []
+    for _ in range(ATTEMPTS_PER_SOURCE + 3):  # a stranger's valid hellos, then silence
+        shake = InviterHandshake(book, me("desk"), T0, "10.0.0.66")
+        shake.receive(wire(JoinerHandshake(parse_code_or_uri(f"{offer.nameplate}-fig-fox"),
+                                           me("evil"), T0).start())[0], T0)
+        silent.append(shake)
+    assert [s.state for s in silent].count("confirm") == ATTEMPTS_PER_SOURCE
+    assert {s.failure.code for s in silent if s.failure} == {"busy"}
+    inviter = InviterHandshake(book, me("desk"), T0 + 1, "10.0.0.7")
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0 + 1)
+    run(inviter, joiner, T0 + 1)
+    assert joiner.state == inviter.state == "done"
+    assert offer.state == "paired"
+    assert offer.failures == 0
+
+
+def test_the_first_message_is_due_within_seconds():
+    book = OfferBook()
+    book.open(T0, 300)
+    inviter = InviterHandshake(book, me("desk"), T0, "10.0.0.66")
+    assert inviter.get_timer() == T0 + HELLO_TIMEOUT <= T0 + 5
+    inviter.handle_timer(T0 + HELLO_TIMEOUT)
+    assert inviter.state == "failed"
+    assert STEP_TIMEOUT <= 10  # no step waits for a person
