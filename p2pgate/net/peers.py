@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -213,7 +214,7 @@ class Listener:
         self.port = self._sockets[0].getsockname()[1]
         for sock in self._sockets:
             self._loops.spawn(f"P2P accept on {sock.getsockname()[:2]}",
-                              lambda sock=sock: self._accept_loop(sock))
+                              functools.partial(self._accept_loop, sock))
 
     async def stop(self) -> None:
         """Stop accepting and end the connections still in admission or pairing."""
@@ -281,8 +282,9 @@ class Listener:
             conn.close()
             raise
         task = asyncio.current_task()
+        assert task is not None  # noqa: S101
         await self.handle(TcpStream(reader, writer), source,
-                          admitted=lambda: task is not None and self.caps.leave(task))
+                          admitted=functools.partial(self.caps.leave, task))
 
     async def handle(self, stream: Stream, source: str | None = None,
                      admitted: Callable[[], object] = lambda: None) -> None:
