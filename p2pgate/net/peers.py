@@ -183,7 +183,8 @@ class Listener:
         self._on_session = on_session
         self._pairing = pairing
         self._options = options
-        self.caps: ConnectionCaps[asyncio.Task[None]] = caps or ConnectionCaps()
+        self.caps: ConnectionCaps[asyncio.Task[None]] = (
+            caps if caps is not None else ConnectionCaps())
         self._sockets: list[socket.socket] = []
         self._loops = Supervisor(logger=log)
         self._handlers: set[asyncio.Task[None]] = set()
@@ -261,6 +262,7 @@ class Listener:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
         task.add_done_callback(self.caps.leave)
+        task.add_done_callback(lambda t: t.cancelled() and conn.close())  # pushed out
         pushed = self.caps.enter(source, task)
         if pushed is not None:
             pushed.cancel()

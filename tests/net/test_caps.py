@@ -85,3 +85,26 @@ async def test_one_source_holds_at_most_its_cap_and_a_trusted_peer_still_gets_in
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
         await listener.stop()
+
+
+async def test_a_burst_pushes_out_connections_before_they_start_and_leaks_no_descriptor(
+        devices):
+    b = await devices("desk")
+    listener = Listener(b.trust, b.hello, lambda s: asyncio.sleep(0),
+                        caps=ConnectionCaps(total=4, per_source=2))
+    await listener.start("127.0.0.1", 0)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        readers = await asyncio.gather(*(_held_open(listener.port, "127.0.4.2", 1, writers)
+                                         for _ in range(60)))
+        await asyncio.sleep(0.5)
+        closed = await asyncio.gather(*(_closed_by_peer(r) for [r] in readers))
+        assert closed.count(False) == 2
+        assert len(listener.caps) == 2
+        assert len(listener._handlers) == 2  # the pushed-out tasks ended, sockets closed
+    finally:
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await listener.stop()
