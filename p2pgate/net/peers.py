@@ -262,7 +262,7 @@ class Listener:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
         task.add_done_callback(self.caps.leave)
-        task.add_done_callback(lambda t: t.cancelled() and conn.close())  # pushed out
+        task.add_done_callback(functools.partial(_close_if_cancelled, conn))  # pushed out
         pushed = self.caps.enter(source, task)
         if pushed is not None:
             pushed.cancel()
@@ -321,6 +321,12 @@ class Listener:
             raise
         self._trust.track(session)
         await self._on_session(session)
+
+
+def _close_if_cancelled(conn: socket.socket, task: asyncio.Task[None]) -> None:
+    """A task cancelled before it ran never took its socket: close it here."""
+    if task.cancelled():
+        conn.close()
 
 
 async def dial(trust: Trust, hello: PeerHello, peer: DeviceID, host: str, port: int, *,
