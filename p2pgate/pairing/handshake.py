@@ -133,7 +133,7 @@ class InviterHandshake(_Handshake):
         nameplate = field_int(msg, "nameplate", 1, 9999)
         kind = field_str(msg, "kind", ("code", "uri"))
         pake = field_bytes(msg, "pake")
-        claimed = self._book.claim(nameplate, now, self._source)
+        claimed = self._book.claim(nameplate, now, self, self._source)
         if isinstance(claimed, Refusal):
             return self._refuse(claimed)
         self.offer = claimed
@@ -146,9 +146,13 @@ class InviterHandshake(_Handshake):
     def _confirm(self, msg: Message, now: float) -> list[Message]:
         assert self._role is not None  # noqa: S101
         assert self.offer is not None  # noqa: S101
-        if not self._role.check(field_bytes(msg, "confirm")):
+        tag = field_bytes(msg, "confirm")
+        pushed = self._book.pushed_out(self.offer, self)
+        if pushed is not None:  # its proof is not checked: it is no guess
+            return self._refuse(pushed)
+        if not self._role.check(tag):
             return self._refuse(self._book.wrong_code(self.offer, now, self._source))
-        refusal = self._book.proved(self.offer)  # another attempt may have proved it first
+        refusal = self._book.proved(self.offer, self)  # another may have proved it first
         if refusal is not None:
             return self._refuse(refusal)
         self._proved = True
@@ -172,8 +176,9 @@ class InviterHandshake(_Handshake):
     def release(self) -> None:
         """The connection is over: let go of the offer."""
         if self.offer is not None:
-            self._book.release(self.offer, None if self.failure is None else str(self.failure),
-                               self._source, self._proved)
+            self._book.release(self.offer, self,
+                               None if self.failure is None else str(self.failure),
+                               self._proved)
             self.offer = None
 
     def _refuse(self, refusal: Refusal) -> list[Message]:

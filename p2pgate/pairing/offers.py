@@ -3,9 +3,11 @@
 Offer states: waiting → paired (a joiner proved the code) | failed (burned by
 `MAX_FAILURES` wrong confirmations) | expired (its time ran out). A waiting offer
 takes up to `MAX_ATTEMPTS` joiners' attempts at once, at most `ATTEMPTS_PER_SOURCE` of
-them from one source (IPv4 address or IPv6 /64), so a stranger's silent attempt does
+them from one source (IPv4 address or IPv6 /64); on a full offer a newcomer pushes out
+the oldest attempt of the source holding the most, so a stranger's silent attempts do
 not keep the real joiner out. Only one attempt may prove the code: the others are
-refused `busy` at their confirmation (the race guard). A source's wrong confirmations
+refused `busy` at their confirmation (the race guard), and so is a pushed-out one,
+before its proof is checked (it is no guess). A source's wrong confirmations
 spend its `WrongCodeBudget` (see the package docstring for the rate).
 A finished offer is forgotten `FORGET_AFTER` seconds after its expiry.
 
@@ -16,7 +18,7 @@ change of that set is an `OffersChanged` event; `get_timer()` is the next expiry
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 
 from p2pgate.pairing.codes import make_code
@@ -46,8 +48,12 @@ class Offer:
     state: str = "waiting"  # waiting, paired, failed, expired
     result: PairingResult | None = None
     reason: str | None = None
-    attempts: dict[str, int] = field(default_factory=dict)  # held attempts by source
+    attempts: dict[Hashable, str] = field(default_factory=dict)  # holder -> source, by age
     proving: bool = False  # one attempt proved the code and is being trusted
+
+    def held_by(self, source: str) -> int:
+        """Attempts from `source` on this offer now."""
+        return sum(1 for s in self.attempts.values() if s == source)
 
     @property
     def busy(self) -> bool:
@@ -142,34 +148,47 @@ class OfferBook:
         self.handle_timer(now)
         return self.offers.get(nameplate)
 
-    def claim(self, nameplate: int, now: float, source: str | None = None) -> Offer | Refusal:
-        """A joiner from `source` asks for an offer: its attempt holds it (until
-        `release`), or it learns why not. `source` None (a relay mailbox, whose
-        joiners the relay limits) takes no per-source limit."""
+    def claim(self, nameplate: int, now: float, holder: Hashable,
+              source: str | None = None) -> Offer | Refusal:
+        """A joiner's attempt (`holder`, from `source`) asks for an offer: it holds it until
+        `release`, or learns why not. On a full offer the oldest attempt of the source
+        holding the most is pushed out (`holds` then says so), if that source holds more
+        than the newcomer's. `source` None (a relay mailbox, whose joiners the relay
+        limits) takes no per-source limit."""
         offer = self.status(nameplate, now)
         if offer is None or offer.state in ("paired", "expired"):
             return _USED
         if offer.state == "failed":
             return _BURNED
         key = source or ""
+        mine = offer.held_by(key)
         if source is not None:
-            pending = sum(o.attempts.get(key, 0) for o in self.offers.values())
+            pending = sum(o.held_by(key) for o in self.offers.values())
             if not self.budget.allows(key, now, pending):
                 return _TOO_MANY
-            if offer.attempts.get(key, 0) >= ATTEMPTS_PER_SOURCE:
+            if mine >= ATTEMPTS_PER_SOURCE:
                 return _BUSY
-        if offer.proving or sum(offer.attempts.values()) >= MAX_ATTEMPTS:
+        if offer.proving:
             return _BUSY
-        offer.attempts[key] = offer.attempts.get(key, 0) + 1
+        if len(offer.attempts) >= MAX_ATTEMPTS:
+            heaviest = max(offer.attempts.values(), key=offer.held_by)  # ties: the oldest
+            if offer.held_by(heaviest) <= mine:
+                return _BUSY
+            del offer.attempts[next(h for h, s in offer.attempts.items() if s == heaviest)]
+        offer.attempts[holder] = key
         return offer
 
-    def proved(self, offer: Offer) -> Refusal | None:
+    def pushed_out(self, offer: Offer, holder: Hashable) -> Refusal | None:
+        """Why this attempt no longer holds the offer (None: it still does)."""
+        return None if holder in offer.attempts else _BUSY
+
+    def proved(self, offer: Offer, holder: Hashable) -> Refusal | None:
         """An attempt proved the code: it alone goes on (None), or it learns why not."""
         if offer.state == "failed":
             return _BURNED
         if offer.state != "waiting":
             return _USED
-        if offer.proving:
+        if offer.proving or holder not in offer.attempts:
             return _BUSY
         offer.proving = True
         return None
@@ -192,16 +211,11 @@ class OfferBook:
         offer.state, offer.result = "paired", result
         self._changed(now)
 
-    def release(self, offer: Offer, reason: str | None = None, source: str | None = None,
+    def release(self, offer: Offer, holder: Hashable, reason: str | None = None,
                 proved: bool = False) -> None:
-        """The attempt from `source` is over (`proved`: it was the one that proved the
-        code); `reason` says why it failed, if it did."""
-        key = source or ""
-        held = offer.attempts.get(key, 0) - 1
-        if held > 0:
-            offer.attempts[key] = held
-        else:
-            offer.attempts.pop(key, None)
+        """The attempt `holder` is over (`proved`: it was the one that proved the code);
+        `reason` says why it failed, if it did."""
+        offer.attempts.pop(holder, None)
         if proved:
             offer.proving = False
         if reason is not None and offer.state == "waiting":

@@ -141,12 +141,13 @@ def test_silent_strangers_with_a_valid_hello_do_not_hold_the_offer(nodes):
     phone.started()
     code = desk.call("POST", "/api/v1/pairing", {})[1]["code"]  # type: ignore[index]
     nameplate = code.split("-")[0]
-    flood = _flood(desk, 10, f"hello:{nameplate}", 30, "127.0.2.1-1")
+    flood = _flood(desk, 20, f"hello:{nameplate}", 30, "127.0.2.1-10")  # fills the offer
     try:
         start = time.monotonic()
         joined = _join(phone, code, desk)
         took = time.monotonic() - start
-        print(f"\njoined in {took:.1f} s while a stranger held 10 silent attempts")
+        print(f"\njoined in {took:.1f} s while a stranger held 20 silent attempts "
+              "from 10 addresses")
         assert joined.returncode == 0, joined.stderr
     finally:
         flood.terminate()

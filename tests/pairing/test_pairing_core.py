@@ -17,6 +17,7 @@ from p2pgate.pairing.handshake import (
 )
 from p2pgate.pairing.offers import (
     ATTEMPTS_PER_SOURCE,
+    MAX_ATTEMPTS,
     MAX_FAILURES,
     WRONG_CODE_REFILL,
     OfferBook,
@@ -78,22 +79,22 @@ def test_offers_expire_burn_and_are_advertised_by_nameplate_only():
 def test_the_third_wrong_code_burns_and_only_one_attempt_may_prove_the_code():
     book = OfferBook()
     offer = book.open(T0, ttl=300)
-    assert book.claim(offer.nameplate, T0) is offer
-    assert book.claim(offer.nameplate, T0) is offer  # attempts run side by side ...
-    assert book.proved(offer) is None
-    assert book.proved(offer).code == "busy"  # ... but only one proves the code
-    assert book.claim(offer.nameplate, T0).code == "busy"  # and then it alone goes on
-    book.release(offer, proved=True)
-    book.release(offer)
+    assert book.claim(offer.nameplate, T0, "a") is offer
+    assert book.claim(offer.nameplate, T0, "b") is offer  # attempts run side by side ...
+    assert book.proved(offer, "a") is None
+    assert book.proved(offer, "b").code == "busy"  # ... but only one proves the code
+    assert book.claim(offer.nameplate, T0, "c").code == "busy"  # and then it alone goes on
+    book.release(offer, "a", proved=True)
+    book.release(offer, "b")
     assert not offer.busy
     for n in range(1, MAX_FAILURES + 1):
-        assert book.claim(offer.nameplate, T0 + n, f"10.0.0.{n}") is offer
+        assert book.claim(offer.nameplate, T0 + n, n, f"10.0.0.{n}") is offer
         refusal = book.wrong_code(offer, T0 + n, f"10.0.0.{n}")
-        book.release(offer, source=f"10.0.0.{n}")
+        book.release(offer, n)
         assert refusal.code == ("burned" if n == MAX_FAILURES else "wrong_code")
     assert offer.state == "failed"
     assert book.advertised(T0 + 10) == frozenset({offer.nameplate})  # until it expires
-    assert book.claim(offer.nameplate, T0 + 10) == Refusal(
+    assert book.claim(offer.nameplate, T0 + 10, "d") == Refusal(
         "this code burned after 3 wrong tries; make a new one", "burned")
 
 
@@ -231,21 +232,21 @@ def test_one_source_cannot_burn_offers_faster_than_one_per_offer_lifetime():
     book = OfferBook()
     first, second = book.open(T0, 300), book.open(T0, 300)
     for n in range(MAX_FAILURES):  # the designed bound: three wrong codes burn an offer
-        assert book.claim(first.nameplate, T0 + n, "10.0.0.66") is first
+        assert book.claim(first.nameplate, T0 + n, n, "10.0.0.66") is first
         book.wrong_code(first, T0 + n, "10.0.0.66")
-        book.release(first, source="10.0.0.66")
+        book.release(first, n)
     assert first.state == "failed"
-    refused = book.claim(second.nameplate, T0 + 3, "10.0.0.66")  # no guess left ...
+    refused = book.claim(second.nameplate, T0 + 3, "x", "10.0.0.66")  # no guess left ...
     assert isinstance(refused, Refusal)
     assert "too many wrong codes from this address" in refused.reason
     assert second.failures == 0  # ... and the refusal costs the offer nothing
-    assert book.claim(second.nameplate, T0 + 3, "10.0.0.7") is second  # others go on
-    book.release(second, source="10.0.0.7")
+    assert book.claim(second.nameplate, T0 + 3, "y", "10.0.0.7") is second  # others go on
+    book.release(second, "y")
     later = T0 + 2 + WRONG_CODE_REFILL  # one guess earned back per WRONG_CODE_REFILL
-    assert book.claim(second.nameplate, later, "10.0.0.66") is second
+    assert book.claim(second.nameplate, later, "z", "10.0.0.66") is second
     book.wrong_code(second, later, "10.0.0.66")
-    book.release(second, source="10.0.0.66")
-    assert isinstance(book.claim(second.nameplate, later + 1, "10.0.0.66"), Refusal)
+    book.release(second, "z")
+    assert isinstance(book.claim(second.nameplate, later + 1, "w", "10.0.0.66"), Refusal)
     assert MAX_FAILURES * WRONG_CODE_REFILL == 300  # one burned offer per default lifetime
 
 
@@ -276,3 +277,23 @@ def test_the_first_message_is_due_within_seconds():
     inviter.handle_timer(T0 + HELLO_TIMEOUT)
     assert inviter.state == "failed"
     assert STEP_TIMEOUT <= 10  # no step waits for a person
+
+
+def test_strangers_filling_an_offer_are_pushed_out_by_the_real_joiner():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    strangers = []
+    for n in range(MAX_ATTEMPTS):  # silent valid hellos from several addresses fill it
+        shake = InviterHandshake(book, me("desk"), T0, f"10.0.0.{60 + n // 2}")
+        shake.receive(wire(JoinerHandshake(parse_code_or_uri(f"{offer.nameplate}-fig-fox"),
+                                           me("evil"), T0).start())[0], T0)
+        strangers.append(shake)
+    assert len(offer.attempts) == MAX_ATTEMPTS
+    inviter = InviterHandshake(book, me("desk"), T0 + 1, "10.0.0.7")
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0 + 1)
+    run(inviter, joiner, T0 + 1)
+    assert joiner.state == inviter.state == "done"
+    oldest = strangers[0]  # pushed out: its late proof is refused unchecked, no guess
+    oldest.receive({"t": "confirm", "confirm": "AAAA"}, T0 + 2)
+    assert oldest.failure.code == "busy"
+    assert offer.failures == 0
