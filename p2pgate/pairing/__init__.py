@@ -27,9 +27,11 @@ wire before TLS reveals to a stranger:
   (`net/admission.py`: 128 in all, 16 per IPv4 address or IPv6 /64; past a cap the
   oldest of the heaviest source is pushed out). The hello is due within 5 s, every
   later step within 10 s (no step waits for a person). An offer takes 8 attempts at
-  once, at most 2 per source, so a stranger's silent attempts after a valid SPAKE2
-  message do not keep the real joiner out; only the first attempt to prove the code
-  goes on (the race guard).
+  once, at most 2 per source; on a full offer a newcomer pushes out the oldest attempt
+  of the source holding the most (a pushed-out attempt's proof is refused unchecked,
+  so it is no guess). A stranger's silent attempts after a valid SPAKE2 message so do
+  not keep the real joiner out; only the first attempt to prove the code goes on (the
+  race guard).
 - Burning: 3 wrong confirmations burn a code, from whichever sources (the designed
   bound: at most 3 online guesses per code, so 3 in 65,536 for a stranger). What one
   source may burn is bounded separately: its wrong confirmations spend a budget of 3
