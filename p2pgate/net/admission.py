@@ -14,22 +14,35 @@ certificate, ID or name. Connections that start with "P2PG-PAIR" go to pairing.
 
 Listener states: start → (read hello) challenged → (read tag) admitted | refused;
 start → pairing (magic seen).
+
+`ConnectionCaps` bounds the connections nobody has authenticated yet (in admission,
+or pairing): at most `MAX_UNADMITTED` in all and `UNADMITTED_PER_SOURCE` from one
+source (an IPv4 address, an IPv6 /64). A newcomer always gets in: past a cap the
+oldest connection of the source holding the most is pushed out, so a stranger who
+fills the caps cannot keep a real dialer or joiner out, and the node never holds
+more descriptors for strangers than the caps.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
-    "ADMIT_MAGIC", "PAIR_MAGIC", "Admitted", "AdmissionListener", "Challenge", "NeedMore",
-    "Pairing", "Refused", "admission_hello", "admission_tag",
+    "ADMIT_MAGIC", "MAX_UNADMITTED", "PAIR_MAGIC", "UNADMITTED_PER_SOURCE", "Admitted",
+    "AdmissionListener", "Challenge", "ConnectionCaps", "NeedMore", "Pairing", "Refused",
+    "admission_hello", "admission_tag", "source_of",
 ]
+
+MAX_UNADMITTED = 128
+UNADMITTED_PER_SOURCE = 16
 
 ADMIT_MAGIC = b"P2PG-ADMIT"
 PAIR_MAGIC = b"P2PG-PAIR"
@@ -142,3 +155,72 @@ class AdmissionListener:
     def _refuse(self, reason: str) -> Refused:
         self._done = True
         return Refused(reason)
+
+
+def source_of(host: str) -> str:
+    """The key per-source limits count under: an IPv4 address (also IPv4-mapped IPv6),
+    the /64 of an IPv6 address; anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+Conn = TypeVar("Conn", bound=Hashable)
+
+
+class ConnectionCaps(Generic[Conn]):
+    """Unauthenticated connections by source, with caps in all and per source (sans-I/O:
+    the caller closes what `enter` pushes out)."""
+
+    def __init__(self, total: int = MAX_UNADMITTED,
+                 per_source: int = UNADMITTED_PER_SOURCE) -> None:
+        self.total, self.per_source = total, per_source
+        self._by_source: dict[str, dict[Conn, int]] = {}  # source -> conn -> arrival
+        self._source: dict[Conn, str] = {}
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._source
+
+    def count(self, source: str) -> int:
+        """Connections held from `source` now."""
+        return len(self._by_source.get(source, ()))
+
+    def enter(self, source: str, conn: Conn) -> Conn | None:
+        """A new connection from `source`; returns the one pushed out to make room, if any."""
+        pushed = None
+        if self.count(source) >= self.per_source:
+            pushed = self._oldest(source)
+        elif len(self._source) >= self.total:
+            heaviest = max(self._by_source, key=lambda s: (len(self._by_source[s]),
+                                                             -min(self._by_source[s].values())))
+            pushed = self._oldest(heaviest)
+        if pushed is not None:
+            self.leave(pushed)
+        self._arrivals += 1
+        self._by_source.setdefault(source, {})[conn] = self._arrivals
+        self._source[conn] = source
+        return pushed
+
+    def leave(self, conn: Conn) -> None:
+        """The connection closed or was authenticated (a no-op if it is not held)."""
+        source = self._source.pop(conn, None)
+        if source is None:
+            return
+        held = self._by_source[source]
+        del held[conn]
+        if not held:
+            del self._by_source[source]
+
+    def _oldest(self, source: str) -> Conn:
+        held = self._by_source[source]
+        return min(held, key=held.__getitem__)

@@ -3,14 +3,24 @@
 `Trust` mirrors the registry: the pair secrets used for admission, the pinned TLS
 contexts, and the live sessions. Every registry change rebuilds the contexts,
 and a device that is no longer trusted has its sessions closed at once.
+
+The listener runs its own accept loop: every connection stays under the caps of
+`ConnectionCaps` until admission proves a trusted device (pairing connections stay
+under them to the end), must send its first valid bytes within `ADMISSION_TIMEOUT`,
+and when the process runs out of descriptors (EMFILE) accepting pauses with a
+growing back-off and one log line, instead of spinning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,11 +30,13 @@ from p2pgate.net.admission import (
     AdmissionListener,
     Admitted,
     Challenge,
+    ConnectionCaps,
     NeedMore,
     Pairing,
     Refused,
     admission_hello,
     admission_tag,
+    source_of,
 )
 from p2pgate.net.frames import PeerHello
 from p2pgate.net.session import Session, SessionError, SessionOptions
@@ -38,7 +50,11 @@ __all__ = ["DialFailed", "Listener", "PairingHandler", "Trust", "dial"]
 log = logging.getLogger("p2pgate.net")
 
 ADMISSION_TIMEOUT = 5.0
-PairingHandler = Callable[[Stream, bytes], Awaitable[None]]
+ACCEPT_BACKOFF = (0.05, 2.0)  # first and longest pause when accepting fails for lack of fds
+FULL_LOG_EVERY = 60.0  # seconds between "listener full" log lines
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# a P2PG-PAIR connection: the stream, the bytes after the magic, the dialer's source
+PairingHandler = Callable[[Stream, bytes, str | None], Awaitable[None]]
 
 
 class DialFailed(P2PGateError):
@@ -160,54 +176,135 @@ class Listener:
     def __init__(self, trust: Trust, hello: Callable[[], PeerHello],
                  on_session: Callable[[Session], Awaitable[None]],
                  pairing: PairingHandler | None = None,
-                 options: SessionOptions = SessionOptions()) -> None:  # noqa: B008
+                 options: SessionOptions = SessionOptions(),  # noqa: B008
+                 caps: ConnectionCaps[asyncio.Task[None]] | None = None) -> None:
         self._trust = trust
         self._hello = hello
         self._on_session = on_session
         self._pairing = pairing
         self._options = options
-        self._server: asyncio.Server | None = None
+        self.caps: ConnectionCaps[asyncio.Task[None]] = (
+            caps if caps is not None else ConnectionCaps())
+        self._sockets: list[socket.socket] = []
+        self._loops = Supervisor(logger=log)
         self._handlers: set[asyncio.Task[None]] = set()
+        self._full_logged = float("-inf")
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         """Listen on HOST:PORT (port 0: any; `port` then holds the one bound)."""
-        self._server = await asyncio.start_server(self._accept, host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                self._sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+                sock.setblocking(False)
+        except OSError as exc:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}"
+                          ) from None
+        self.port = self._sockets[0].getsockname()[1]
+        for sock in self._sockets:
+            self._loops.spawn(f"P2P accept on {sock.getsockname()[:2]}",
+                              functools.partial(self._accept_loop, sock))
 
     async def stop(self) -> None:
         """Stop accepting and end the connections still in admission or pairing."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self._loops.stop()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
         for task in list(self._handlers):
             task.cancel()
         for task in list(self._handlers):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept for ever; out of descriptors, pause (growing back-off, one log line)."""
+        loop = asyncio.get_running_loop()
+        pause, starved_at, failed = 0.0, 0.0, 0
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                        continue  # that one connection is gone; the next may be fine
+                    raise
+                if not failed:
+                    starved_at = time.monotonic()
+                    log.warning("P2P listener cannot accept: %s; pausing accepts and "
+                                "retrying (up to every %.0f s)", exc.strerror,
+                                ACCEPT_BACKOFF[1])
+                failed += 1
+                pause = min(ACCEPT_BACKOFF[1], max(ACCEPT_BACKOFF[0], pause * 2))
+                await asyncio.sleep(pause)
+                continue
+            if failed:
+                log.warning("P2P listener accepts again after %.1f s (%d tries failed)",
+                            time.monotonic() - starved_at, failed)
+                pause, failed = 0.0, 0
+            self._admit_connection(conn, address)
+
+    def _admit_connection(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        source = source_of(str(address[0]))
+        task = asyncio.ensure_future(self._serve(conn, source))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        task.add_done_callback(self.caps.leave)
+        task.add_done_callback(functools.partial(_close_if_cancelled, conn))  # pushed out
+        pushed = self.caps.enter(source, task)
+        if pushed is not None:
+            pushed.cancel()
+            now = time.monotonic()
+            if now - self._full_logged >= FULL_LOG_EVERY:
+                self._full_logged = now
+                log.warning("P2P listener full (%d unauthenticated connections, at most %d "
+                            "from one address): pushing out the oldest", len(self.caps),
+                            self.caps.per_source)
+
+    async def _serve(self, conn: socket.socket, source: str) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError as exc:
+            conn.close()
+            log.debug("incoming connection lost before it started: %s", exc)
+            return
+        except asyncio.CancelledError:
+            conn.close()
+            raise
         task = asyncio.current_task()
         assert task is not None  # noqa: S101
-        self._handlers.add(task)
-        try:
-            await self.handle(TcpStream(reader, writer))
-        finally:
-            self._handlers.discard(task)
+        await self.handle(TcpStream(reader, writer), source,
+                          admitted=functools.partial(self.caps.leave, task))
 
-    async def handle(self, stream: Stream) -> None:
-        """Serve one incoming connection on any stream (TCP, relay splice)."""
+    async def handle(self, stream: Stream, source: str | None = None,
+                     admitted: Callable[[], object] = lambda: None) -> None:
+        """Serve one incoming connection on any stream (TCP, relay splice); `source`
+        keys the per-source limits (None: a relay splice), `admitted` is called once a
+        trusted device is proved."""
         try:
             outcome = await _admit(stream, self._trust)
             if isinstance(outcome, Pairing):
                 if self._pairing is None:
                     await stream.close()
                 else:
-                    await self._pairing(stream, outcome.data)
+                    await self._pairing(stream, outcome.data, source)
                 return
             if outcome is None:
                 await stream.close()
                 return
+            admitted()
             if self._trust.server_context is None:
                 raise StreamClosed("trust not loaded")
             tls = await TlsStream.handshake(
@@ -224,6 +321,12 @@ class Listener:
             raise
         self._trust.track(session)
         await self._on_session(session)
+
+
+def _close_if_cancelled(conn: socket.socket, task: asyncio.Task[None]) -> None:
+    """A task cancelled before it ran never took its socket: close it here."""
+    if task.cancelled():
+        conn.close()
 
 
 async def dial(trust: Trust, hello: PeerHello, peer: DeviceID, host: str, port: int, *,

@@ -22,6 +22,24 @@ wire before TLS reveals to a stranger:
   secret; the relay sees the nameplate, as in Magic Wormhole, never the words.
 - DHT records: keys and values derived from K_pair (HKDF, per 24 h epoch); opaque to
   anyone without the pair secret.
+- Strangers on the P2P port (a node must stay reachable while one floods it): every
+  pairing connection counts under the listener's caps on unauthenticated connections
+  (`net/admission.py`: 128 in all, 16 per IPv4 address or IPv6 /64; past a cap the
+  oldest of the heaviest source is pushed out). The hello is due within 5 s, every
+  later step within 10 s (no step waits for a person). An offer takes 8 attempts at
+  once, at most 2 per source; on a full offer a newcomer pushes out the oldest attempt
+  of the source holding the most (a pushed-out attempt's proof is refused unchecked,
+  so it is no guess). A stranger's silent attempts after a valid SPAKE2 message so do
+  not keep the real joiner out; only the first attempt to prove the code goes on (the
+  race guard).
+- Burning: 3 wrong confirmations burn a code, from whichever sources (the designed
+  bound: at most 3 online guesses per code, so 3 in 65,536 for a stranger). What one
+  source may burn is bounded separately: its wrong confirmations spend a budget of 3
+  that refills at one per 100 s, across all offers of this node, so a source that
+  scans nameplates it was never shown burns at most one offer per default offer
+  lifetime (5 minutes), and a source out of budget is refused before SPAKE2 (no guess,
+  no failure counted). A joiner that mistyped is refused for at most 100 s. Joiners
+  through a relay mailbox carry no source here; the relay limits them.
 - The QR URI carries the code, the 128-bit secret, addresses and relays; it is shown
   to the user and never sent by the node.
 """

@@ -2,7 +2,9 @@
 
 Each side is fed the peer's messages (`receive(msg, now)`) and returns the messages
 to send. Every step has a deadline `STEP_TIMEOUT` after the last message
-(`get_timer()`/`handle_timer(now)`).
+(`get_timer()`/`handle_timer(now)`); the inviter waits only `HELLO_TIMEOUT` for the
+joiner's first message. No step waits for a person, so both are short: a silent
+stranger holds one of an offer's attempts for seconds, not half a minute.
 
 Inviter states: hello → confirm (PAKE answered, waiting for the joiner's proof) →
 sealed (proved; waiting for the joiner's identity) → trusting (the adapter writes
@@ -30,9 +32,10 @@ from p2pgate.pairing.protocol import (
 )
 from p2pgate.pairing.wire import Message, field_bytes, field_int, field_str
 
-__all__ = ["STEP_TIMEOUT", "InviterHandshake", "JoinerHandshake"]
+__all__ = ["HELLO_TIMEOUT", "STEP_TIMEOUT", "InviterHandshake", "JoinerHandshake"]
 
-STEP_TIMEOUT = 30.0
+HELLO_TIMEOUT = 5.0
+STEP_TIMEOUT = 10.0
 _FINISHED = ("done", "failed")
 
 
@@ -97,11 +100,15 @@ class _Handshake:
 class InviterHandshake(_Handshake):
     """The inviter's side for one joiner connection, over the node's `OfferBook`."""
 
-    def __init__(self, book: OfferBook, me: Callable[[], PairingIdentity], now: float) -> None:
+    def __init__(self, book: OfferBook, me: Callable[[], PairingIdentity], now: float,
+                 source: str | None = None) -> None:
         super().__init__(me, now)
         self.state = "hello"
-        self.offer: Offer | None = None  # held (busy) from claim to `release()`
+        self._deadline = now + HELLO_TIMEOUT
+        self.offer: Offer | None = None  # one of its attempts, from claim to `release()`
         self._book = book
+        self._source = source  # the joiner's address key (None: through a relay mailbox)
+        self._proved = False
         self._role: Role | None = None
         self._mine: PairingIdentity | None = None
 
@@ -126,7 +133,7 @@ class InviterHandshake(_Handshake):
         nameplate = field_int(msg, "nameplate", 1, 9999)
         kind = field_str(msg, "kind", ("code", "uri"))
         pake = field_bytes(msg, "pake")
-        claimed = self._book.claim(nameplate, now)
+        claimed = self._book.claim(nameplate, now, self, self._source)
         if isinstance(claimed, Refusal):
             return self._refuse(claimed)
         self.offer = claimed
@@ -139,8 +146,16 @@ class InviterHandshake(_Handshake):
     def _confirm(self, msg: Message, now: float) -> list[Message]:
         assert self._role is not None  # noqa: S101
         assert self.offer is not None  # noqa: S101
-        if not self._role.check(field_bytes(msg, "confirm")):
-            return self._refuse(self._book.wrong_code(self.offer, now))
+        tag = field_bytes(msg, "confirm")
+        pushed = self._book.pushed_out(self.offer, self)
+        if pushed is not None:  # its proof is not checked: it is no guess
+            return self._refuse(pushed)
+        if not self._role.check(tag):
+            return self._refuse(self._book.wrong_code(self.offer, now, self._source))
+        refusal = self._book.proved(self.offer, self)  # another may have proved it first
+        if refusal is not None:
+            return self._refuse(refusal)
+        self._proved = True
         self._mine = self._me()
         self.state = "sealed"
         return [{"t": "confirm", "confirm": self._role.confirmation(of_joiner=False),
@@ -161,7 +176,9 @@ class InviterHandshake(_Handshake):
     def release(self) -> None:
         """The connection is over: let go of the offer."""
         if self.offer is not None:
-            self._book.release(self.offer, None if self.failure is None else str(self.failure))
+            self._book.release(self.offer, self,
+                               None if self.failure is None else str(self.failure),
+                               self._proved)
             self.offer = None
 
     def _refuse(self, refusal: Refusal) -> list[Message]:

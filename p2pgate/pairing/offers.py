@@ -1,8 +1,14 @@
 """The inviter's open offers, sans-I/O (time is an argument).
 
 Offer states: waiting → paired (a joiner proved the code) | failed (burned by
-`MAX_FAILURES` wrong confirmations) | expired (its time ran out). While one joiner's
-attempt holds a waiting offer it is `busy`, and others are refused (the race guard).
+`MAX_FAILURES` wrong confirmations) | expired (its time ran out). A waiting offer
+takes up to `MAX_ATTEMPTS` joiners' attempts at once, at most `ATTEMPTS_PER_SOURCE` of
+them from one source (IPv4 address or IPv6 /64); on a full offer a newcomer pushes out
+the oldest attempt of the source holding the most, so a stranger's silent attempts do
+not keep the real joiner out. Only one attempt may prove the code: the others are
+refused `busy` at their confirmation (the race guard), and so is a pushed-out one,
+before its proof is checked (it is no guess). A source's wrong confirmations
+spend its `WrongCodeBudget` (see the package docstring for the rate).
 A finished offer is forgotten `FORGET_AFTER` seconds after its expiry.
 
 Advertised on the LAN: the nameplates of waiting offers, and of burned ones until
@@ -12,16 +18,21 @@ change of that set is an `OffersChanged` event; `get_timer()` is the next expiry
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Hashable
+from dataclasses import dataclass, field
 
 from p2pgate.pairing.codes import make_code
 from p2pgate.pairing.protocol import PairingResult
 
-__all__ = ["MAX_FAILURES", "Offer", "OfferBook", "OffersChanged", "Refusal"]
+__all__ = ["ATTEMPTS_PER_SOURCE", "MAX_ATTEMPTS", "MAX_FAILURES", "WRONG_CODE_REFILL", "Offer",
+           "OfferBook", "OffersChanged", "Refusal", "WrongCodeBudget"]
 
 MAX_FAILURES = 3
 FORGET_AFTER = 600.0
+MAX_ATTEMPTS = 8  # joiners' attempts on one offer at once
+ATTEMPTS_PER_SOURCE = 2  # of those, from one source
+WRONG_CODE_REFILL = 100.0  # seconds per wrong confirmation a source earns back
+_MAX_SOURCES = 4096  # budgets remembered; full ones are forgotten first
 
 
 @dataclass
@@ -34,10 +45,20 @@ class Offer:
     expires_at: float
     repair: bool = False
     failures: int = 0
-    busy: bool = False
     state: str = "waiting"  # waiting, paired, failed, expired
     result: PairingResult | None = None
     reason: str | None = None
+    attempts: dict[Hashable, str] = field(default_factory=dict)  # holder -> source, by age
+    proving: bool = False  # one attempt proved the code and is being trusted
+
+    def held_by(self, source: str) -> int:
+        """Attempts from `source` on this offer now."""
+        return sum(1 for s in self.attempts.values() if s == source)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any joiner's attempt holds this offer now."""
+        return bool(self.attempts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +82,39 @@ BURNED_NOW = Refusal("wrong code, and too many wrong attempts: the code is burne
 _USED = Refusal("this code has expired or was already used; make a new one", "expired")
 _BURNED = Refusal("this code burned after 3 wrong tries; make a new one", "burned")
 _BUSY = Refusal("another device is pairing with this code; try again", "busy")
+_TOO_MANY = Refusal("too many wrong codes from this address; wait a minute and try again",
+                    "busy")
+
+
+class WrongCodeBudget:
+    """Wrong confirmations per source: `MAX_FAILURES` at once, then one per
+    `WRONG_CODE_REFILL` seconds (a token bucket; time is an argument)."""
+
+    def __init__(self, burst: int = MAX_FAILURES, refill: float = WRONG_CODE_REFILL) -> None:
+        self._burst, self._refill = burst, refill
+        self._spent: dict[str, tuple[float, float]] = {}  # source -> (tokens spent, at)
+
+    def _level(self, source: str, now: float) -> float:
+        spent, at = self._spent.get(source, (0.0, now))
+        return max(0.0, spent - max(0.0, now - at) / self._refill)
+
+    def allows(self, source: str, now: float, pending: int = 0) -> bool:
+        """Whether `source` may make one more guess now, besides `pending` attempts it
+        already holds (each may still be a guess)."""
+        return self._level(source, now) + pending <= self._burst - 1
+
+    def spend(self, source: str, now: float) -> None:
+        """`source` made a wrong confirmation."""
+        level = self._level(source, now) + 1
+        if source not in self._spent and len(self._spent) >= _MAX_SOURCES:
+            self._forget(now)
+        self._spent[source] = (level, now)
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k in self._spent if self._level(k, now) == 0.0]:
+            del self._spent[key]
+        while len(self._spent) >= _MAX_SOURCES:  # all still spent: drop the oldest
+            del self._spent[min(self._spent, key=lambda k: self._spent[k][1])]
 
 
 class OfferBook:
@@ -72,6 +126,7 @@ class OfferBook:
         self._shown: frozenset[int] = frozenset()
         self._events: list[OffersChanged] = []
         self._now = float("-inf")  # the latest time seen
+        self.budget = WrongCodeBudget()
 
     def open(self, now: float, ttl: float, repair: bool = False,
              avoid: Collection[int] = ()) -> Offer:
@@ -93,20 +148,57 @@ class OfferBook:
         self.handle_timer(now)
         return self.offers.get(nameplate)
 
-    def claim(self, nameplate: int, now: float) -> Offer | Refusal:
-        """A joiner asks for an offer: it holds it, or learns why not."""
+    def claim(self, nameplate: int, now: float, holder: Hashable,
+              source: str | None = None) -> Offer | Refusal:
+        """A joiner's attempt (`holder`, from `source`) asks for an offer: it holds it until
+        `release`, or learns why not. On a full offer the oldest attempt of the source
+        holding the most is pushed out (`holds` then says so), if that source holds more
+        than the newcomer's. `source` None (a relay mailbox, whose joiners the relay
+        limits) takes no per-source limit."""
         offer = self.status(nameplate, now)
         if offer is None or offer.state in ("paired", "expired"):
             return _USED
         if offer.state == "failed":
             return _BURNED
-        if offer.busy:
+        key = source or ""
+        mine = offer.held_by(key)
+        if source is not None:
+            pending = sum(o.held_by(key) for o in self.offers.values())
+            if not self.budget.allows(key, now, pending):
+                return _TOO_MANY
+            if mine >= ATTEMPTS_PER_SOURCE:
+                return _BUSY
+        if offer.proving:
             return _BUSY
-        offer.busy = True
+        if len(offer.attempts) >= MAX_ATTEMPTS:
+            heaviest = max(offer.attempts.values(), key=offer.held_by)  # ties: the oldest
+            if offer.held_by(heaviest) <= mine:
+                return _BUSY
+            del offer.attempts[next(h for h, s in offer.attempts.items() if s == heaviest)]
+        offer.attempts[holder] = key
         return offer
 
-    def wrong_code(self, offer: Offer, now: float) -> Refusal:
-        """The joiner holding `offer` failed confirmation: count it, burn at the third."""
+    def pushed_out(self, offer: Offer, holder: Hashable) -> Refusal | None:
+        """Why this attempt no longer holds the offer (None: it still does)."""
+        return None if holder in offer.attempts else _BUSY
+
+    def proved(self, offer: Offer, holder: Hashable) -> Refusal | None:
+        """An attempt proved the code: it alone goes on (None), or it learns why not."""
+        if offer.state == "failed":
+            return _BURNED
+        if offer.state != "waiting":
+            return _USED
+        if offer.proving or holder not in offer.attempts:
+            return _BUSY
+        offer.proving = True
+        return None
+
+    def wrong_code(self, offer: Offer, now: float, source: str | None = None) -> Refusal:
+        """An attempt on `offer` failed confirmation: count it, burn at the third."""
+        if source is not None:
+            self.budget.spend(source, now)
+        if offer.state != "waiting":
+            return _BURNED if offer.state == "failed" else _USED
         offer.failures += 1
         if offer.failures < MAX_FAILURES:
             return WRONG_CODE
@@ -119,9 +211,13 @@ class OfferBook:
         offer.state, offer.result = "paired", result
         self._changed(now)
 
-    def release(self, offer: Offer, reason: str | None = None) -> None:
-        """The joiner's attempt is over; `reason` says why it failed, if it did."""
-        offer.busy = False
+    def release(self, offer: Offer, holder: Hashable, reason: str | None = None,
+                proved: bool = False) -> None:
+        """The attempt `holder` is over (`proved`: it was the one that proved the code);
+        `reason` says why it failed, if it did."""
+        offer.attempts.pop(holder, None)
+        if proved:
+            offer.proving = False
         if reason is not None and offer.state == "waiting":
             offer.reason = reason
 

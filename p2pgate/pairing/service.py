@@ -145,13 +145,17 @@ class PairingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def handle(self, stream: Stream, initial: bytes) -> None:
-        """Serve one joiner on a `P2PG-PAIR` connection."""
-        shake = InviterHandshake(self._book, self._me, self._clock())
+    async def handle(self, stream: Stream, initial: bytes, source: str | None = None) -> None:
+        """Serve one joiner on a `P2PG-PAIR` connection; `source` (the joiner's address
+        key on the P2P port, None through a mailbox) keys the per-source limits."""
+        shake = InviterHandshake(self._book, self._me, self._clock(), source)
         try:
             await self._drive(shake, stream, initial)
             if shake.failure is not None:
-                log.info("pairing attempt failed: %s", shake.failure)
+                # a connection that never held an offer (a stranger's flood, a scan):
+                # not worth a line each
+                log.log(logging.INFO if shake.offer is not None else logging.DEBUG,
+                        "pairing attempt failed: %s", shake.failure)
                 if shake.failure.code in ("wrong_code", "burned") and shake.offer is not None:
                     log.info("pairing: a wrong code was tried (%d of 3)", shake.offer.failures)
             elif shake.result is not None:

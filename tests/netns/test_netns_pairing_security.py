@@ -2,7 +2,8 @@
 
 The advertisement must not let anyone search the 6.5 M codes offline, an offer opened
 right after start-up must be found, and wrong words must reach the inviter, say
-"wrong code", count, and burn the code at the third.
+"wrong code", count, and burn the code at the third (one address guesses 3 times,
+then once per 100 s).
 """
 
 from __future__ import annotations
@@ -107,9 +108,14 @@ def test_stranger_learns_no_code_an_early_offer_is_found_wrong_words_count(lab, 
     offer = api("desk", "POST", "/api/v1/pairing", "{}")["body"]
     nameplate, words = int(offer["code"].split("-")[0]), offer["code"].split("-", 1)[1]
     wrong = f"{nameplate}-" + ("fig-fox" if words == "acid-acorn" else "acid-acorn")
-    for _ in range(3):
-        refused = join("evil", wrong)
-        assert "wrong code" in refused.stderr, refused.stderr
+    tries = [join("evil", wrong).stderr for _ in range(3)]
+    assert all("wrong code" in t for t in tries), tries
+    # one address may guess 3 times, then once per 100 s: if the racer's guess counted,
+    # the third try is refused before SPAKE2 and costs the offer nothing
+    limited = [t for t in tries if "too many wrong codes from this address" in t]
+    assert failures(nameplate) == 3 - len(limited)
+    if limited:  # a third wrong code from another address burns it
+        assert "wrong code" in join("phone", wrong).stderr
     assert failures(nameplate) == 3
     burned = join("evil", offer["code"])
     assert burned.returncode != 0

@@ -9,8 +9,21 @@ from hypothesis import strategies as st
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity import Identity
 from p2pgate.pairing.codes import parse_code_or_uri
-from p2pgate.pairing.handshake import STEP_TIMEOUT, InviterHandshake, JoinerHandshake
-from p2pgate.pairing.offers import MAX_FAILURES, OfferBook, OffersChanged, Refusal
+from p2pgate.pairing.handshake import (
+    HELLO_TIMEOUT,
+    STEP_TIMEOUT,
+    InviterHandshake,
+    JoinerHandshake,
+)
+from p2pgate.pairing.offers import (
+    ATTEMPTS_PER_SOURCE,
+    MAX_ATTEMPTS,
+    MAX_FAILURES,
+    WRONG_CODE_REFILL,
+    OfferBook,
+    OffersChanged,
+    Refusal,
+)
 from p2pgate.pairing.protocol import PairingIdentity
 from p2pgate.pairing.wire import MAX_MESSAGE, MessageDecoder, encode
 
@@ -63,26 +76,26 @@ def test_offers_expire_burn_and_are_advertised_by_nameplate_only():
     assert book.offers == {}  # forgotten
 
 
-def test_the_third_wrong_code_burns_and_a_busy_offer_refuses_others():
+def test_the_third_wrong_code_burns_and_only_one_attempt_may_prove_the_code():
     book = OfferBook()
     offer = book.open(T0, ttl=300)
-    assert book.claim(offer.nameplate, T0) is offer
-    assert book.claim(offer.nameplate, T0).code == "busy"
+    assert book.claim(offer.nameplate, T0, "a") is offer
+    assert book.claim(offer.nameplate, T0, "b") is offer  # attempts run side by side ...
+    assert book.proved(offer, "a") is None
+    assert book.proved(offer, "b").code == "busy"  # ... but only one proves the code
+    assert book.claim(offer.nameplate, T0, "c").code == "busy"  # and then it alone goes on
+    book.release(offer, "a", proved=True)
+    book.release(offer, "b")
+    assert not offer.busy
     for n in range(1, MAX_FAILURES + 1):
-        refusal = book.wrong_code(offer, T0 + n)
-        book.release(offer)
+        assert book.claim(offer.nameplate, T0 + n, n, f"10.0.0.{n}") is offer
+        refusal = book.wrong_code(offer, T0 + n, f"10.0.0.{n}")
+        book.release(offer, n)
         assert refusal.code == ("burned" if n == MAX_FAILURES else "wrong_code")
-        if n < MAX_FAILURES:
-            assert book.claim(offer.nameplate, T0 + n) is offer
     assert offer.state == "failed"
     assert book.advertised(T0 + 10) == frozenset({offer.nameplate})  # until it expires
-    assert book.claim(offer.nameplate, T0 + 10) == Refusal(
+    assert book.claim(offer.nameplate, T0 + 10, "d") == Refusal(
         "this code burned after 3 wrong tries; make a new one", "burned")
-    assert book.claim(99 if offer.nameplate != 99 else 98, T0).code == "expired"
-    assert book.get_timer() == T0 + 300
-    book.handle_timer(T0 + 300)
-    assert book.advertised(T0 + 300) == frozenset()
-    assert book.get_timer() is None  # a burned offer past its time wakes nobody
 
 
 def test_new_offers_avoid_nameplates_in_use():
@@ -213,3 +226,74 @@ def test_a_peers_reason_is_shown_printable_and_short():
     joiner.receive({"t": "fail", "reason": "\x1b[2J" + "x" * 500, "code": "\x07"}, T0)
     assert str(joiner.failure) == "?[2J" + "x" * 196
     assert joiner.failure.code == "?"
+
+
+def test_one_source_cannot_burn_offers_faster_than_one_per_offer_lifetime():
+    book = OfferBook()
+    first, second = book.open(T0, 300), book.open(T0, 300)
+    for n in range(MAX_FAILURES):  # the designed bound: three wrong codes burn an offer
+        assert book.claim(first.nameplate, T0 + n, n, "10.0.0.66") is first
+        book.wrong_code(first, T0 + n, "10.0.0.66")
+        book.release(first, n)
+    assert first.state == "failed"
+    refused = book.claim(second.nameplate, T0 + 3, "x", "10.0.0.66")  # no guess left ...
+    assert isinstance(refused, Refusal)
+    assert "too many wrong codes from this address" in refused.reason
+    assert second.failures == 0  # ... and the refusal costs the offer nothing
+    assert book.claim(second.nameplate, T0 + 3, "y", "10.0.0.7") is second  # others go on
+    book.release(second, "y")
+    later = T0 + 2 + WRONG_CODE_REFILL  # one guess earned back per WRONG_CODE_REFILL
+    assert book.claim(second.nameplate, later, "z", "10.0.0.66") is second
+    book.wrong_code(second, later, "10.0.0.66")
+    book.release(second, "z")
+    assert isinstance(book.claim(second.nameplate, later + 1, "w", "10.0.0.66"), Refusal)
+    assert MAX_FAILURES * WRONG_CODE_REFILL == 300  # one burned offer per default lifetime
+
+
+def test_one_source_holds_few_attempts_and_the_real_joiner_still_pairs():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    silent = []
+    for _ in range(ATTEMPTS_PER_SOURCE + 3):  # a stranger's valid hellos, then silence
+        shake = InviterHandshake(book, me("desk"), T0, "10.0.0.66")
+        shake.receive(wire(JoinerHandshake(parse_code_or_uri(f"{offer.nameplate}-fig-fox"),
+                                           me("evil"), T0).start())[0], T0)
+        silent.append(shake)
+    assert [s.state for s in silent].count("confirm") == ATTEMPTS_PER_SOURCE
+    assert {s.failure.code for s in silent if s.failure} == {"busy"}
+    inviter = InviterHandshake(book, me("desk"), T0 + 1, "10.0.0.7")
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0 + 1)
+    run(inviter, joiner, T0 + 1)
+    assert joiner.state == inviter.state == "done"
+    assert offer.state == "paired"
+    assert offer.failures == 0
+
+
+def test_the_first_message_is_due_within_seconds():
+    book = OfferBook()
+    book.open(T0, 300)
+    inviter = InviterHandshake(book, me("desk"), T0, "10.0.0.66")
+    assert inviter.get_timer() == T0 + HELLO_TIMEOUT <= T0 + 5
+    inviter.handle_timer(T0 + HELLO_TIMEOUT)
+    assert inviter.state == "failed"
+    assert STEP_TIMEOUT <= 10  # no step waits for a person
+
+
+def test_strangers_filling_an_offer_are_pushed_out_by_the_real_joiner():
+    book = OfferBook()
+    offer = book.open(T0, 300)
+    strangers = []
+    for n in range(MAX_ATTEMPTS):  # silent valid hellos from several addresses fill it
+        shake = InviterHandshake(book, me("desk"), T0, f"10.0.0.{60 + n // 2}")
+        shake.receive(wire(JoinerHandshake(parse_code_or_uri(f"{offer.nameplate}-fig-fox"),
+                                           me("evil"), T0).start())[0], T0)
+        strangers.append(shake)
+    assert len(offer.attempts) == MAX_ATTEMPTS
+    inviter = InviterHandshake(book, me("desk"), T0 + 1, "10.0.0.7")
+    joiner = JoinerHandshake(parse_code_or_uri(offer.code), me("phone"), T0 + 1)
+    run(inviter, joiner, T0 + 1)
+    assert joiner.state == inviter.state == "done"
+    oldest = strangers[0]  # pushed out: its late proof is refused unchecked, no guess
+    oldest.receive({"t": "confirm", "confirm": "AAAA"}, T0 + 2)
+    assert oldest.failure.code == "busy"
+    assert offer.failures == 0
