@@ -1,7 +1,8 @@
 """The relay server: a thin aiohttp adapter around the relay's sans-I/O cores.
 
 Endpoints: `/v1/control` (a device's control WebSocket: login by `auth`, then the
-`Broker`), `/v1/splice` and `/v1/mailbox` (byte splices, `splicing.Splicer`),
+`Broker`), `/v1/splice` (byte splices, `splicing.Splicer`), `/v1/mailbox` (pairing
+mailboxes, `mailbox.MailboxRelay`),
 `/health`, `/metrics`. Every WebSocket passes `IpAdmission` first. A splice
 carries only what the devices send: their admission and pinned mutual TLS run inside
 it, so the relay sees ciphertext, device IDs and byte counts, never a payload.
@@ -28,6 +29,7 @@ from p2pgate.relay.auth import AuthRefused, check_access, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.limits import IpAdmission, client_ip
+from p2pgate.relay.mailbox import MailboxRelay
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.splicing import Splicer, first_message
 from p2pgate.supervisor import Supervisor
@@ -60,6 +62,7 @@ class RelayServer:
         self.admission = IpAdmission(config.max_connections_per_ip, config.accept_rate_per_ip)
         self.metrics = Metrics()
         self.splicer = Splicer(config, self.broker, self.metrics, self._session_closed)
+        self.mailboxes = MailboxRelay(config, self.metrics)
         self._controls: dict[DeviceID, web.WebSocketResponse] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks = Supervisor(logger=log)
@@ -85,6 +88,7 @@ class RelayServer:
         self.broker.max_sessions = config.max_sessions_per_device
         self.admission.max_connections = config.max_connections_per_ip
         self.splicer.reload(config)
+        self.mailboxes.config = config
         log.info("configuration reloaded")
 
     def application(self) -> web.Application:
@@ -113,6 +117,7 @@ class RelayServer:
         if self._timer is not None:
             self._timer.cancel()
         self.splicer.close()
+        self.mailboxes.close()
         await self._tasks.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -286,7 +291,9 @@ class RelayServer:
     async def _mailbox(self, request: web.Request) -> web.StreamResponse:
         """Rendezvous for pairing across networks by nameplate: the devices run SPAKE2
         through it, so the relay learns neither the code nor the keys."""
-        return await self._websocket(request, 64 << 10, self.splicer.run_mailbox)
+        login_url = self.config.public_url or self._url_of(request)  # as _authenticate's
+        return await self._websocket(
+            request, 64 << 10, lambda ws, ip: self.mailboxes.run(ws, ip, login_url))
 
     def _session_closed(self) -> None:
         if not self.broker.sessions:
