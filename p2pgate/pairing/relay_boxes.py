@@ -55,6 +55,7 @@ class RelayBoxes:
         self._serve = serve
         self._clock = clock
         self._held: dict[int, _Holding] = {}
+        self._attempts: set[asyncio.Task[None]] = set()  # joiners being served: not cut
 
     async def allocate(self, relays: list[str], avoid: Collection[int], secret: str,
                        ttl: float) -> tuple[int, str, HeldBox] | None:
@@ -92,7 +93,7 @@ class RelayBoxes:
 
     async def close(self) -> None:
         """Close every box."""
-        tasks = [t for h in self._held.values() for t in h.tasks]
+        tasks = [t for h in self._held.values() for t in h.tasks] + list(self._attempts)
         self._held.clear()
         for task in tasks:
             task.cancel()
@@ -103,7 +104,6 @@ class RelayBoxes:
     async def _keep(self, url: str, nameplate: int, secret: str, expires_at: float,
                     box: HeldBox | None) -> None:
         """One relay: hold the box, serve its joiners, open it again if the relay lost it."""
-        attempts: set[asyncio.Task[None]] = set()
         claim: int | None = nameplate
         try:
             while (left := expires_at - self._clock()) > 0:
@@ -124,8 +124,8 @@ class RelayBoxes:
                     while True:
                         key = await box.next_joiner()
                         task = asyncio.ensure_future(self._answer(box, key))
-                        attempts.add(task)
-                        task.add_done_callback(attempts.discard)
+                        self._attempts.add(task)
+                        task.add_done_callback(self._attempts.discard)
                 except RelayUnavailable as exc:
                     log.info("pairing mailbox at %s closed: %s", url, exc)
                 finally:
@@ -135,8 +135,6 @@ class RelayBoxes:
         finally:
             if box is not None:
                 await box.close()
-            for task in attempts:
-                task.cancel()
 
     async def _answer(self, box: HeldBox, key: str) -> None:
         """One joiner: open its splice and serve it if it speaks pairing."""

@@ -55,7 +55,7 @@ MAX_AVOID = 200
 _BOX_NAME = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Joiner:
     """A joiner waiting for the inviter's answer connection (None: it never came)."""
 
