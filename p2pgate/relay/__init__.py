@@ -6,7 +6,8 @@ keys), `rendezvous` (where splice halves and pairing mailboxes meet), `limits` (
 admission, bytes per second), `refusals` (a refused login said once, with its fix).
 Relay URLs are made canonical by `p2pgate.urls` on both sides. asyncio adapters:
 `server` (aiohttp endpoints and control connections), `splicing` (the server's byte
-splices), `client` (the node's side). `config` and `metrics` serve the server;
+splices), `mailbox` (the server's pairing mailboxes), `client` and `mailbox_client`
+(the node's side). `config` and `metrics` serve the server;
 `access` holds the node's relay tokens (config.toml, the admin API) and each relay's
 login status.
 """
