@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from p2pgate.identity import Identity
 from p2pgate.net.admission import PAIR_MAGIC
 from p2pgate.relay.client import RelayUnavailable
-from p2pgate.relay.mailbox_client import HeldBox, hold_box
+from p2pgate.relay.mailbox_client import HeldBox, MailboxRefused, hold_box
 from p2pgate.stream import Stream, StreamClosed
 
 __all__ = ["RelayBoxes", "mailbox_id"]
@@ -112,7 +112,8 @@ class RelayBoxes:
                         box = await hold_box(url, self._identity, self._token_for(url),
                                              nameplate=claim, box=mailbox_id(secret), ttl=left)
                     except RelayUnavailable as exc:
-                        if claim is not None and "another offer shows" in str(exc):
+                        if (claim is not None and isinstance(exc, MailboxRefused)
+                                and exc.reason == "nameplate_taken"):
                             log.info("pairing: nameplate %d is taken at %s; only the URI "
                                      "works there", nameplate, url)
                             claim = None

@@ -23,7 +23,7 @@ from p2pgate.relay.auth import login_message
 from p2pgate.relay.client import RelayUnavailable, SpliceStream
 from p2pgate.urls import canonical_relay_url
 
-__all__ = ["HeldBox", "hold_box", "join_box"]
+__all__ = ["HeldBox", "MailboxRefused", "hold_box", "join_box"]
 
 _REASONS = {
     "absent": "nobody is waiting with this code at {url} (the offer is closed, or was "
@@ -38,6 +38,14 @@ _REASONS = {
     "not_allowed": "relay {url} serves pairing mailboxes only to its allowed devices, and "
                    "this device is not one of them",
 }
+
+
+class MailboxRefused(RelayUnavailable):
+    """The relay refused a mailbox request; `reason` is its short word for why."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _canonical(url: str) -> str:
@@ -101,11 +109,11 @@ async def _open(url: str, request: dict[str, Any], identity: Identity | None,
 
 
 async def _refusal(ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession,
-                   data: dict[str, Any], url: str) -> RelayUnavailable:
+                   data: dict[str, Any], url: str) -> MailboxRefused:
     await ws.close()
     await session.close()
     reason = "absent" if data.get("t") == "absent" else str(data.get("reason", "?"))[:40]
-    return RelayUnavailable(_why(reason, url))
+    return MailboxRefused(_why(reason, url), reason)
 
 
 class HeldBox:

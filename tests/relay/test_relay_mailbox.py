@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from p2pgate.identity import Identity
+from p2pgate.pairing.codes import make_uri
 from p2pgate.pairing.service import PairingFailed, PairingService
 from p2pgate.relay.client import RelayUnavailable
 from p2pgate.relay.mailbox import SPLICE_BYTES
@@ -151,3 +152,27 @@ async def test_an_allowlist_relay_serves_mailboxes_only_to_its_allowed_devices(d
         offer, _ = await desk.open_offer()  # no relay nameplate: picked here, LAN only
         with pytest.raises(PairingFailed, match="only to its allowed devices"):
             await phone.join(offer.code)
+
+
+async def test_the_first_relay_allocates_and_another_relay_where_it_is_taken_carries_the_uri(
+        devices):  # noqa: F811
+    squatter = Identity.generate()
+    async with relay() as r1, relay() as r2:
+        taken = await hold_box(r2.url, squatter, None, nameplate=42)
+        d, p = await devices("desk"), await devices("phone")
+        desk = PairingService(d.identity, d.registry, lambda: "desk", b"A" * 32, lambda: [],
+                              relays=lambda: [r1.url, r2.url])
+        phone = PairingService(p.identity, p.registry, lambda: "phone", b"B" * 32, lambda: [],
+                               relays=lambda: [r2.url])
+        desk.nameplates_in_use = lambda: frozenset(range(1, 100)) - {42}  # seen on the LAN
+        try:
+            offer, uri = await desk.open_offer()
+            assert offer.nameplate == 42  # r1's choice, avoiding the LAN's nameplates
+            await until(lambda: len(r2.server.mailboxes.boxes) == 2, "the URI's box on r2")
+            assert uri.count("127.0.0.1") == 2  # both relays in the QR code
+            only_r2 = make_uri(offer.code, offer.secret, [], [r2.url])
+            assert (await phone.join(only_r2)).peer.name == "desk"
+            assert r1.server.metrics.value("bytes_total") == 0  # it went through r2
+        finally:
+            await desk.close()
+            await taken.close()
