@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pgate.identity import Identity
 from p2pgate.pairing.codes import make_uri
 from p2pgate.pairing.service import PairingFailed, PairingService
+from p2pgate.relay.access_tokens import issue_token, key_id, public_key_text
 from p2pgate.relay.client import RelayUnavailable
 from p2pgate.relay.mailbox import SPLICE_BYTES
 from p2pgate.relay.mailbox_client import hold_box, join_box
@@ -176,3 +179,20 @@ async def test_the_first_relay_allocates_and_another_relay_where_it_is_taken_car
         finally:
             await desk.close()
             await taken.close()
+
+
+async def test_a_token_relay_serves_mailboxes_only_to_devices_with_a_valid_token():
+    signer, a, b = Ed25519PrivateKey.generate(), Identity.generate(), Identity.generate()
+    keys = {key_id(signer.public_key()): public_key_text(signer.public_key())}
+    now = time.time()
+    token_a = issue_token(signer, a.device_id, "fleet", 3600, now)
+    expired_b = issue_token(signer, b.device_id, "fleet", 10, now - 1000)
+    async with relay(access="token", token_keys=keys, audience="fleet") as r:
+        with pytest.raises(RelayUnavailable, match="only to devices with a valid token"):
+            await hold_box(r.url, a, None, nameplate="new")
+        box = await hold_box(r.url, a, token_a, nameplate="new")
+        with pytest.raises(RelayUnavailable, match=r"valid token \(token_expired\)"):
+            await join_box(r.url, b, expired_b, nameplate=box.nameplate)
+        with pytest.raises(RelayUnavailable, match="only to devices with a valid token"):
+            await join_box(r.url, b, token_a, nameplate=box.nameplate)  # a's token, not b's
+        await box.close()
