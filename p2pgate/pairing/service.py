@@ -84,7 +84,7 @@ class PairingService:
         if not relays:
             return self.create_offer(ttl, repair)
         _, secret = make_code()
-        avoid = self.advertised() | self.nameplates_in_use()
+        avoid = set(self.offers) | self.nameplates_in_use()  # ours (finished ones too), LAN's
         allocated = await self._boxes.allocate(relays, avoid, secret, ttl)
         if allocated is None:
             return self.create_offer(ttl, repair)
