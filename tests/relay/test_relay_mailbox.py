@@ -196,3 +196,15 @@ async def test_a_token_relay_serves_mailboxes_only_to_devices_with_a_valid_token
         with pytest.raises(RelayUnavailable, match="only to devices with a valid token"):
             await join_box(r.url, b, token_a, nameplate=box.nameplate)  # a's token, not b's
         await box.close()
+
+
+async def test_a_box_closes_when_its_offer_s_time_runs_out():
+    identity = Identity.generate()
+    async with relay() as r:
+        box = await hold_box(r.url, identity, None, nameplate="new", ttl=1)
+        with pytest.raises(RelayUnavailable, match="relay closed the mailbox"):
+            await asyncio.wait_for(box.next_joiner(), 5)
+        assert len(r.server.mailboxes.boxes) == 0
+        with pytest.raises(RelayUnavailable, match="nobody is waiting"):
+            await join_box(r.url, identity, None, nameplate=box.nameplate)
+        await box.close()
