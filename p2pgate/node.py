@@ -144,7 +144,7 @@ class Node:
             self.identity, registry, lambda: self.name, self._disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
                                      else cfg.listen[1]),
-            relays=lambda: list(cfg.relays))
+            relays=lambda: list(cfg.relays), relay_token=access.token_for)
         if cfg.mdns:  # before the API answers, so that no pairing offer goes unadvertised
             self._mdns = self._lan_discovery(self._disc_key, manager, trust, pairing)
         self._listener = Listener(trust, self._hello, manager.accepted, pairing.handle, options)

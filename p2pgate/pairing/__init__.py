@@ -18,8 +18,21 @@ wire before TLS reveals to a stranger:
   offline. The joiner confirms first, so a device that answers a nameplate (a stranger
   who advertises it too) learns one online guess per attempt; the inviter burns the
   code after 3 failed confirmations. Everything after confirmation is AEAD-sealed.
-- Relay mailboxes: named by SHA-256 of the nameplate (a code) or of the URI's 128-bit
-  secret; the relay sees the nameplate, as in Magic Wormhole, never the words.
+- Relay mailboxes: a code's box is its nameplate, a URI's is named by SHA-256 of its
+  128-bit secret; the relay sees the nameplate, as in Magic Wormhole, never the words.
+
+One nameplate for the LAN and the relays (`service.open_offer`, `relay_boxes`): with
+relays configured, the first relay that answers allocates the offer's nameplate, as
+Magic Wormhole's mailbox server does (never one of its other open offers; 1–99 while
+any is free; it avoids the nameplates we and the LAN already show, which we send it),
+and the mDNS advertisement shows that same number. The other relays are asked for it
+too; one where another offer holds it carries only the URI's box (the code then works
+on the LAN and the first relay). With no relay answering, the nameplate is picked here
+(`create_offer`) and claimed on each relay later. The box is held by the inviter's
+connection and closes with the offer (paired, or expired; a burned one stays shown
+until it expires so a joiner learns it burned); if the relay drops it, it is claimed
+again. A joiner on another network meets it by nameplate (code) or box (URI) through
+the relays it knows (its own for a code, the URI's `r=`).
 - DHT records: keys and values derived from K_pair (HKDF, per 24 h epoch); opaque to
   anyone without the pair secret.
 - Strangers on the P2P port (a node must stay reachable while one floods it): every

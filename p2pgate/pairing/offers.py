@@ -129,17 +129,22 @@ class OfferBook:
         self.budget = WrongCodeBudget()
 
     def open(self, now: float, ttl: float, repair: bool = False,
-             avoid: Collection[int] = ()) -> Offer:
-        """A new offer whose nameplate is neither ours nor in `avoid` (seen on the LAN)."""
+             avoid: Collection[int] = (), nameplate: int | None = None,
+             secret: str | None = None) -> Offer:
+        """A new offer whose nameplate is neither ours nor in `avoid` (seen on the LAN),
+        or is `nameplate` (a relay allocated it); `secret`: its URI's, if made already."""
         self.handle_timer(now)
         taken = set(self.advertised(now)) | set(avoid)
         for _ in range(1000):  # 99 nameplates: give up avoiding only if all are taken
-            code, secret = self._make()
-            nameplate = int(code.split("-")[0])
-            if nameplate not in taken:
+            code, made = self._make()
+            picked = int(code.split("-")[0])
+            if nameplate is not None or picked not in taken:
                 break
-        offer = Offer(nameplate, code, secret, now + ttl, repair)
-        self.offers[nameplate] = offer
+        if nameplate is not None:
+            code = f"{nameplate}-{code.split('-', 1)[1]}"
+            picked = nameplate
+        offer = Offer(picked, code, secret or made, now + ttl, repair)
+        self.offers[picked] = offer
         self._changed(now)
         return offer
 

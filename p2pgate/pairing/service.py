@@ -1,7 +1,8 @@
 """Pairing on the node: the asyncio adapter around the offer book and the handshakes.
 
 The listener hands every `P2PG-PAIR` connection to `PairingService.handle`; offers
-also wait in the relays' mailboxes for joiners on other networks. The registry is
+also wait in the relays' mailboxes for joiners on other networks (`relay_boxes`; with
+relays, `open_offer` takes the nameplate the first relay allocates). The registry is
 written only after both sides proved the code, so a wrong, expired, replayed or
 raced code leaves no pending or half-trusted device. Offers are single use, expire
 (default 5 minutes) and burn after 3 failed confirmations (`offers.py`).
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -21,13 +21,15 @@ from p2pgate.discovery.mdns import InvitersFound
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity import Identity
 from p2pgate.net.admission import PAIR_MAGIC
-from p2pgate.pairing.codes import BadCode, Invitation, make_uri, parse_code_or_uri
+from p2pgate.pairing.codes import BadCode, Invitation, make_code, make_uri, parse_code_or_uri
 from p2pgate.pairing.errors import PairingFailed
 from p2pgate.pairing.handshake import InviterHandshake, JoinerHandshake
 from p2pgate.pairing.offers import Offer, OfferBook
 from p2pgate.pairing.protocol import PairingIdentity, PairingResult
+from p2pgate.pairing.relay_boxes import RelayBoxes, mailbox_id
 from p2pgate.pairing.wire import Message, MessageDecoder, encode
-from p2pgate.relay.client import RelayUnavailable, open_mailbox
+from p2pgate.relay.client import RelayUnavailable
+from p2pgate.relay.mailbox_client import join_box
 from p2pgate.storage.registry import DeviceRegistry, DeviceState, IllegalTransition
 from p2pgate.stream import Stream, StreamClosed, TcpStream
 
@@ -44,7 +46,8 @@ class PairingService:
     def __init__(self, identity: Identity, registry: DeviceRegistry,
                  name: Callable[[], str], disc_key: bytes,
                  addresses: Callable[[], list[str]], clock: Callable[[], float] = time.time,
-                 relays: Callable[[], list[str]] = list) -> None:
+                 relays: Callable[[], list[str]] = list,
+                 relay_token: Callable[[str], str | None] = lambda _: None) -> None:
         self._identity = identity
         self._registry = registry
         self._name = name
@@ -53,7 +56,8 @@ class PairingService:
         self._relays = relays  # where offers also wait in a mailbox (pairing across networks)
         self._clock = clock
         self._book = OfferBook()
-        self._mailboxes: set[asyncio.Task[None]] = set()
+        self._relay_token = relay_token
+        self._boxes = RelayBoxes(identity, relay_token, lambda s: self.handle(s, b""), clock)
         self._expiry: asyncio.TimerHandle | None = None
         # set by the node: LAN lookup by nameplate, a hook to advertise the open
         # nameplates, and the nameplates other devices on the LAN show
@@ -72,16 +76,31 @@ class PairingService:
 
     # -- inviter -----------------------------------------------------------------------
 
+    async def open_offer(self, ttl: float = 300.0, repair: bool = False) -> tuple[Offer, str]:
+        """Open an offer whose nameplate works on the LAN and through our relays: the
+        first relay that answers allocates it (avoiding the LAN's and ours); without one,
+        it is picked here (`create_offer`). Returns the offer and its QR code's URI."""
+        relays = self._relays()
+        if not relays:
+            return self.create_offer(ttl, repair)
+        _, secret = make_code()
+        avoid = set(self.offers) | self.nameplates_in_use()  # ours (finished ones too), LAN's
+        allocated = await self._boxes.allocate(relays, avoid, secret, ttl)
+        if allocated is None:
+            return self.create_offer(ttl, repair)
+        nameplate, url, box = allocated
+        offer = self._book.open(self._clock(), ttl, repair, nameplate=nameplate, secret=secret)
+        self._book_changed()
+        self._boxes.hold(offer.nameplate, offer.secret, offer.expires_at, relays, (url, box))
+        return offer, make_uri(offer.code, offer.secret, self._addresses(), relays)
+
     def create_offer(self, ttl: float = 300.0, repair: bool = False) -> tuple[Offer, str]:
-        """Open an offer; returns it and the URI of its QR code."""
+        """Open an offer with a nameplate picked here; each relay carries it if no other
+        offer shows that nameplate there (else only its URI). Returns it and its URI."""
         offer = self._book.open(self._clock(), ttl, repair, self.nameplates_in_use())
         self._book_changed()
         relays = self._relays()
-        for url in relays:  # a joiner on another network meets us in the relay's mailbox
-            for box in (mailbox_id(f"code {offer.nameplate}"), mailbox_id(f"uri {offer.secret}")):
-                task = asyncio.ensure_future(self._wait_in_mailbox(offer, url, box))
-                self._mailboxes.add(task)
-                task.add_done_callback(self._mailboxes.discard)
+        self._boxes.hold(offer.nameplate, offer.secret, offer.expires_at, relays)
         return offer, make_uri(offer.code, offer.secret, self._addresses(), relays)
 
     def status(self, nameplate: int) -> Offer | None:
@@ -97,6 +116,7 @@ class PairingService:
     def _book_changed(self) -> None:
         """Pass the book's events on and re-arm its expiry timer."""
         while (event := self._book.next_event()) is not None:
+            self._boxes.retire(event.nameplates)  # a box lives while its offer is shown
             if self.on_offer_change is not None:
                 self.on_offer_change(event.nameplates)
         if self._expiry is not None:
@@ -113,37 +133,11 @@ class PairingService:
         self._book.handle_timer(self._clock())
         self._book_changed()
 
-    async def _wait_in_mailbox(self, offer: Offer, url: str, box: str) -> None:
-        """Serve joiners arriving through one relay mailbox while the offer waits."""
-        while offer.state == "waiting":
-            wait = offer.expires_at - self._clock()
-            if wait <= 0:
-                return
-            try:
-                stream = await open_mailbox(url, box, "inviter", wait)
-            except RelayUnavailable as exc:
-                log.info("pairing mailbox at %s: %s", url, exc)
-                await asyncio.sleep(min(5.0, max(0.0, wait)))
-                continue
-            try:
-                magic = await _read_exactly(stream, len(PAIR_MAGIC))
-            except (StreamClosed, TimeoutError):
-                await stream.close()
-                continue
-            if magic != PAIR_MAGIC:
-                await stream.close()
-                continue
-            await self.handle(stream, b"")
-
     async def close(self) -> None:
         """Stop waiting in mailboxes."""
         if self._expiry is not None:
             self._expiry.cancel()
-        for task in list(self._mailboxes):
-            task.cancel()
-        for task in list(self._mailboxes):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._boxes.close()
 
     async def handle(self, stream: Stream, initial: bytes, source: str | None = None) -> None:
         """Serve one joiner on a `P2PG-PAIR` connection; `source` (the joiner's address
@@ -270,11 +264,14 @@ class PairingService:
                              errors: list[str]) -> PairingResult:
         for url in relays:
             try:
-                relayed = await open_mailbox(url, mailbox_id(
-                    f"code {invitation.nameplate}" if invitation.kind == "code"
-                    else f"uri {invitation.password.decode()}"), "joiner", 10.0)
-            except RelayUnavailable as exc:
-                errors.append(str(exc))
+                async with asyncio.timeout(30):
+                    relayed = await (
+                        join_box(url, self._identity, self._relay_token(url),
+                                 nameplate=invitation.nameplate) if invitation.kind == "code"
+                        else join_box(url, self._identity, self._relay_token(url),
+                                      box=mailbox_id(invitation.password.decode())))
+            except (RelayUnavailable, TimeoutError) as exc:
+                errors.append(str(exc) or f"relay {url}: no answer")
                 continue
             try:
                 return await self._join_over(relayed, invitation)
@@ -315,22 +312,3 @@ class PairingService:
                                                   peer.disc_key)
         except IllegalTransition as exc:
             raise PairingFailed(str(exc), "refused") from None
-
-
-def mailbox_id(name: str) -> str:
-    """An offer's relay mailbox. For a short code it is named by the nameplate only (as in
-    Magic Wormhole): a hash of the whole code would let the relay find the words offline
-    and then pair in the joiner's place. Wrong words so reach the inviter and count
-    towards burning the code. A URI's box is named by its 128-bit secret."""
-    return hashlib.sha256(b"p2pgate pairing mailbox\0" + name.encode()).hexdigest()
-
-
-async def _read_exactly(stream: Stream, n: int) -> bytes:
-    data = b""
-    async with asyncio.timeout(30):
-        while len(data) < n:
-            chunk = await stream.read(n - len(data))
-            if not chunk:
-                raise StreamClosed("closed")
-            data += chunk
-    return data

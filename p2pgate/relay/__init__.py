@@ -9,7 +9,8 @@ mailboxes meet), `limits` (per-IP admission, bytes per second, signalling),
 by `p2pgate.urls` on both sides (`?id=RELAYID` pins a relay's key, `relay_key` keeps
 that key in the relay's data dir). asyncio adapters:
 `server` (aiohttp endpoints and control connections), `splicing` (the server's byte
-splices), `client` (the node's side). `config` and `metrics` serve the server;
+splices), `mailbox` (the server's pairing mailboxes), `client` and `mailbox_client`
+(the node's side). `config` and `metrics` serve the server;
 `access` holds the node's relay tokens (config.toml, the admin API) and each relay's
 login status.
 """

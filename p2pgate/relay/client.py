@@ -51,8 +51,7 @@ from p2pgate.stream import StreamClosed
 from p2pgate.supervisor import Supervisor
 from p2pgate.urls import relay_base_url, relay_url_id
 
-__all__ = ["RelayClient", "RelayError", "RelayRefused", "RelayUnavailable", "SpliceStream",
-           "open_mailbox"]
+__all__ = ["RelayClient", "RelayError", "RelayRefused", "RelayUnavailable", "SpliceStream"]
 
 log = logging.getLogger("p2pgate.relay.client")
 
@@ -135,15 +134,6 @@ class SpliceStream:
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
             await self._ws.close()
         await self._session.close()
-
-
-async def open_mailbox(url: str, box: str, role: str, wait: float) -> SpliceStream:
-    """A stream to whoever opens the same pairing mailbox on the relay at `url` (the
-    inviter waits up to `wait` seconds; a joiner finding nobody gets RelayUnavailable)."""
-    with contextlib.suppress(ValueError):  # (an unparseable URL fails when dialed)
-        url = relay_base_url(url)  # without ?id=: SPAKE2 runs end to end through it
-    return await _spliced(url.rstrip("/"), "/v1/mailbox", {"box": box, "role": role}, wait,
-                          f"nobody is waiting with this code at {url}", None)
 
 
 async def _spliced(relay_url: str, path: str, first: dict[str, str], wait: float,

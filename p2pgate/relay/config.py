@@ -1,4 +1,10 @@
-"""Relay operator configuration: a TOML file plus flags, one frozen pydantic model."""
+"""Relay operator configuration: a TOML file plus flags, one frozen pydantic model.
+
+`access` governs everything a device does on the relay: with `allowlist` or `token`,
+pairing mailboxes too are served only to devices that pass the rule (both the inviter
+and the joiner log in as on the control connection); `open` serves them to anyone,
+capped per source (`relay.mailbox`).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ class RelayConfig(BaseModel):
     dht_port: int | None = Field(None, ge=0, le=65535, description="UDP port of the DHT "
                                  "bootstrap node; none = no DHT node.")
     access: Literal["open", "allowlist", "token"] = Field(
-        "open", description="Who may use the relay."
+        "open", description="Who may use the relay: its sessions and also its pairing "
+        "mailboxes (on an allowlist or token relay, only allowed devices may pair through it)."
     )
     allowlist: tuple[str, ...] = Field((), description="Device IDs allowed (access=allowlist).")
     token_keys: dict[str, str] = Field(

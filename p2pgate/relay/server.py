@@ -1,7 +1,8 @@
 """The relay server: a thin aiohttp adapter around the relay's sans-I/O cores.
 
 Endpoints: `/v1/control` (a device's control WebSocket: login by `auth`, then the
-`Broker`), `/v1/splice` and `/v1/mailbox` (byte splices, `splicing.Splicer`),
+`Broker`), `/v1/splice` (byte splices, `splicing.Splicer`), `/v1/mailbox` (pairing
+mailboxes, `mailbox.MailboxRelay`),
 `/health`, `/metrics`. Every WebSocket passes `IpAdmission` first. A splice
 carries only what the devices send: their admission and pinned mutual TLS run inside
 it, so the relay sees ciphertext, device IDs and byte counts, never a payload.
@@ -27,6 +28,7 @@ from p2pgate.relay.auth import AuthRefused, check_access, relay_hello, relay_url
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.limits import IpAdmission, SignalLimits, client_ip
+from p2pgate.relay.mailbox import MailboxRelay
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
@@ -74,6 +76,7 @@ class RelayServer:
         self.admission = IpAdmission(config.max_connections_per_ip, config.accept_rate_per_ip)
         self.metrics = Metrics()
         self.splicer = Splicer(config, self.broker, self.metrics, self._session_closed)
+        self.mailboxes = MailboxRelay(config, self.metrics, self.key)
         self._controls: dict[DeviceID, web.WebSocketResponse] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks = Supervisor(logger=log)
@@ -100,6 +103,7 @@ class RelayServer:
         self.broker.max_sessions = config.max_sessions_per_device
         self.admission.max_connections = config.max_connections_per_ip
         self.splicer.reload(config)
+        self.mailboxes.config = config
         log.info("configuration reloaded")
 
     def application(self) -> web.Application:
@@ -129,6 +133,7 @@ class RelayServer:
         if self._timer is not None:
             self._timer.cancel()
         self.splicer.close()
+        self.mailboxes.close()
         await self._tasks.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -337,7 +342,15 @@ class RelayServer:
     async def _mailbox(self, request: web.Request) -> web.StreamResponse:
         """Rendezvous for pairing across networks by nameplate: the devices run SPAKE2
         through it, so the relay learns neither the code nor the keys."""
-        return await self._websocket(request, 64 << 10, self.splicer.run_mailbox)
+        try:  # the URL a login is checked against, as for control connections
+            login_url: str | None = relay_url_for(
+                self.config.public_url, request.secure, self._local_address(request),
+                request.headers.get("Host"))
+        except AuthRefused:
+            login_url = None  # a login then fails; an open relay needs none
+        challenge = request.query.get("challenge")
+        return await self._websocket(
+            request, 64 << 10, lambda ws, ip: self.mailboxes.run(ws, ip, login_url, challenge))
 
     def _session_closed(self) -> None:
         if not self.broker.spliced:

@@ -1,8 +1,8 @@
 """The relay's byte splices: an asyncio adapter around the rendezvous and limit cores.
 
 `/v1/splice`: both sides of a session the `Broker` made ready arrive with their
-one-time key and meet in the `SpliceMatcher`. `/v1/mailbox`: pairing devices meet by
-nameplate in `Mailboxes`. Then `pump` copies binary frames each way, paced by a
+one-time key and meet in the `SpliceMatcher` (pairing mailboxes: `mailbox`). Then
+`pump` copies binary frames each way, paced by a
 `Throughput` meter, until a side closes or the splice is idle for `idle_timeout`.
 The cores decide who meets whom and when a wait ends; this module awaits, sleeps and
 arms the timer they ask for.
@@ -23,7 +23,7 @@ from p2pgate.relay.broker import Broker
 from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.limits import Throughput
 from p2pgate.relay.metrics import Metrics
-from p2pgate.relay.rendezvous import Mailboxes, Refused, Replaced, SpliceMatcher
+from p2pgate.relay.rendezvous import SpliceMatcher
 from p2pgate.relay.wire import json_object
 
 __all__ = ["FIRST_MESSAGE_WAIT", "Splicer", "first_message"]
@@ -31,8 +31,6 @@ __all__ = ["FIRST_MESSAGE_WAIT", "Splicer", "first_message"]
 log = logging.getLogger("p2pgate.relay")
 
 SPLICE_WAIT = 30.0
-MAILBOX_WAIT = 3600.0  # the longest a pairing code lives
-MAX_MAILBOXES = 10_000
 FIRST_MESSAGE_WAIT = 10.0
 
 
@@ -68,7 +66,7 @@ class _Half:
 
 
 class Splicer:
-    """Meets the halves of splices and mailboxes, then pumps bytes between them."""
+    """Meets the halves of splices, then pumps bytes between them."""
 
     def __init__(self, config: RelayConfig, broker: Broker, metrics: Metrics,
                  on_session_closed: Callable[[], None]) -> None:
@@ -77,16 +75,12 @@ class Splicer:
         self.metrics = metrics
         self.throughput = Throughput(config.session_rate, config.global_rate)
         self.splices: SpliceMatcher[_Half] = SpliceMatcher(SPLICE_WAIT)
-        # an inviter holds a connection: the per-IP connection limit bounds its boxes
-        self.mailboxes: Mailboxes[_Half] = Mailboxes(MAILBOX_WAIT, MAX_MAILBOXES,
-                                                     config.max_connections_per_ip)
         self._on_session_closed = on_session_closed
         self._timer: asyncio.TimerHandle | None = None
 
     def reload(self, config: RelayConfig) -> None:
         """Apply new limits: the global rate at once, the session rate to new splices."""
         self.config = config
-        self.mailboxes.max_boxes_per_ip = config.max_connections_per_ip
         self.throughput.set_rates(config.session_rate, config.global_rate)
 
     def close(self) -> None:
@@ -107,30 +101,6 @@ class Splicer:
             self.splices.leave(sid, half)
             self.broker.close_session(sid)
             self._on_session_closed()
-
-    async def run_mailbox(self, ws: web.WebSocketResponse, ip: str) -> None:
-        """An inviter waits in its box; a joiner meets it, or hears the box is absent."""
-        box, role = _fields(await first_message(ws), "box", "role")
-        if len(box) != 64 or role not in ("inviter", "joiner"):
-            raise RemoteProtocolError(f"bad mailbox request (role {role[:10]!r})")
-        if role == "joiner":
-            inviter = self.mailboxes.join(box)
-            if inviter is None:
-                await ws.send_json({"t": "absent"})
-            else:
-                await self._meet(self._half(ws), inviter, "mailbox")
-            return
-        half = self._half(ws)
-        outcome = self.mailboxes.invite(box, half, ip, self._now())
-        if isinstance(outcome, Refused):
-            self.metrics.inc("refusals_total", reason=outcome.reason)
-            return
-        if isinstance(outcome, Replaced):
-            outcome.old.resolve(None)
-        try:
-            await self._meet(half, None, "mailbox")
-        finally:
-            self.mailboxes.leave(box, half)
 
     def _half(self, ws: web.WebSocketResponse) -> _Half:
         return _Half(ws, asyncio.get_running_loop().create_future())
@@ -183,14 +153,13 @@ class Splicer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        timers = [t for t in (self.splices.get_timer(), self.mailboxes.get_timer())
-                  if t is not None]
-        if timers:
-            self._timer = asyncio.get_running_loop().call_at(min(timers), self._on_timer)
+        when = self.splices.get_timer()
+        if when is not None:
+            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         now = self._now()
-        for expired in self.splices.handle_timer(now) + self.mailboxes.handle_timer(now):
+        for expired in self.splices.handle_timer(now):
             expired.conn.resolve(None)
         self._arm_timer()

@@ -1,4 +1,5 @@
-"""The relay's sans-I/O cores, with time passed in: rendezvous, limits, login, broker."""
+"""The relay's sans-I/O cores, with time passed in: rendezvous, limits, login, broker
+(pairing mailboxes: test_relay_mailbox_core.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,7 @@ from p2pgate.relay.auth import (
 from p2pgate.relay.broker import Broker
 from p2pgate.relay.limits import IpAdmission, Throughput, client_ip
 from p2pgate.relay.relay_key import RelayKey
-from p2pgate.relay.rendezvous import Expired, Mailboxes, Refused, Replaced, SpliceMatcher
-
-BOX, OTHER_BOX = "a" * 64, "b" * 64
+from p2pgate.relay.rendezvous import Expired, SpliceMatcher
 
 # -- splice matching ---------------------------------------------------------------------
 
@@ -54,56 +53,6 @@ def test_a_half_that_left_is_not_matched():
     splices.leave("sid", "side a")
     assert splices.arrive("sid", "side b", now=1.0) is None
     assert splices.handle_timer(30.0) == []  # the stale deadline of side a is skipped
-
-
-# -- pairing mailboxes ---------------------------------------------------------------------
-
-
-def test_a_joiner_meets_the_inviter_waiting_in_its_box():
-    boxes: Mailboxes[str] = Mailboxes(wait=3600.0, max_boxes=10, max_boxes_per_ip=5)
-    assert boxes.join(BOX) is None  # absent: nobody invited yet
-    assert boxes.invite(BOX, "inviter", "10.0.0.1", now=0.0) is None
-    assert boxes.join(OTHER_BOX) is None
-    assert boxes.join(BOX) == "inviter"
-    assert boxes.join(BOX) is None  # a box meets one joiner
-
-
-def test_a_newer_inviter_replaces_the_older_one():
-    boxes: Mailboxes[str] = Mailboxes(wait=3600.0, max_boxes=1, max_boxes_per_ip=1)
-    boxes.invite(BOX, "first", "10.0.0.1", now=0.0)
-    assert boxes.invite(BOX, "second", "10.0.0.1", now=1.0) == Replaced("first")
-    assert boxes.join(BOX) == "second"
-
-
-def test_boxes_are_bounded_overall_and_per_ip():
-    boxes: Mailboxes[str] = Mailboxes(wait=3600.0, max_boxes=3, max_boxes_per_ip=2)
-    assert boxes.invite("1" * 64, "a1", "10.0.0.1", now=0.0) is None
-    assert boxes.invite("2" * 64, "a2", "10.0.0.1", now=0.0) is None
-    assert boxes.invite("3" * 64, "a3", "10.0.0.1", now=0.0) == Refused("ip_mailboxes")
-    assert boxes.invite("3" * 64, "b1", "10.0.0.2", now=0.0) is None
-    assert boxes.invite("4" * 64, "c1", "10.0.0.3", now=0.0) == Refused("mailboxes_full")
-    # an IP with no slot left may still replace its own inviter (same box, same slot)
-    assert boxes.invite("1" * 64, "a1 again", "10.0.0.1", now=1.0) == Replaced("a1")
-    assert boxes.join("2" * 64) == "a2"  # a match frees the slot and the box
-    assert boxes.invite("4" * 64, "c1", "10.0.0.3", now=2.0) is None
-
-
-def test_an_inviter_waits_at_most_the_box_lifetime():
-    boxes: Mailboxes[str] = Mailboxes(wait=300.0, max_boxes=1, max_boxes_per_ip=1)
-    boxes.invite(BOX, "inviter", "10.0.0.1", now=100.0)
-    assert boxes.get_timer() == 400.0
-    assert boxes.handle_timer(399.0) == []
-    assert boxes.handle_timer(400.0) == [Expired(BOX, "inviter")]
-    assert boxes.join(BOX) is None
-    assert boxes.invite(OTHER_BOX, "next", "10.0.0.1", now=401.0) is None  # slot freed
-
-
-def test_a_replaced_inviter_s_deadline_does_not_expire_its_successor():
-    boxes: Mailboxes[str] = Mailboxes(wait=100.0, max_boxes=5, max_boxes_per_ip=5)
-    boxes.invite(BOX, "first", "10.0.0.1", now=0.0)
-    boxes.invite(BOX, "second", "10.0.0.1", now=50.0)
-    assert boxes.handle_timer(100.0) == []
-    assert boxes.handle_timer(150.0) == [Expired(BOX, "second")]
 
 
 # -- per-IP admission and bytes per second ---------------------------------------------

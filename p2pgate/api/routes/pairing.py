@@ -27,7 +27,7 @@ class _PairingHandlers:
     async def create_pairing(self, request: web.Request) -> web.Response:
         body = await model_body(request, m.PairingCreate) if request.can_read_body else (
             m.PairingCreate())
-        offer, uri = self.s.pairing.create_offer(body.ttl, body.repair)
+        offer, uri = await self.s.pairing.open_offer(body.ttl, body.repair)
         qr = segno.make(uri, error="m").svg_inline(scale=4)
         log.info("pairing offer opened (expires in %.0f s)", body.ttl)
         return respond(m.PairingOffer(code=offer.code, uri=uri, qr_svg=qr,
