@@ -16,7 +16,7 @@ __all__ = ["openapi_document"]
 
 _REASONS = {
     400: "Bad request", 401: "Missing or invalid token", 403: "Forbidden",
-    404: "Not found", 409: "Conflict", 412: "If-Match does not match", 413: "Body too large",
+    404: "Not found", 408: "The body did not arrive in time", 409: "Conflict", 412: "If-Match does not match", 413: "Body too large",
     422: "Body failed validation", 429: "Rate limited (see Retry-After)", 503: "Unavailable",
 }
 _ALWAYS = (400, 403, 429)
@@ -68,6 +68,8 @@ def _operation(r: Route) -> dict[str, Any]:
         ok["content"] = _json(_ref(r.response))
     op["responses"][str(r.status)] = ok
     codes = set(r.errors) | set(_ALWAYS) | ({401} if r.auth != "public" else set())
+    if r.body is not None:
+        codes.add(408)
     for code in sorted(codes):
         op["responses"][str(code)] = {
             "description": _REASONS[code], "content": _json(_ref(ErrorResponse)),
