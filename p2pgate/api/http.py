@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from p2pgate.api.cursors import CursorView
 from p2pgate.api.errors import (
     ApiError,
     BadRequest,
@@ -42,8 +43,8 @@ from p2pgate.errors import P2PGateError
 from p2pgate.ratelimit import RateLimiter
 
 __all__ = [
-    "Auth", "Route", "bearer_token", "build_application", "json_body", "model_body",
-    "principal_of", "respond", "validate",
+    "Auth", "Route", "bearer_token", "build_application", "cursors_of", "json_body",
+    "model_body", "principal_of", "respond", "stopping", "validate",
 ]
 
 log = logging.getLogger("p2pgate.api")
@@ -78,6 +79,16 @@ class Route:
 def principal_of(request: web.Request) -> Principal:
     """The caller of a request, as the auth middleware authenticated it."""
     return request[PRINCIPAL]
+
+
+def cursors_of(request: web.Request) -> CursorView:
+    """How the caller of a request sees cursors and versions (`p2pgate.api.cursors`)."""
+    return request.app[_GATE].tokens.cursor_view(principal_of(request))
+
+
+def stopping(request: web.Request) -> asyncio.Event:
+    """Set when the server shuts down: long-lived handlers (WebSockets) end at once."""
+    return request.app[_STOPPING]
 
 
 def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
@@ -196,6 +207,12 @@ class _Gate:
 
 
 _GATE: web.AppKey[_Gate] = web.AppKey("gate", _Gate)
+_STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Runs in `AppRunner.cleanup()` before it waits for handlers: end the WebSockets."""
+    app[_STOPPING].set()
 
 
 def build_application(
@@ -219,6 +236,8 @@ def build_application(
     app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body)
     app[MAX_BODY] = max_body
     app[_GATE] = gate
+    app[_STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_on_shutdown)
     for route in routes:
         resource = app.router.add_resource(route.path)
         resource.add_route(route.method, route.handler)

@@ -16,7 +16,8 @@ __all__ = ["openapi_document"]
 
 _REASONS = {
     400: "Bad request", 401: "Missing or invalid token", 403: "Forbidden",
-    404: "Not found", 408: "The body did not arrive in time", 409: "Conflict", 412: "If-Match does not match", 413: "Body too large",
+    404: "Not found", 408: "The body did not arrive in time", 409: "Conflict",
+    412: "If-Match does not match", 413: "Body too large",
     422: "Body failed validation", 429: "Rate limited (see Retry-After)", 503: "Unavailable",
 }
 _ALWAYS = (400, 403, 429)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -33,12 +32,12 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
          b"Connection: close\r\nRetry-After: 1\r\nContent-Length: "
          + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
-_STARTED: weakref.WeakSet[object] = weakref.WeakSet()  # connections that sent a whole header
+_SILENT: set[object] = set()  # new connections that have not sent a whole request head yet
 
 
 def note_request(request: web.BaseRequest) -> None:
     """Record that `request`'s connection delivered a complete request head."""
-    _STARTED.add(request.protocol)
+    _SILENT.discard(request.protocol)
 
 
 def api_runner(app: web.Application) -> web.AppRunner:
@@ -85,12 +84,12 @@ class ApiSite(web.BaseSite):
         if len(server.connections) >= self._max:
             return _Refused()
         handler = server()
-        asyncio.get_running_loop().call_later(self._header_timeout, _close_if_silent,
-                                              weakref.ref(handler))
+        _SILENT.add(handler)
+        asyncio.get_running_loop().call_later(self._header_timeout, _close_if_silent, handler)
         return handler
 
 
-def _close_if_silent(ref: weakref.ref[RequestHandler]) -> None:
-    handler = ref()
-    if handler is not None and handler not in _STARTED and handler.transport is not None:
+def _close_if_silent(handler: RequestHandler) -> None:
+    if handler in _SILENT:
+        _SILENT.discard(handler)
         handler.force_close()  # closes the transport too

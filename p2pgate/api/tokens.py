@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from p2pgate.api.cursors import PLAIN, CursorView
 from p2pgate.errors import LocalProtocolError
 from p2pgate.storage.database import Connection, Database
 
@@ -98,6 +99,8 @@ class TokenStore:
     def __init__(self, db: Database, admin_token: str, clock: Callable[[], float] = time.time):
         self._db = db
         self._admin_hash = _digest(admin_token)
+        self._cursor_secret = hmac.digest(admin_token.encode(), b"p2pgate app cursors v1",
+                                          "sha256")
         self._clock = clock
         self._apps: dict[str, AppToken] = {}
 
@@ -130,6 +133,14 @@ class TokenStore:
         if app.expires_at is not None and self._clock() >= app.expires_at:
             return None
         return Principal(app.name, admin=False, scopes=app.scopes, token_id=f"app:{match[1]}")
+
+    def cursor_view(self, principal: Principal) -> CursorView:
+        """How `principal` sees cursors and versions: the admin as they are, each app
+        token through its own permutation (see `p2pgate.api.cursors`)."""
+        if principal.admin:
+            return PLAIN
+        return CursorView(hmac.digest(self._cursor_secret, principal.token_id.encode(),
+                                      "sha256")[:32])
 
     def apps(self) -> list[AppToken]:
         """The app tokens, by name."""

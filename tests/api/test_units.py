@@ -182,9 +182,9 @@ async def test_hub_replays_history_then_live_without_gap_or_duplicate():
 
 async def test_hub_resets_expired_and_unknown_cursors():
     feed = ListFeed()
-    hub = EventHub(feed)
     for i in range(3):
         feed.add("notes", f"d{i}")
+    hub = EventHub(feed)  # it is published every change made after this
     feed.horizon = 2
     stream = hub.stream(1, lambda c: True)
     first = await _take(stream, 1)
@@ -211,3 +211,29 @@ def test_an_error_without_a_mapping_is_not_guessed():
     assert from_domain(P2PGateError("something else")) is None
     already = NotFound("x")
     assert from_domain(already) is already
+
+
+async def test_a_scoped_stream_learns_nothing_from_other_collections():
+    """Hardening #20: a `notes` reader's reset names the latest `notes` change, not the
+    node's cursor, and a cursor past the horizon is no reset if no `notes` change was lost."""
+    feed = ListFeed()
+    hub = EventHub(feed)
+    hub.publish(feed.add("notes", "n"))
+    for i in range(5):
+        hub.publish(feed.add("other", f"o{i}"))
+    feed.horizon = 4
+    notes = lambda c: c == "notes"  # noqa: E731
+    assert hub.latest(notes) == 1
+    stream = hub.stream(99, notes)
+    assert await _take(stream, 1) == [Reset(1, "unknown cursor")]
+    await stream.aclose()
+    stream = hub.stream(1, notes)  # older than the horizon, but only `other` changes went
+    taking = asyncio.ensure_future(_take(stream, 1))
+    while not hub._subscribers:
+        await asyncio.sleep(0)
+    hub.publish(feed.add("notes", "m"))
+    assert [(r.doc_id, r.cursor) for r in await taking] == [("m", 7)]
+    await stream.aclose()
+    stream = hub.stream(0, notes)  # the first `notes` change is gone with the horizon
+    assert await _take(stream, 1) == [Reset(7, "cursor expired")]
+    await stream.aclose()
