@@ -64,6 +64,7 @@ class ApiSite(web.BaseSite):
         super().__init__(runner)
         self._host, self._port = host, port
         self._max, self._header_timeout = max_connections, header_timeout
+        self._fresh: dict[RequestHandler, float] = {}  # accepted, connection_made not yet run
 
     @property
     def name(self) -> str:
@@ -81,9 +82,13 @@ class ApiSite(web.BaseSite):
     def _protocol(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None  # noqa: S101 (set up before start)
-        if len(server.connections) >= self._max:
+        now = asyncio.get_running_loop().time()
+        made = set(server.connections)  # a burst of accepts runs before their connection_made
+        self._fresh = {h: t for h, t in self._fresh.items() if h not in made and now - t < 5}
+        if len(made) + len(self._fresh) >= self._max:
             return _Refused()
         handler = server()
+        self._fresh[handler] = now
         _SILENT.add(handler)
         asyncio.get_running_loop().call_later(self._header_timeout, _close_if_silent, handler)
         return handler
