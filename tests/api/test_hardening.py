@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import unicodedata
@@ -160,18 +161,23 @@ async def test_a_host_with_anything_after_the_port_is_refused(node):
 async def test_sigterm_with_an_open_events_socket_exits_within_5_s(node):
     async with Client(node.url, node.admin_token) as admin:
         token = (await admin.add_app("watcher", ["notes:r"])).token
-    async with aiohttp.ClientSession() as s, s.ws_connect(
-            node.url + "/api/v1/events", protocols=("p2pgate.v1", f"bearer.{token}")) as ws:
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(node.url + "/api/v1/events",
+                                protocols=("p2pgate.v1", f"bearer.{token}"))
         await asyncio.sleep(0.2)
+        receiving = asyncio.ensure_future(ws.receive())  # like an app, always reading
         started = time.monotonic()
         node.process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(node.process.wait, 30)
         took = time.monotonic() - started
-        msg = await asyncio.wait_for(ws.receive(), 5)
-    print(f"SIGTERM with an open events socket: exit {code} after {took:.2f} s")
-    assert code == 0, node.log()
-    assert took < 5
-    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        print(f"SIGTERM with an open events socket: exit {code} after {took:.2f} s")
+        assert code == 0, node.log()
+        assert took < 5
+        msg = await asyncio.wait_for(receiving, 5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 1001  # going away
+        with contextlib.suppress(aiohttp.ClientError):
+            await ws.close()
 
 
 # -- item 19 (second half): document IDs are NFC ---------------------------------------
