@@ -23,9 +23,9 @@ def _address(node):
     return parts.hostname, parts.port
 
 
-async def _closed_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
-    """Everything the server sends until it closes the connection (fails past `timeout`)."""
-    async with asyncio.timeout(timeout):
+async def _closed_within(reader: asyncio.StreamReader, within: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails past `within` s)."""
+    async with asyncio.timeout(within):
         return await reader.read()
 
 
