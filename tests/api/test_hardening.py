@@ -86,6 +86,19 @@ async def test_a_refused_connection_is_closed_at_once(node):
         writer.close()
 
 
+async def test_an_idle_keep_alive_connection_closes_after_seconds(node):
+    host, port = _address(node)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    started = time.monotonic()
+    answer = await _closed_within(reader, HEADER_TIMEOUT + 15)  # aiohttp's default: 3,630 s
+    took = time.monotonic() - started
+    print(f"an idle keep-alive connection closed after {took:.1f} s")
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert took > 1  # kept alive for a while, not closed after the answer
+    writer.close()
+
+
 async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(node):
     host, port = _address(node)
     reader, writer = await asyncio.open_connection(host, port)

@@ -237,3 +237,23 @@ async def test_a_scoped_stream_learns_nothing_from_other_collections():
     stream = hub.stream(0, notes)  # the first `notes` change is gone with the horizon
     assert await _take(stream, 1) == [Reset(7, "cursor expired")]
     await stream.aclose()
+
+
+def test_cursor_views_round_trip_and_hide_the_node_cursor():
+    from p2pgate.api.cursors import PLAIN, CursorView
+
+    one, two = CursorView(b"1" * 32), CursorView(b"2" * 32)
+    for cursor in (0, 1, 2, 3, 1000, 2**52):
+        assert one.read(one.show(cursor)) == cursor
+        assert PLAIN.show(cursor) == PLAIN.read(cursor) == cursor
+    shown = [one.show(c) for c in range(1, 50)]
+    assert len(set(shown)) == 49 and all(0 < s <= 2**52 for s in shown)
+    assert shown != sorted(shown)  # no order, so no gaps to count
+    assert [two.show(c) for c in range(1, 50)] != shown  # each token its own
+    assert one.read(2**52 + 1) is None
+    assert one.show(0) == 0  # "from the start" stays
+    version = one.show_version("17")
+    assert version != "17" and one.read_version(version) == "17"
+    assert one.read_version("*") == "*"
+    for forged in ("abc", "\u00b2", "9" * 30, str(2**53)):
+        assert one.read_version(forged) == "-"
