@@ -10,6 +10,10 @@ between two of them and differ between apps. 0 stays 0 ("from the start"). A val
 that is not one of ours (above 2^52) reads as an unknown cursor. Cursors of one app
 token work only with that token; a cursor read under another key (another token, a
 new admin token) is unknown, which the event stream answers with a `reset`.
+
+What an app token can still infer: the event log's retention is node-wide, so how soon
+an old cursor of its own gets "cursor expired" depends on activity everywhere (it says
+no more than that), and response times are not hidden.
 """
 
 from __future__ import annotations

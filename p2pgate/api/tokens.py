@@ -2,7 +2,9 @@
 
 App tokens look like `p2pg_<id>_<secret>`; only SHA-256 of the secret is stored,
 and comparisons are constant-time. A token reaches only the collections in its
-scopes (`notes:r`, `notes:rw`, `*:r`); the admin token reaches everything.
+scopes (`notes:r`, `notes:rw`, `*:r`); the admin token reaches everything. Collection
+names are ASCII (the whole name matches `COLLECTION_NAME`), in scopes as in paths, so no
+Unicode normalisation can make two of them alike; document IDs are NFC (`routes.params`).
 """
 
 from __future__ import annotations
