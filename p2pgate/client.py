@@ -115,7 +115,8 @@ class Client:
         return await self._model(m.Health, "GET", "/api/v1/health")
 
     async def node(self) -> m.NodeInfo:
-        """The node's identity, API address, event cursor and garbage collection counts."""
+        """The node's identity, API address, event cursor and garbage collection counts
+        (admin token; an app token gets ClientError 403)."""
         return await self._model(m.NodeInfo, "GET", "/api/v1/node")
 
     # -- documents -------------------------------------------------------------------

@@ -19,7 +19,8 @@ no more than that), and response times are not hidden.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["CursorView", "PLAIN"]
 
@@ -29,16 +30,22 @@ _DOMAIN = 1 << (2 * _HALF)
 _ROUNDS = 8
 
 
-def _round(key: bytes, i: int, half: int) -> int:
-    digest = hashlib.blake2b(bytes((i,)) + half.to_bytes(4, "big"), key=key, digest_size=4)
-    return int.from_bytes(digest.digest(), "big") & _MASK
-
-
 @dataclass(frozen=True, slots=True)
 class CursorView:
     """One caller's view of cursors and versions; `key` None shows them as they are."""
 
     key: bytes | None
+    _rounds: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # one keyed BLAKE2b state per round, copied per use
+        rounds = () if self.key is None else tuple(
+            hashlib.blake2b(bytes((i,)), key=self.key, digest_size=4) for i in range(_ROUNDS))
+        object.__setattr__(self, "_rounds", rounds)
+
+    def _f(self, i: int, half: int) -> int:
+        state = self._rounds[i].copy()
+        state.update(half.to_bytes(4, "big"))
+        return int.from_bytes(state.digest(), "big") & _MASK
 
     def show(self, cursor: int) -> int:
         """The cursor as this caller sees it."""
@@ -46,7 +53,7 @@ class CursorView:
             return cursor
         left, right = (cursor - 1) >> _HALF, (cursor - 1) & _MASK
         for i in range(_ROUNDS):
-            left, right = right, left ^ _round(self.key, i, right)
+            left, right = right, left ^ self._f(i, right)
         return 1 + ((left << _HALF) | right)
 
     def read(self, shown: int) -> int | None:
@@ -57,7 +64,7 @@ class CursorView:
             return None
         left, right = (shown - 1) >> _HALF, (shown - 1) & _MASK
         for i in reversed(range(_ROUNDS)):
-            left, right = right ^ _round(self.key, i, left), left
+            left, right = right ^ self._f(i, left), left
         return 1 + ((left << _HALF) | right)
 
     def show_version(self, version: str) -> str:

@@ -44,9 +44,10 @@ WS_CLOSE_TIMEOUT = 2.0  # seconds a client has to answer our close frame
 
 
 def _document(view: DocumentView, cv: CursorView) -> m.Document:
+    cursor = cv.show(view.cursor)
+    version = str(cursor) if view.version == str(view.cursor) else cv.show_version(view.version)
     return m.Document(collection=view.collection, id=view.doc_id, data=view.data,
-                      version=cv.show_version(view.version), deleted=view.deleted,
-                      cursor=cv.show(view.cursor))
+                      version=version, deleted=view.deleted, cursor=cursor)
 
 
 def _doc_response(request: web.Request, view: DocumentView, status: int = 200
