@@ -7,12 +7,15 @@
 
 Errors from the node raise `ClientError` with its status, code and request ID.
 `events()` reconnects after a dropped connection and resumes from the last cursor.
+Document IDs are sent in NFC, as the node stores them. Cursors and versions an app
+token gets are its own: hand them back with the same token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +29,8 @@ from p2pgate.errors import P2PGateError
 __all__ = ["Client", "ClientError", "NodeUnreachable"]
 
 M = TypeVar("M", bound=BaseModel)
+
+KEEPALIVE = 5.0  # below the node's 10 s, so an idle connection is never reused as it closes
 
 
 class ClientError(P2PGateError):
@@ -71,7 +76,9 @@ class Client:
         """The aiohttp session, opened on first use with the bearer token."""
         if self._session is None:
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-            self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                headers=headers, timeout=self._timeout,
+                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE))
         return self._session
 
     async def request(
@@ -108,7 +115,8 @@ class Client:
         return await self._model(m.Health, "GET", "/api/v1/health")
 
     async def node(self) -> m.NodeInfo:
-        """The node's identity, API address, event cursor and garbage collection counts."""
+        """The node's identity, API address, event cursor and garbage collection counts
+        (admin token; an app token gets ClientError 403)."""
         return await self._model(m.NodeInfo, "GET", "/api/v1/node")
 
     # -- documents -------------------------------------------------------------------
@@ -146,7 +154,7 @@ class Client:
         """A page of visible documents by ID, after ID `after` and changed after cursor `since`."""
         params = {"limit": str(limit)}
         if after is not None:
-            params["after"] = after
+            params["after"] = unicodedata.normalize("NFC", after)
         if since is not None:
             params["since"] = str(since)
         return await self._model(m.DocumentList, "GET",
@@ -249,6 +257,7 @@ class Client:
 def _doc(collection: str, doc_id: str) -> str:
     from urllib.parse import quote
 
+    doc_id = unicodedata.normalize("NFC", doc_id)
     return f"/api/v1/collections/{quote(collection, safe='')}/docs/{quote(doc_id, safe='')}"
 
 

@@ -23,6 +23,7 @@ from p2pgate.api.http import build_application
 from p2pgate.api.openapi import openapi_document
 from p2pgate.api.relays import relay_routes
 from p2pgate.api.routes import ApiServices, api_routes
+from p2pgate.api.server import ApiSite, api_runner
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
@@ -162,10 +163,10 @@ class Node:
             rate=RateLimiter(cfg.rate_limit, cfg.rate_burst),
             allowed_hosts=(cfg.api[0], *cfg.allowed_hosts), cors_origins=cfg.cors_origins,
         )
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        self._runner = api_runner(app)  # timeouts, keep-alive and connection cap: api.server
         await self._runner.setup()
         host, port = cfg.api
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = ApiSite(self._runner, host, port)
         try:
             await site.start()
         except OSError as exc:

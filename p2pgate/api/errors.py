@@ -13,8 +13,8 @@ from p2pgate.errors import P2PGateError
 
 __all__ = [
     "ApiError", "BadRequest", "Conflict", "Forbidden", "NotFound", "PreconditionFailed",
-    "TooLarge", "TooManyRequests", "Unauthorized", "Unavailable", "Unprocessable",
-    "from_domain",
+    "RequestTimeout", "TooLarge", "TooManyRequests", "Unauthorized", "Unavailable",
+    "Unprocessable", "from_domain",
 ]
 
 
@@ -23,11 +23,15 @@ class ApiError(P2PGateError):
 
     status = 500
     code = "internal"
+    closes_connection = False  # the answer also closes the connection (unauthenticated callers)
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None,
+                 closes_connection: bool | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        if closes_connection is not None:
+            self.closes_connection = closes_connection
 
 
 class BadRequest(ApiError):
@@ -40,12 +44,20 @@ class Unauthorized(ApiError):
     """401: no bearer token, or an unknown, revoked or expired one."""
 
     status, code = 401, "unauthorized"
+    closes_connection = True
 
 
 class Forbidden(ApiError):
     """403: the token may not do this (scope, admin only), or the Host or Origin is refused."""
 
     status, code = 403, "forbidden"
+
+
+class RequestTimeout(ApiError):
+    """408: the request body did not arrive in time."""
+
+    status, code = 408, "request_timeout"
+    closes_connection = True
 
 
 class NotFound(ApiError):

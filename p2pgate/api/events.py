@@ -4,8 +4,13 @@ The cursor is the store's local change sequence. History comes from the store's
 change feed (one entry per document, its latest change, like CouchDB's `_changes`),
 live changes from `publish()`. A subscriber first registers for live changes, then
 replays history after its cursor, then forwards live changes it has not sent yet:
-no gap and no duplicate. A cursor older than the feed's horizon (its history was
-purged) or newer than the store gets an explicit `reset`.
+no gap and no duplicate. A cursor newer than the store, or older than the feed's
+horizon (its history was purged) while a change the subscriber may see was purged
+with it, gets an explicit `reset`.
+
+The hub also knows, per collection, the cursor of its latest change (`latest`): a
+scoped caller's "now" is the latest change it may see, never the node's cursor, which
+would tell it that something happened in a collection it cannot read.
 """
 
 from __future__ import annotations
@@ -59,9 +64,20 @@ class EventHub:
     def __init__(self, feed: ChangeFeed) -> None:
         self._feed = feed
         self._subscribers: set[asyncio.Queue[ChangeRecord | _Lagged]] = set()
+        self._since_start = feed.cursor  # no collection changed later than this unpublished
+        self._latest: dict[str, int] = {}
+
+    def latest(self, visible: Callable[[str], bool]) -> int:
+        """A cursor at or after every change in a `visible` collection, with none of
+        them after it: the newest such change's (or, when none changed since the node
+        started, the node's cursor at start)."""
+        return max((c for name, c in self._latest.items() if visible(name)),
+                   default=self._since_start)
 
     def publish(self, record: ChangeRecord) -> None:
         """Hand a committed change to every subscriber; a full queue makes it replay history."""
+        self._latest[record.collection] = max(record.cursor,
+                                              self._latest.get(record.collection, 0))
         for queue in self._subscribers:
             try:
                 queue.put_nowait(record)
@@ -77,10 +93,11 @@ class EventHub:
         self._subscribers.add(queue)
         try:
             last = self._feed.cursor if after is None else after
-            if last < self._feed.horizon or last > self._feed.cursor:
-                reason = "cursor expired" if last < self._feed.horizon else "unknown cursor"
+            lost = last < self._feed.horizon and self.latest(visible) > last
+            if lost or last > self._feed.cursor:
+                reason = "cursor expired" if lost else "unknown cursor"
                 last = self._feed.cursor
-                yield Reset(last, reason)
+                yield Reset(self.latest(visible), reason)
             while True:
                 while page := await self._feed.changes_after(last, _PAGE):
                     for record in page:

@@ -2,15 +2,19 @@
 
 Every response that is not a success is `{"error": {"code", "message", "request_id"}}`;
 no stack trace ever leaves the node. Middleware order: request ID, error mapping,
-Host allowlist (DNS rebinding), CORS, authentication and rate limit.
+Host allowlist (DNS rebinding; the port strictly digits), CORS, the `Origin` of a
+WebSocket upgrade (the API's own origin or a configured CORS origin, exactly),
+authentication and rate limit. A 401 or a refused Host also closes the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -20,10 +24,12 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from p2pgate.api.cursors import CursorView
 from p2pgate.api.errors import (
     ApiError,
     BadRequest,
     Forbidden,
+    RequestTimeout,
     TooLarge,
     TooManyRequests,
     Unauthorized,
@@ -31,13 +37,14 @@ from p2pgate.api.errors import (
     from_domain,
 )
 from p2pgate.api.models import ErrorBody, ErrorResponse
+from p2pgate.api.server import note_request
 from p2pgate.api.tokens import Principal, TokenStore
 from p2pgate.errors import P2PGateError
 from p2pgate.ratelimit import RateLimiter
 
 __all__ = [
-    "Auth", "Route", "bearer_token", "build_application", "json_body", "model_body",
-    "principal_of", "respond", "validate",
+    "Auth", "Route", "bearer_token", "build_application", "cursors_of", "json_body",
+    "model_body", "principal_of", "respond", "stopping", "validate",
 ]
 
 log = logging.getLogger("p2pgate.api")
@@ -50,6 +57,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,16 @@ def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
+def cursors_of(request: web.Request) -> CursorView:
+    """How the caller of a request sees cursors and versions (`p2pgate.api.cursors`)."""
+    return request.app[_GATE].tokens.cursor_view(principal_of(request))
+
+
+def stopping(request: web.Request) -> asyncio.Event:
+    """Set when the server shuts down: long-lived handlers (WebSockets) end at once."""
+    return request.app[_STOPPING]
+
+
 def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
             ) -> web.Response:
     """A JSON response holding `model`."""
@@ -85,9 +103,13 @@ def respond(model: BaseModel, status: int = 200, headers: dict[str, str] | None 
 async def json_body(request: web.Request) -> Any:
     """The request body parsed as JSON; raises TooLarge, or BadRequest if empty or not JSON."""
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(f"request body exceeds {request.app[MAX_BODY]} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT:g} s"
+                             ) from None
     if not raw:
         raise BadRequest("a JSON body is required", code="empty_body")
     try:
@@ -144,7 +166,10 @@ def _error_response(request_id: str, exc: ApiError) -> web.Response:
     headers = {"X-Request-ID": request_id}
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return respond(body, exc.status, headers)
+    response = respond(body, exc.status, headers)
+    if exc.closes_connection:
+        response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> ApiError:
@@ -182,6 +207,12 @@ class _Gate:
 
 
 _GATE: web.AppKey[_Gate] = web.AppKey("gate", _Gate)
+_STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Runs in `AppRunner.cleanup()` before it waits for handlers: end the WebSockets."""
+    app[_STOPPING].set()
 
 
 def build_application(
@@ -205,6 +236,8 @@ def build_application(
     app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body)
     app[MAX_BODY] = max_body
     app[_GATE] = gate
+    app[_STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_on_shutdown)
     for route in routes:
         resource = app.router.add_resource(route.path)
         resource.add_route(route.method, route.handler)
@@ -218,6 +251,7 @@ def build_application(
 @web.middleware
 async def _request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one middleware: a request ID and a debug log line around `_handle`."""
+    note_request(request)
     rid = next(request.app[_GATE].request_ids)
     request[REQUEST_ID] = rid
     started = time.perf_counter()
@@ -238,6 +272,8 @@ async def _handle(request: web.Request, handler: Handler, rid: str) -> web.Strea
         _check_host(request, gate.hosts)
         if request.method == "OPTIONS":
             return _preflight(request, gate.origins)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            _check_ws_origin(request, gate.origins)
         route = request.match_info.route
         auth = gate.auth_of.get((route.method, getattr(route.resource, "canonical", "")))
         if auth != "public" and auth is not None:
@@ -259,13 +295,31 @@ async def _handle(request: web.Request, handler: Handler, rid: str) -> web.Strea
     return _with_cors(request, response, gate.origins)
 
 
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
 def _check_host(request: web.Request, hosts: frozenset[str]) -> None:
-    """Refuse a Host not in `hosts` (DNS rebinding guard)."""
-    host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else (
-        request.host[1:].split("]", 1)[0]
-    )
+    """Refuse a Host not in `hosts` (DNS rebinding guard): `name[:port]` or `[v6][:port]`,
+    the port digits only, nothing after it (`localhost:1@evil.example` is refused)."""
+    match = _HOST.fullmatch(request.host)
+    host = "" if match is None else (match["v6"] or match["name"])
     if host.lower() not in hosts:
-        raise Forbidden("this Host is not allowed (DNS rebinding guard)", code="bad_host")
+        raise Forbidden("this Host is not allowed (DNS rebinding guard)", code="bad_host",
+                        closes_connection=True)
+
+
+def _check_ws_origin(request: web.Request, origins: frozenset[str]) -> None:
+    """Refuse a WebSocket upgrade from a browser page of a foreign origin (cross-site
+    WebSocket hijacking). No `Origin`: not a browser. Allowed: the API's own origin
+    (`http://` + the Host, already checked) and the configured CORS origins, compared
+    exactly, like the CORS check."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin in origins:
+        return
+    if origin.lower() == f"http://{request.host}".lower():
+        return
+    raise Forbidden("this Origin may not open the API's WebSockets", code="bad_origin",
+                    closes_connection=True)
 
 
 def _authenticate(request: web.Request, auth: Auth, gate: _Gate) -> None:

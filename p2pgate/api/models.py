@@ -66,15 +66,21 @@ class CollectionFields(_Model):
     )
 
 
+_CURSOR_NOTE = (" An app token's cursors and versions are its own and opaque (not ordered; "
+                "hand them back with the same token); the admin token's are the node's.")
+
+
 class Document(_Model):
     """A document with its version (the ETag) and event cursor."""
 
     collection: str
-    id: str
+    id: str = Field(description="The document ID, in Unicode NFC (IDs are normalised to NFC "
+                    "on the way in: NFC and NFD spellings name one document).")
     data: dict[str, Any] = Field(description="The document's current fields.")
-    version: str = Field(description="Opaque version; also the ETag.")
+    version: str = Field(description="Opaque version; also the ETag." + _CURSOR_NOTE)
     deleted: bool = False
-    cursor: int = Field(description="Event cursor of the document's latest change.")
+    cursor: int = Field(description="Event cursor of the document's latest change."
+                        + _CURSOR_NOTE)
 
 
 class DocumentList(_Model):
@@ -82,7 +88,9 @@ class DocumentList(_Model):
 
     items: list[Document]
     next_after: str | None = Field(description="Pass as `after` for the next page.")
-    cursor: int = Field(description="Event cursor at the time of listing; resume events here.")
+    cursor: int = Field(description="Event cursor at the time of listing; resume events here. "
+                        "For an app token, the cursor of the latest change it may see."
+                        + _CURSOR_NOTE)
 
 
 class Conflict(_Model):
@@ -104,7 +112,7 @@ class Event(_Model):
     """One message of the event WebSocket."""
 
     type: Literal["change", "reset"]
-    cursor: int
+    cursor: int = Field(description="Resume after this with `?cursor=`." + _CURSOR_NOTE)
     collection: str | None = None
     id: str | None = None
     deleted: bool = False

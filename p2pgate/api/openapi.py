@@ -16,7 +16,8 @@ __all__ = ["openapi_document"]
 
 _REASONS = {
     400: "Bad request", 401: "Missing or invalid token", 403: "Forbidden",
-    404: "Not found", 409: "Conflict", 412: "If-Match does not match", 413: "Body too large",
+    404: "Not found", 408: "The body did not arrive in time", 409: "Conflict",
+    412: "If-Match does not match", 413: "Body too large",
     422: "Body failed validation", 429: "Rate limited (see Retry-After)", 503: "Unavailable",
 }
 _ALWAYS = (400, 403, 429)
@@ -68,6 +69,8 @@ def _operation(r: Route) -> dict[str, Any]:
         ok["content"] = _json(_ref(r.response))
     op["responses"][str(r.status)] = ok
     codes = set(r.errors) | set(_ALWAYS) | ({401} if r.auth != "public" else set())
+    if r.body is not None:
+        codes.add(408)
     for code in sorted(codes):
         op["responses"][str(code)] = {
             "description": _REASONS[code], "content": _json(_ref(ErrorResponse)),
@@ -88,7 +91,21 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
             "title": "p2pgate local API",
             "version": __version__,
             "description": "The local node's API. Bind is loopback; every call except "
-            "health and this document needs `Authorization: Bearer TOKEN`.",
+            "health and this document needs `Authorization: Bearer TOKEN`.\n\n"
+            "Names: a collection name is ASCII, `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}` (the whole "
+            "name, in paths and scopes alike), so no Unicode normalisation applies to it. A "
+            "document ID is 1 to 256 characters of any Unicode, normalised to NFC in paths "
+            "and in `after`: NFC and NFD `café` are one document, shown in NFC.\n\n"
+            "Cursors and versions: the admin token sees the node's own cursor (it counts "
+            "every document update). An app token sees its own opaque values instead, in "
+            "`cursor`, `version`, `ETag`, event cursors, and reads them back in `?cursor=`, "
+            "`?since=` and `If-Match`; they are not ordered, differ between tokens, and tell "
+            "nothing about collections the token cannot read. A list's `cursor` is then the "
+            "latest change the token may see. `GET /api/v1/node` needs the admin token.\n\n"
+            "Connections: request headers must arrive within 10 s, bodies within 10 s (408), "
+            "an idle connection closes after 10 s, a 401 closes its connection, and past 512 "
+            "open connections a new one gets 503. A WebSocket upgrade with an `Origin` "
+            "header must come from the API's own origin or a configured CORS origin.",
         },
         "servers": [{"url": "http://127.0.0.1:8771"}],
         "security": [{"bearer": []}],

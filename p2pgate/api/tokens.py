@@ -2,7 +2,9 @@
 
 App tokens look like `p2pg_<id>_<secret>`; only SHA-256 of the secret is stored,
 and comparisons are constant-time. A token reaches only the collections in its
-scopes (`notes:r`, `notes:rw`, `*:r`); the admin token reaches everything.
+scopes (`notes:r`, `notes:rw`, `*:r`); the admin token reaches everything. Collection
+names are ASCII (the whole name matches `COLLECTION_NAME`), in scopes as in paths, so no
+Unicode normalisation can make two of them alike; document IDs are NFC (`routes.params`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from p2pgate.api.cursors import PLAIN, CursorView
 from p2pgate.errors import LocalProtocolError
 from p2pgate.storage.database import Connection, Database
 
@@ -98,6 +101,8 @@ class TokenStore:
     def __init__(self, db: Database, admin_token: str, clock: Callable[[], float] = time.time):
         self._db = db
         self._admin_hash = _digest(admin_token)
+        self._cursor_secret = hmac.digest(admin_token.encode(), b"p2pgate app cursors v1",
+                                          "sha256")
         self._clock = clock
         self._apps: dict[str, AppToken] = {}
 
@@ -130,6 +135,14 @@ class TokenStore:
         if app.expires_at is not None and self._clock() >= app.expires_at:
             return None
         return Principal(app.name, admin=False, scopes=app.scopes, token_id=f"app:{match[1]}")
+
+    def cursor_view(self, principal: Principal) -> CursorView:
+        """How `principal` sees cursors and versions: the admin as they are, each app
+        token through its own permutation (see `p2pgate.api.cursors`)."""
+        if principal.admin:
+            return PLAIN
+        return CursorView(hmac.digest(self._cursor_secret, principal.token_id.encode(),
+                                      "sha256")[:32])
 
     def apps(self) -> list[AppToken]:
         """The app tokens, by name."""

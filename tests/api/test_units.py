@@ -182,9 +182,9 @@ async def test_hub_replays_history_then_live_without_gap_or_duplicate():
 
 async def test_hub_resets_expired_and_unknown_cursors():
     feed = ListFeed()
-    hub = EventHub(feed)
     for i in range(3):
         feed.add("notes", f"d{i}")
+    hub = EventHub(feed)  # it is published every change made after this
     feed.horizon = 2
     stream = hub.stream(1, lambda c: True)
     first = await _take(stream, 1)
@@ -211,3 +211,49 @@ def test_an_error_without_a_mapping_is_not_guessed():
     assert from_domain(P2PGateError("something else")) is None
     already = NotFound("x")
     assert from_domain(already) is already
+
+
+async def test_a_scoped_stream_learns_nothing_from_other_collections():
+    """Hardening #20: a `notes` reader's reset names the latest `notes` change, not the
+    node's cursor, and a cursor past the horizon is no reset if no `notes` change was lost."""
+    feed = ListFeed()
+    hub = EventHub(feed)
+    hub.publish(feed.add("notes", "n"))
+    for i in range(5):
+        hub.publish(feed.add("other", f"o{i}"))
+    feed.horizon = 4
+    notes = lambda c: c == "notes"  # noqa: E731
+    assert hub.latest(notes) == 1
+    stream = hub.stream(99, notes)
+    assert await _take(stream, 1) == [Reset(1, "unknown cursor")]
+    await stream.aclose()
+    stream = hub.stream(1, notes)  # older than the horizon, but only `other` changes went
+    taking = asyncio.ensure_future(_take(stream, 1))
+    while not hub._subscribers:  # noqa: ASYNC110 (the generator registers on its first step)
+        await asyncio.sleep(0)
+    hub.publish(feed.add("notes", "m"))
+    assert [(r.doc_id, r.cursor) for r in await taking] == [("m", 7)]
+    await stream.aclose()
+    stream = hub.stream(0, notes)  # the first `notes` change is gone with the horizon
+    assert await _take(stream, 1) == [Reset(7, "cursor expired")]
+    await stream.aclose()
+
+
+def test_cursor_views_round_trip_and_hide_the_node_cursor():
+    from p2pgate.api.cursors import PLAIN, CursorView
+
+    one, two = CursorView(b"1" * 32), CursorView(b"2" * 32)
+    for cursor in (0, 1, 2, 3, 1000, 2**52):
+        assert one.read(one.show(cursor)) == cursor
+        assert PLAIN.show(cursor) == PLAIN.read(cursor) == cursor
+    shown = [one.show(c) for c in range(1, 50)]
+    assert len(set(shown)) == 49 and all(0 < s <= 2**52 for s in shown)
+    assert shown != sorted(shown)  # no order, so no gaps to count
+    assert [two.show(c) for c in range(1, 50)] != shown  # each token its own
+    assert one.read(2**52 + 1) is None
+    assert one.show(0) == 0  # "from the start" stays
+    version = one.show_version("17")
+    assert version != "17" and one.read_version(version) == "17"
+    assert one.read_version("*") == "*"
+    for forged in ("abc", "\u00b2", "9" * 30, str(2**53)):
+        assert one.read_version(forged) == "-"

@@ -1,22 +1,37 @@
-"""Collections, documents and the WebSocket of their changes."""
+"""Collections, documents and the WebSocket of their changes.
+
+Every cursor and version a handler shows or reads goes through the caller's
+`CursorView` (an app token never sees the node's own numbers, `p2pgate.api.cursors`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from p2pgate.api import models as m
+from p2pgate.api.cursors import CursorView
 from p2pgate.api.errors import BadRequest, NotFound, TooManyRequests
 from p2pgate.api.events import ChangeRecord, Reset
-from p2pgate.api.http import Route, bearer_token, json_body, model_body, principal_of, respond
+from p2pgate.api.http import (
+    Route,
+    bearer_token,
+    cursors_of,
+    json_body,
+    model_body,
+    principal_of,
+    respond,
+    stopping,
+)
 from p2pgate.api.routes.params import (
     MAX_CURSOR,
     collection_of,
     doc_id_of,
+    doc_id_query,
     if_match,
     int_query,
 )
@@ -26,15 +41,32 @@ from p2pgate.documents.errors import WritesBacklogged
 __all__ = ["document_routes"]
 
 WS_PROTOCOL = "p2pgate.v1"
+WS_CLOSE_TIMEOUT = 2.0  # seconds a client has to answer our close frame
 
 
-def _document(view: DocumentView) -> m.Document:
+def _shown_version(view: DocumentView, cv: CursorView) -> str:
+    """The document's version as this token sees it (see `p2pgate.api.cursors`)."""
+    if view.version == str(view.cursor):
+        return str(cv.show(view.cursor))
+    return cv.show_version(view.version)
+
+
+def _document(view: DocumentView, cv: CursorView) -> m.Document:
     return m.Document(collection=view.collection, id=view.doc_id, data=view.data,
-                      version=view.version, deleted=view.deleted, cursor=view.cursor)
+                      version=_shown_version(view, cv), deleted=view.deleted,
+                      cursor=cv.show(view.cursor))
 
 
-def _doc_response(view: DocumentView, status: int = 200) -> web.Response:
-    return respond(_document(view), status, {"ETag": f'"{view.version}"'})
+def _doc_response(request: web.Request, view: DocumentView, status: int = 200
+                  ) -> web.Response:
+    doc = _document(view, cursors_of(request))
+    return respond(doc, status, {"ETag": f'"{doc.version}"'})
+
+
+def _if_match(request: web.Request) -> str | None:
+    """The node's version the `If-Match` header names (see `params.if_match`)."""
+    shown = if_match(request)
+    return None if shown is None else cursors_of(request).read_version(shown)
 
 
 def _minimal(request: web.Request) -> bool:
@@ -44,14 +76,15 @@ def _minimal(request: web.Request) -> bool:
     return "return=minimal" in prefs
 
 
-def _write_response(view: DocumentView, minimal: bool, created: bool = False
-                    ) -> web.Response:
+def _write_response(request: web.Request, view: DocumentView, minimal: bool,
+                    created: bool = False) -> web.Response:
     """The written document, or with `minimal` only its version: 204 (201 if created)
     with `ETag`, no body (the document is not rendered: that grows with its size)."""
     if not minimal:
-        return _doc_response(view, 201 if created else 200)
+        return _doc_response(request, view, 201 if created else 200)
+    version = _shown_version(view, cursors_of(request))
     return web.Response(status=201 if created else 204, headers={
-        "ETag": f'"{view.version}"', "Preference-Applied": "return=minimal"})
+        "ETag": f'"{version}"', "Preference-Applied": "return=minimal"})
 
 
 async def _written(write: Awaitable[DocumentView]) -> DocumentView:
@@ -70,10 +103,10 @@ async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
     return data
 
 
-def _event(item: ChangeRecord | Reset) -> m.Event:
+def _event(item: ChangeRecord | Reset, cv: CursorView) -> m.Event:
     if isinstance(item, Reset):
-        return m.Event(type="reset", cursor=item.cursor, reason=item.reason)
-    return m.Event(type="change", cursor=item.cursor, collection=item.collection,
+        return m.Event(type="reset", cursor=cv.show(item.cursor), reason=item.reason)
+    return m.Event(type="change", cursor=cv.show(item.cursor), collection=item.collection,
                    id=item.doc_id, deleted=item.deleted, origin=item.origin)
 
 
@@ -105,41 +138,49 @@ class _DocumentHandlers:
         view = await self.s.documents.get(collection, doc_id)
         if view is None or view.deleted:
             raise NotFound(f"no document {doc_id!r} in {collection!r}")
-        if_none = request.headers.get("If-None-Match", "").strip('"')
-        if if_none == view.version:
-            return web.Response(status=304, headers={"ETag": f'"{view.version}"'})
-        return _doc_response(view)
+        version = cursors_of(request).show_version(view.version)
+        if request.headers.get("If-None-Match", "").strip('"') == version:
+            return web.Response(status=304, headers={"ETag": f'"{version}"'})
+        return _doc_response(request, view)
 
     async def put_doc(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request, write=True), doc_id_of(request)
         data = await _object_body(request, "a document")
         minimal, writer = _minimal(request), principal_of(request).token_id
         view = await _written(self.s.documents.put(
-            collection, doc_id, data, if_match(request), writer=writer, render=not minimal))
-        return _write_response(view, minimal, view.created)
+            collection, doc_id, data, _if_match(request), writer=writer, render=not minimal))
+        return _write_response(request, view, minimal, view.created)
 
     async def patch_doc(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request, write=True), doc_id_of(request)
         patch = await _object_body(request, "a patch")
         minimal, writer = _minimal(request), principal_of(request).token_id
-        return _write_response(await _written(self.s.documents.patch(
-            collection, doc_id, patch, if_match(request), writer=writer, render=not minimal)),
-            minimal)
+        return _write_response(request, await _written(self.s.documents.patch(
+            collection, doc_id, patch, _if_match(request), writer=writer,
+            render=not minimal)), minimal)
 
     async def delete_doc(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request, write=True), doc_id_of(request)
-        return _doc_response(await _written(self.s.documents.delete(
-            collection, doc_id, if_match(request), writer=principal_of(request).token_id)))
+        return _doc_response(request, await _written(self.s.documents.delete(
+            collection, doc_id, _if_match(request), writer=principal_of(request).token_id)))
 
     async def list_docs(self, request: web.Request) -> web.Response:
-        collection = collection_of(request)
+        collection, cv = collection_of(request), cursors_of(request)
+        principal = principal_of(request)
         limit = int_query(request, "limit", 100, 1, 1000)
-        since = int_query(request, "since", None, 0, MAX_CURSOR)
-        after = request.query.get("after")
+        shown_since = int_query(request, "since", None, 0, MAX_CURSOR)
+        since = None if shown_since is None else cv.read(shown_since)
+        if shown_since is not None and since is None:
+            raise BadRequest("query parameter since is not a cursor of this token",
+                             code="bad_query")
+        after = doc_id_query(request, "after")
+        visible_now = self.s.events.latest(principal.can_read)  # before the read: no gap
         views, cursor = await self.s.documents.list_docs(collection, limit or 100, after, since)
+        if not principal.admin:  # the node's cursor would tell of changes it cannot read
+            cursor = visible_now
         next_after = views[-1].doc_id if len(views) == limit else None
-        return respond(m.DocumentList(items=[_document(v) for v in views],
-                                      next_after=next_after, cursor=cursor))
+        return respond(m.DocumentList(items=[_document(v, cv) for v in views],
+                                      next_after=next_after, cursor=cv.show(cursor)))
 
     async def doc_conflicts(self, request: web.Request) -> web.Response:
         collection, doc_id = collection_of(request), doc_id_of(request)
@@ -150,28 +191,43 @@ class _DocumentHandlers:
         ))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        principal, token = principal_of(request), bearer_token(request) or ""
-        after = int_query(request, "cursor", None, 0, MAX_CURSOR)
-        ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=20)
+        principal, cv = principal_of(request), cursors_of(request)
+        shown = int_query(request, "cursor", None, 0, MAX_CURSOR)
+        after = None if shown is None else cv.read(shown)
+        if shown is not None and after is None:
+            after = MAX_CURSOR  # not one of ours: the stream answers "unknown cursor"
+        ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=20,
+                                   timeout=WS_CLOSE_TIMEOUT)
         await ws.prepare(request)
+        sender = asyncio.create_task(self._send_events(ws, bearer_token(request) or "",
+                                                       after, principal.can_read, cv))
         reader = asyncio.create_task(_drain_client(ws))
+        shutdown = asyncio.create_task(stopping(request).wait())
+        tasks = {sender, reader, shutdown}
         code, why = int(WSCloseCode.OK), b""
         try:
-            async for item in self.s.events.stream(after, principal.can_read):
-                if reader.done():
-                    break
-                if self.s.tokens.authenticate(token) is None:  # revoked or expired since
-                    code, why = 4401, b"token revoked or expired"
-                    break
-                await ws.send_str(_event(item).model_dump_json(exclude_none=True))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if shutdown.done():
+                code, why = int(WSCloseCode.GOING_AWAY), b"the node is shutting down"
+            elif sender.done() and not sender.cancelled() and sender.exception() is None:
+                code, why = sender.result()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                    await task
             await ws.close(code=code, message=why)
         return ws
+
+    async def _send_events(self, ws: web.WebSocketResponse, token: str, after: int | None,
+                           visible: Callable[[str], bool], cv: CursorView) -> tuple[int, bytes]:
+        """Forward the stream to `ws` until the token stops being valid; the close code."""
+        async for item in self.s.events.stream(after, visible):
+            if self.s.tokens.authenticate(token) is None:  # revoked or expired since
+                return 4401, b"token revoked or expired"
+            await ws.send_str(_event(item, cv).model_dump_json(exclude_none=True))
+        return int(WSCloseCode.OK), b""
 
 
 def document_routes(s: ApiServices) -> list[Route]:

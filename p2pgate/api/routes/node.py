@@ -42,5 +42,5 @@ def node_routes(s: ApiServices, openapi: Callable[[], dict[str, Any]]) -> list[R
     return [
         Route("GET", "/api/v1/health", h.health, "Liveness", auth="public", response=m.Health),
         Route("GET", "/api/v1/openapi.json", h.openapi_json, "This document", auth="public"),
-        Route("GET", "/api/v1/node", h.node, "This node", auth="app", response=m.NodeInfo),
+        Route("GET", "/api/v1/node", h.node, "This node (admin token)", response=m.NodeInfo),
     ]

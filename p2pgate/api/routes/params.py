@@ -1,6 +1,14 @@
-"""Reading a request's path, query and headers; a bad value raises the API error for it."""
+"""Reading a request's path, query and headers; a bad value raises the API error for it.
+
+Names and IDs, one rule everywhere (paths, scopes, the SDK): a collection name is ASCII
+(`[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, whole string), so Unicode normalisation cannot make
+two of them look alike; a document ID is any Unicode text, normalised to NFC on the way
+in (path and `after`), so NFC and NFD `café` name one document, stored and shown as NFC.
+"""
 
 from __future__ import annotations
+
+import unicodedata
 
 from aiohttp import web
 
@@ -9,7 +17,8 @@ from p2pgate.api.http import principal_of
 from p2pgate.api.tokens import COLLECTION_NAME
 from p2pgate.identity.deviceid import DeviceID, InvalidDeviceID
 
-__all__ = ["MAX_CURSOR", "collection_of", "device_id_of", "doc_id_of", "if_match", "int_query"]
+__all__ = ["MAX_CURSOR", "collection_of", "device_id_of", "doc_id_of", "doc_id_query",
+           "if_match", "int_query"]
 
 MAX_CURSOR = 2**53 - 1  # the largest integer JSON carries exactly
 
@@ -29,8 +38,18 @@ def collection_of(request: web.Request, write: bool = False) -> str:
 
 
 def doc_id_of(request: web.Request) -> str:
-    """The `{id}` document ID (1 to 256 characters)."""
-    doc_id = request.match_info["id"]
+    """The `{id}` document ID in NFC (1 to 256 characters)."""
+    return _doc_id(request.match_info["id"])
+
+
+def doc_id_query(request: web.Request, key: str) -> str | None:
+    """The document ID in query parameter `key` (NFC), or None if absent or empty."""
+    raw = request.query.get(key)
+    return _doc_id(raw) if raw else None
+
+
+def _doc_id(raw: str) -> str:
+    doc_id = unicodedata.normalize("NFC", raw)
     if not 0 < len(doc_id) <= 256:
         raise BadRequest("a document ID has 1 to 256 characters", code="bad_id")
     return doc_id
