@@ -13,6 +13,7 @@ peer as no answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import ipaddress
 import logging
@@ -38,6 +39,7 @@ log = logging.getLogger("p2pgate.dht")
 _ID = 20
 
 
+@functools.lru_cache(maxsize=4096)
 def source_prefix(address: str) -> str:
     """The network a source address counts against: its /24 (IPv4) or /64 (IPv6); an
     IPv4-mapped IPv6 address counts as IPv4; anything else (e.g. "local") as itself."""
@@ -47,8 +49,9 @@ def source_prefix(address: str) -> str:
         return address
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    bits = 24 if ip.version == 4 else 64
-    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"{ipaddress.IPv4Address(int(ip) >> 8 << 8)}/24"
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
 
 @dataclass(slots=True)
@@ -85,20 +88,20 @@ class RecordStore(IStorage):  # type: ignore[misc]
     def offer(self, key: bytes, value: bytes, source: str) -> bool:
         """Store if valid and newer; False (and nothing stored) otherwise."""
         now = self._clock()
+        self._expire(now)
+        prefix = source_prefix(source)
+        current = self._records.get(key)
+        if current is None and self._per_prefix[prefix] >= self.max_per_prefix:
+            log.debug("refused record from %s: per-network limit", prefix)  # no check spent
+            return False
         try:
             record = validate(key, value, now)
         except RemoteProtocolError as exc:
             log.debug("refused record from %s: %s", source, exc)
             return False
-        self._expire(now)
-        current = self._records.get(key)
         if current is not None and current.record.seq >= record.seq:
             return current.record.value == value
-        prefix = source_prefix(source)
         if current is None:
-            if self._per_prefix[prefix] >= self.max_per_prefix:
-                log.info("refused record from %s: per-network limit", prefix)
-                return False
             if len(self._records) >= self.max_records:
                 self._evict()
         else:
@@ -216,6 +219,16 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
             await super()._accept_request(msg_id, data, address)
         except Exception as exc:
             log.debug("dropped bad request from %s: %s", address[0], type(exc).__name__)
+
+    def welcome_if_new(self, node: Node) -> None:
+        """Add a node we did not know to the routing table, and only that.
+
+        Raw kademlia also sends a new node every stored record it should hold, scanning
+        the whole store; a node that is not in a full bucket stays "new", so anyone
+        could make us scan all records (and send many) per datagram with a fresh node
+        ID. The owners republish hourly, which brings a new node its records."""
+        if self.router.is_new_node(node):
+            self.router.add_contact(node)
 
     def _accept_response(self, msg_id: bytes, data: Any, address: tuple[str, int]) -> None:
         entry = self._outstanding.get(msg_id)
