@@ -6,8 +6,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pgate.discovery.dht.records import EPOCH, RecordContent, epoch_of
-from p2pgate.discovery.refresh import LookupPeer, PublishRecord, RecordRefresh, needs_lookup
+from p2pgate.discovery.dht.records import (
+    EPOCH,
+    EXPIRY_JITTER,
+    RECORD_LIFETIME,
+    RecordContent,
+    epoch_of,
+)
+from p2pgate.discovery.refresh import (
+    NEXT_EPOCH_LEAD,
+    LookupPeer,
+    PublishRecord,
+    RecordRefresh,
+    lookup_epochs,
+    needs_lookup,
+)
 from p2pgate.errors import LocalProtocolError
 from p2pgate.identity import Identity
 
@@ -189,3 +202,35 @@ def test_under_any_failures_publishing_is_retried_never_hammered_never_stale(ste
         else:
             refresh.publish_failed(command, now)
             assert now + 2 <= refresh.get_timer() <= now + 60
+
+
+def test_the_next_epochs_key_is_looked_up_only_just_before_it_starts():
+    """Asking for tomorrow's key all day would tell the DHT a day early which key our
+    peer will use; it is wanted only for a peer whose clock runs a little ahead."""
+    refresh = core(lookups=(A,))
+    boundary = (E + 1) * EPOCH
+    epochs_seen = {}
+    now = EARLY
+    while now < boundary + 60:
+        for command in publish_and_succeed(refresh, now):
+            if isinstance(command, LookupPeer):
+                epochs_seen[now] = command.epochs
+        now = refresh.get_timer()
+    far = [t for t, epochs in epochs_seen.items() if E + 1 in epochs]
+    assert far, "the next epoch is looked up before the boundary"
+    assert min(far) >= boundary - NEXT_EPOCH_LEAD
+    assert NEXT_EPOCH_LEAD <= 900
+    assert epochs_seen[EARLY] == (E, E - 1)
+    assert all(epochs[0] == epoch_of(t) for t, epochs in epochs_seen.items())
+    assert lookup_epochs(boundary - NEXT_EPOCH_LEAD - 1) == (E, E - 1)
+    assert lookup_epochs(boundary - 1) == (E, E - 1, E + 1)
+    assert lookup_epochs(boundary) == (E + 1, E)
+
+
+def test_records_are_republished_well_before_they_expire():
+    RecordRefresh()  # the defaults are accepted
+    with pytest.raises(LocalProtocolError):
+        RecordRefresh(republish=RECORD_LIFETIME - EXPIRY_JITTER)
+    refresh = core()
+    publish_and_succeed(refresh, EARLY)
+    assert refresh.get_timer() - EARLY <= (RECORD_LIFETIME - EXPIRY_JITTER) / 2
