@@ -21,6 +21,7 @@ from p2pgate.discovery.dht.records import (
     epoch_of,
     open_record,
     seal_record,
+    seq_offset,
     validate,
 )
 from p2pgate.discovery.dht.seq import SeqCounter
@@ -214,6 +215,10 @@ async def test_records_of_one_pass_share_no_seq_and_no_expiry(database, helper):
     assert len(set(seqs)) == 3
     assert all(seq >= 2**61 for seq in seqs)  # not milliseconds of the wall clock
     assert min(abs(a - b) for a in seqs for b in seqs if a != b) > 2**32  # unrelated
+    # one counter value per pass: the step between two seqs of a key does not count peers
+    counters = {r.seq - seq_offset(k, ME.device_id, epoch_of(now)) for r, (_, k) in
+                zip(records, peers, strict=True)}
+    assert len(counters) == 1
     expiries = [r.expiry for r in records]
     assert len(set(expiries)) > 1  # all three equal: 1 chance in 3 million
     for expiry in expiries:

@@ -7,8 +7,10 @@ signed. We look up each peer's record for us (current and previous epoch, and th
 next one just before it starts) and hand what it says to the connection manager.
 Records live about 3 h (`RECORD_LIFETIME`, less a random jitter) and are republished
 every `republish` seconds (1 h), with a new `seq` each time: a secret per-key offset
-plus a counter kept in the database (`SeqCounter`), so a record sealed after a
-restart still beats the ones before it. Someone who knows only a device ID cannot
+plus a counter kept in the database (`SeqCounter`), one value per pass of the loop
+(each key is published at most once per pass), so a record sealed after a restart
+still beats the ones before it, and the step between two seqs of one key counts our
+passes, not how many records (peers) we have. Someone who knows only a device ID cannot
 even compute the key, let alone read the value.
 
 `RecordRefresh` (the sans-I/O core in `p2pgate.discovery.refresh`) decides when to
@@ -103,6 +105,7 @@ class WanDiscovery:
         self._lookup_every = lookup_every
         self._clock = clock  # wall clock: epochs and expiry are absolute times
         self._seq = SeqCounter(db)  # without a database: newer-wins within one run only
+        self._pass = 0  # the counter value of this pass's records
         self._core = RecordRefresh(republish=republish, lookup_every=lookup_every,
                                    first_backoff=first_backoff, max_backoff=max_backoff)
         self._supervisor = Supervisor(logger=log) if supervisor is None else supervisor
@@ -127,7 +130,10 @@ class WanDiscovery:
         while True:
             await self._join()
             await self._observe(self._clock())
-            for command in self._core.handle_timer(self._clock()):
+            commands = self._core.handle_timer(self._clock())
+            if any(isinstance(command, PublishRecord) for command in commands):
+                self._pass = await self._seq.next()  # one per pass: see `SeqCounter`
+            for command in commands:
                 if isinstance(command, PublishRecord):
                     await self._publish(command)
                 else:
@@ -179,7 +185,7 @@ class WanDiscovery:
         if not self._joined():
             raise DhtError("no DHT node answers yet")
         now = self._clock()
-        seq = seq_offset(device.k_pair, self._me, epoch_of(now)) + await self._seq.next()
+        seq = seq_offset(device.k_pair, self._me, epoch_of(now)) + self._pass
         try:
             record = seal_record(content, k_pair=device.k_pair, publisher=self._me,
                                  device_key=self._key, seq=seq, now=now)

@@ -4,8 +4,9 @@ Storing nodes keep the record with the highest `seq` per key, so a record sealed
 a restart must beat the ones sealed before it. The counter is kept in the database's
 meta table by blocks: a start reserves `block` values at once (one write), so the
 counter never goes back even after a crash, and it is written again only when a block
-is used up. Each step is random (1 to 65,536), so the distance between two records'
-counters does not count our publishes. The wall clock plays no part.
+is used up. Each step is random (1 to 65,536). The wall clock plays no part.
+`WanDiscovery` takes one value per pass (each key is published at most once per
+pass), so the step between two seqs of one key counts passes, not records.
 
 Without a database (tests, tools) the counter starts at a random point and lives in
 memory: newer-wins then holds within one run only.
