@@ -32,6 +32,7 @@ from p2pgate.relay.mailbox import MailboxRelay
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
+from p2pgate.relay.timer import CoreTimer
 from p2pgate.relay.wire import (
     Accepted,
     ConnectAsked,
@@ -78,7 +79,7 @@ class RelayServer:
         self.splicer = Splicer(config, self.broker, self.metrics, self._session_closed)
         self.mailboxes = MailboxRelay(config, self.metrics, self.key)
         self._controls: dict[DeviceID, web.WebSocketResponse] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(lambda: (self.broker.get_timer(),), self._on_timer)
         self._tasks = Supervisor(logger=log)
         self._draining = False
         self._told_url: set[str] = set()  # operator warnings already given, by reason
@@ -130,8 +131,7 @@ class RelayServer:
     async def _on_shutdown(self, app: web.Application) -> None:
         for ws in list(self._controls.values()):
             await ws.close(code=1001, message=b"relay shutting down")
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self.splicer.close()
         self.mailboxes.close()
         await self._tasks.stop()
@@ -276,13 +276,13 @@ class RelayServer:
                 return
             await self._deliver(self.broker.request(device, message.to, message.req,
                                                     self._now()))
-            self._arm_timer()
+            self._timer.rearm()
         elif isinstance(message, Accepted):
             accept = message.accept and not self._draining
             sends = self.broker.answer(device, message.sid, accept, self._now())
             if sends:
                 self.metrics.inc("sessions_total")
-                self._arm_timer()
+                self._timer.rearm()
             await self._deliver(sends)
         else:
             self._signal(device, message)
@@ -317,21 +317,11 @@ class RelayServer:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        when = self.broker.get_timer()
-        if when is not None:
-            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        sends = self.broker.handle_timer(self._now())
+    def _on_timer(self, now: float) -> None:
+        sends = self.broker.handle_timer(now)
         if sends:
             self._tasks.fire("relay: unavailable answers", self._deliver(sends))
         self._session_closed()  # ready sessions nobody spliced may have expired
-        self._arm_timer()
 
     # -- splices and the pairing mailbox ---------------------------------------------------
 
