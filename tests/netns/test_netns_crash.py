@@ -16,7 +16,9 @@ pytestmark = pytest.mark.netns
 DOCS = 10_000
 
 
-def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
+def _two_devices(lab, tmp_path):
+    """Paired phone and desktop namespaces; `start(n)` runs a node, `client(n, ...)` the
+    notes program against it (bulk loads need the raised rate limit)."""
     hosts = {n: lab.host(n) for n in ("phone", "desk")}
     nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
     trust_each_other(nodes["phone"], nodes["desk"], [f"{hosts['phone'].ip}:7771"],
@@ -39,6 +41,11 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
+    return hosts, nodes, start, client
+
+
+def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
+    hosts, nodes, start, client = _two_devices(lab, tmp_path)
     phone = start("phone")
     client("phone", "write", "p", str(DOCS))
     phone.send_signal(signal.SIGTERM)
@@ -69,28 +76,7 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
 
 
 def test_sigterm_exits_within_5_s_with_a_blackholed_peer_mid_sync(lab, tmp_path):
-    hosts = {n: lab.host(n) for n in ("phone", "desk")}
-    nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
-    trust_each_other(nodes["phone"], nodes["desk"], [f"{hosts['phone'].ip}:7771"],
-                     [f"{hosts['desk'].ip}:7771"])
-    for node in nodes.values():  # the bulk load below, not liveness, needs this
-        (node.data_dir.root / "config.toml").write_text(
-            "rate_limit = 100000\nrate_burst = 100000\n")
-
-    def start(n):
-        (nodes[n].data_dir.root / "node.json").unlink(missing_ok=True)
-        proc = hosts[n].spawn(*node_argv(nodes[n], f"{hosts[n].ip}:7771"),
-                              log=tmp_path / f"{n}.log")
-        wait_for(lambda: (nodes[n].data_dir.root / "node.json").exists(), what=f"{n} start")
-        return proc
-
-    def client(n, *args):
-        out = hosts[n].run(sys.executable, "-m", "tests.programs.notes",
-                           nodes[n].runtime()["api_url"], nodes[n].admin_token(), *args,
-                           timeout=300)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
+    hosts, nodes, start, client = _two_devices(lab, tmp_path)
     phone = start("phone")
     client("phone", "write", "p", "4000")  # acknowledged before anyone else knows them
     desk = start("desk")
