@@ -46,7 +46,6 @@ __all__ = ["RelayServer"]
 
 log = logging.getLogger("p2pgate.relay")
 
-PROTOCOL_VERSION = 1
 SIGNAL_BACKLOG = 1.0  # signalling waits for no splice: dropped past this much global backlog
 
 
