@@ -32,6 +32,8 @@ from p2pgate.relay.mailbox import MailboxRelay
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
+from p2pgate.relay.stun import stun_address
+from p2pgate.relay.stun_server import StunEndpoint, start_stun
 from p2pgate.relay.wire import (
     Accepted,
     ConnectAsked,
@@ -83,6 +85,7 @@ class RelayServer:
         self._draining = False
         self._told_url: set[str] = set()  # operator warnings already given, by reason
         self._no_sessions = asyncio.Event()
+        self.stun: StunEndpoint | None = None  # the STUN port, once `start_stun` bound it
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:
@@ -117,6 +120,24 @@ class RelayServer:
         app.on_shutdown.append(self._on_shutdown)
         return app
 
+    async def start_stun(self) -> None:
+        """Answer STUN on UDP `stun_port` of the listen host (unless 0); a port that cannot
+        be bound leaves the relay running without STUN (devices then stay off WebRTC's
+        server-reflexive candidates) and says so."""
+        if self.config.stun_port and self.stun is None:
+            try:
+                self.stun = await start_stun(self.config.listen[0], self.config.stun_port)
+            except OSError as exc:
+                log.warning("STUN port UDP %s:%d not available, running without STUN: %s",
+                            self.config.listen[0], self.config.stun_port, exc)
+
+    def stun_address(self, request: web.Request) -> str | None:
+        """The STUN "HOST:PORT" to tell the client of `request`, or None (no STUN)."""
+        if self.stun is None:
+            return None
+        return stun_address(self.config.public_url, self._local_address(request),
+                            self.stun.port)
+
     async def drain(self) -> None:
         """Refuse new work and wait (up to drain_timeout) for running splices (sessions
         accepted but never spliced do not hold it)."""
@@ -134,13 +155,17 @@ class RelayServer:
             self._timer.cancel()
         self.splicer.close()
         self.mailboxes.close()
+        if self.stun is not None:
+            self.stun.close()
+            self.stun = None
         await self._tasks.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
         status = "draining" if self._draining else "ok"
         return web.json_response({"status": status, "relay_id": str(self.key.relay_id),
                                   "connections": len(self._controls),
-                                  "sessions": self.broker.sessions})
+                                  "sessions": self.broker.sessions,
+                                  "stun": self.stun_address(request)})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain")
@@ -221,7 +246,11 @@ class RelayServer:
         self.broker.attach(device)
         observed = f"{ip}:{request.transport.get_extra_info('peername')[1]}" if (
             request.transport and ip == request.remote) else ip
-        await ws.send_json({"t": "welcome", "device": str(device), "observed": observed})
+        welcome = {"t": "welcome", "device": str(device), "observed": observed}
+        stun = self.stun_address(request)
+        if stun is not None:
+            welcome["stun"] = stun
+        await ws.send_json(welcome)
         log.info("device %s attached", device.short)
         return device
 
