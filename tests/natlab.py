@@ -19,7 +19,8 @@ LAN A 10.0.1.0/24, LAN B 10.0.2.0/24, WAN links 198.51.100.0/30 and 203.0.113.0/
 relay addresses 192.0.2.1-3 on the internet's loopback.
 
 `python -m tests.natlab probe OP …` is the STUN client run inside a host (aioice's
-codec over a plain UDP socket); it prints one JSON line per result.
+codec over a plain UDP socket); it prints one JSON line per result, and imports neither
+p2pgate nor `tests.lab` (a probe starts in a fraction of a second).
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tests.lab import _ip, wait_for
 
 NatType = Literal["public", "port-restricted", "full-cone", "symmetric"]
 NAT_TYPES: tuple[NatType, ...] = ("public", "port-restricted", "full-cone", "symmetric")
 RELAY_IP, SECOND_IP, THIRD_IP = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 STUN_PORT = 3478  # the relay's default
 _counter = itertools.count()
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check,
+                          timeout=30)
 
 
 @dataclass
@@ -177,6 +182,8 @@ class NatLab:
                      *extra: str) -> list[subprocess.Popen[str]]:
         """`p2pgate relay` in the internet namespace on each of `ips` (default settings:
         STUN on 3478), started side by side; waits until their STUN ports are up."""
+        from tests.lab import wait_for  # (not at the top: the probe runs without p2pgate)
+
         started = []
         for n, ip in enumerate(ips):
             log = root / f"relay{n}.log"
