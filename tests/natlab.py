@@ -16,7 +16,7 @@ a probe addressed to the router from creating a conntrack entry that moves its N
 Names are unique per lab (`p2pg<pid>n<k>…`), and `close()` (also at exit) kills the
 lab's processes and deletes its namespaces. Addresses exist only inside them:
 LAN A 10.0.1.0/24, LAN B 10.0.2.0/24, WAN links 198.51.100.0/30 and 203.0.113.0/30,
-relay addresses 192.0.2.1-3 on the internet's loopback.
+addresses 192.0.2.1-3 on the internet's loopback (the relay on all of them).
 
 `python -m tests.natlab probe OP …` is the STUN client run inside a host (aioice's
 codec over a plain UDP socket); it prints one JSON line per result, and imports neither
@@ -37,7 +37,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
 
 NatType = Literal["public", "port-restricted", "full-cone", "symmetric"]
 NAT_TYPES: tuple[NatType, ...] = ("public", "port-restricted", "full-cone", "symmetric")
@@ -178,24 +177,18 @@ class NatLab:
         """The address the internet sees `side`'s host at."""
         return side.host.ip if side.nat == "public" else side.wan_ip
 
-    def start_relays(self, root: Path, ips: tuple[str, ...] = (RELAY_IP, SECOND_IP),
-                     *extra: str) -> list[subprocess.Popen[str]]:
-        """`p2pgate relay` in the internet namespace on each of `ips` (default settings:
-        STUN on 3478), started side by side; waits until their STUN ports are up."""
+    def start_relay(self, data_dir: Path, *argv: str) -> subprocess.Popen[str]:
+        """`p2pgate relay ARGV` in the internet namespace (by default on all its addresses,
+        STUN on 3478); waits until its STUN port is up."""
         from tests.lab import wait_for  # (not at the top: the probe runs without p2pgate)
 
-        started = []
-        for n, ip in enumerate(ips):
-            log = root / f"relay{n}.log"
-            proc = self.internet.spawn(sys.executable, "-m", "p2pgate", "--data-dir",
-                                       str(root / f"relay{n}"), "relay", "--listen",
-                                       f"{ip}:8443", *extra, log=log)
-            started.append((proc, log))
-        for proc, log in started:
-            wait_for(lambda p=proc, log=log: "STUN on UDP" in log.read_text()
-                     or p.poll() is not None, timeout=30, what="the relay's STUN port")
-            assert proc.poll() is None, log.read_text()
-        return [proc for proc, _ in started]
+        log = data_dir.with_suffix(".log")
+        proc = self.internet.spawn(sys.executable, "-m", "p2pgate", "--data-dir",
+                                   str(data_dir), "relay", *argv, log=log)
+        wait_for(lambda: "STUN on UDP" in log.read_text() or proc.poll() is not None,
+                 timeout=30, what="the relay's STUN port")
+        assert proc.poll() is None, log.read_text()
+        return proc
 
     def close(self) -> None:
         for ns in self.namespaces:

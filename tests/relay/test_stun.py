@@ -21,8 +21,7 @@ from tests.relay.test_relay import device, relay
 
 
 def binding_request(**attributes) -> stun.Message:
-    message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes=attributes)
-    return message
+    return stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes=attributes)
 
 
 def mapped(answer: bytes, request: stun.Message) -> tuple[str, int]:
@@ -150,7 +149,7 @@ async def test_the_endpoint_answers_bindings_and_ignores_garbage(udp):
 
 async def test_the_welcome_tells_the_stun_address_and_health_shows_it():
     async with relay() as r:
-        r.server.stun = await start_stun("127.0.0.1", 0)  # an ephemeral port: tests run side by side
+        r.server.stun = await start_stun("127.0.0.1", 0)  # ephemeral: tests run side by side
         expected = f"127.0.0.1:{r.server.stun.port}"
         async with device(r.url) as (client, _, _):
             await asyncio.wait_for(client.wait_connected(), 5)
