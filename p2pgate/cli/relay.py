@@ -93,11 +93,12 @@ async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     await server.start_stun()
     print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})")
+    stun_host = config.stun_host or host
     if server.stun is not None:
-        print(f"STUN on UDP {host}:{server.stun.port}")
+        print(f"STUN on UDP {stun_host}:{server.stun.port}")
     else:
         print("STUN: off" if not config.stun_port else
-              f"STUN: off (UDP {host}:{config.stun_port} could not be bound)")
+              f"STUN: off (UDP {stun_host}:{config.stun_port} could not be bound)")
     print(f"relay ID: {key.relay_id}", flush=True)
     log.info("devices use: --relay %s", _urls_to_give(config, key, bound))
     dht = None

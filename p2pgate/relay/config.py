@@ -45,6 +45,11 @@ class RelayConfig(BaseModel):
         "Binding requests, so devices learn their address outside their NAT for direct "
         "WebRTC paths; 0 = off. Never the DHT port."
     )
+    stun_host: str | None = Field(
+        None, description="IP address the STUN port binds instead of listen's host: behind a "
+        "TLS-terminating proxy (listen on 127.0.0.1) set it to the public address or 0.0.0.0, "
+        "as devices are told public_url's host."
+    )
     access: Literal["open", "allowlist", "token"] = Field(
         "open", description="Who may use the relay: its sessions and also its pairing "
         "mailboxes (on an allowlist or token relay, only allowed devices may pair through it)."
@@ -87,6 +92,13 @@ class RelayConfig(BaseModel):
         if self.stun_port and self.stun_port == self.dht_port:
             raise ValueError("stun_port must differ from dht_port (their requests collide)")
         return self
+
+    @field_validator("stun_host")
+    @classmethod
+    def _stun_ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # a name would need resolving at start
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

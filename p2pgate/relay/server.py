@@ -124,19 +124,20 @@ class RelayServer:
         """Answer STUN on UDP `stun_port` of the listen host (unless 0); a port that cannot
         be bound leaves the relay running without STUN (devices then stay off WebRTC's
         server-reflexive candidates) and says so."""
+        host = self.config.stun_host or self.config.listen[0]
         if self.config.stun_port and self.stun is None:
             try:
-                self.stun = await start_stun(self.config.listen[0], self.config.stun_port)
+                self.stun = await start_stun(host, self.config.stun_port)
             except OSError as exc:
                 log.warning("STUN port UDP %s:%d not available, running without STUN: %s",
-                            self.config.listen[0], self.config.stun_port, exc)
+                            host, self.config.stun_port, exc)
 
     def stun_address(self, request: web.Request) -> str | None:
         """The STUN "HOST:PORT" to tell the client of `request`, or None (no STUN)."""
         if self.stun is None:
             return None
         return stun_address(self.config.public_url, self._local_address(request),
-                            self.stun.port)
+                            self.stun.port, self.stun.host)
 
     async def drain(self) -> None:
         """Refuse new work and wait (up to drain_timeout) for running splices (sessions

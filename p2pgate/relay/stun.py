@@ -94,14 +94,17 @@ def binding_success(transaction: bytes, source: tuple[str, int]) -> bytes:
     return head + attrs + struct.pack("!HHI", FINGERPRINT, 4, crc)
 
 
-def stun_address(public_url: str | None, local: tuple[str, int] | None, port: int
-                 ) -> str | None:
+def stun_address(public_url: str | None, local: tuple[str, int] | None, port: int,
+                 bound: str | None = None) -> str | None:
     """The "HOST:PORT" devices should send STUN requests to, told on one connection.
 
     The host is public_url's when the operator set one (the name devices dial), else the
-    address this connection reached (as for the relay's own URL); None if neither is known.
+    address the STUN port is `bound` to unless that is a wildcard, else the address this
+    connection reached (as for the relay's own URL); None if none is known.
     """
     host = urlsplit(public_url).hostname if public_url is not None else None
+    if host is None and bound is not None and not ipaddress.ip_address(bound).is_unspecified:
+        host = bound
     if host is None and local is not None:
         address = ipaddress.ip_address(local[0].split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -98,6 +98,9 @@ def test_the_stun_address_told_to_devices():
         "relay.example.net:3479")  # the name devices dial, not the proxy-side address
     assert stun_address("ws://[2001:db8::2]:80", None, 3478) == "[2001:db8::2]:3478"
     assert stun_address(None, None, 3478) is None
+    assert stun_address(None, ("10.0.0.1", 8443), 3478, "192.0.2.5") == "192.0.2.5:3478"
+    assert stun_address(None, ("10.0.0.1", 8443), 3478, "0.0.0.0") == "10.0.0.1:3478"
+    assert stun_address(None, ("2001:db8::1", 8443), 3478, "::") == "[2001:db8::1]:3478"
 
 
 def test_config_defaults_to_3478_and_keeps_stun_off_the_dht_port():
@@ -108,6 +111,8 @@ def test_config_defaults_to_3478_and_keeps_stun_off_the_dht_port():
         load_relay_config(None, {"stun_port": 4000, "dht_port": 4000})
     with pytest.raises(ConfigError, match="stun_port"):
         load_relay_config(None, {"stun_port": 70000})
+    with pytest.raises(ConfigError, match="stun_host"):
+        load_relay_config(None, {"stun_host": "relay.example.net"})  # an address, not a name
 
 
 # -- the real UDP endpoint over loopback ------------------------------------------------
@@ -171,10 +176,22 @@ async def test_without_stun_the_client_keeps_none():
             assert (await resp.json())["stun"] is None
 
 
-def free_udp_port() -> int:
+def free_udp_port(host="127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+async def test_stun_host_binds_another_address_and_devices_are_told_it(udp):
+    port = free_udp_port("127.0.0.2")
+    async with relay(stun_port=port, stun_host="127.0.0.2") as r:
+        await r.server.start_stun()
+        async with device(r.url) as (client, _, _):
+            await asyncio.wait_for(client.wait_connected(), 5)
+            assert client.stun_address == f"127.0.0.2:{port}"
+        request = binding_request()
+        (answer,) = await ask(udp, ("127.0.0.2", port), [bytes(request)])
+        assert mapped(answer, request) == udp.getsockname()
 
 
 def test_the_relay_command_serves_stun_on_the_flag_s_port(tmp_path):
