@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.relay import stun, stun_server
 from p2pgate.relay.auth import AuthRefused, check_access, relay_hello, relay_url_for, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
@@ -32,8 +33,6 @@ from p2pgate.relay.mailbox import MailboxRelay
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
-from p2pgate.relay.stun import stun_address
-from p2pgate.relay.stun_server import StunEndpoint, start_stun
 from p2pgate.relay.wire import (
     Accepted,
     ConnectAsked,
@@ -85,7 +84,7 @@ class RelayServer:
         self._draining = False
         self._told_url: set[str] = set()  # operator warnings already given, by reason
         self._no_sessions = asyncio.Event()
-        self.stun: StunEndpoint | None = None  # the STUN port, once `start_stun` bound it
+        self.stun: stun_server.StunEndpoint | None = None  # the STUN port, once `start_stun` bound it
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:
@@ -127,7 +126,7 @@ class RelayServer:
         host = self.config.stun_host or self.config.listen[0]
         if self.config.stun_port and self.stun is None:
             try:
-                self.stun = await start_stun(host, self.config.stun_port)
+                self.stun = await stun_server.start_stun(host, self.config.stun_port)
             except OSError as exc:
                 log.warning("STUN port UDP %s:%d not available, running without STUN: %s",
                             host, self.config.stun_port, exc)
@@ -136,8 +135,8 @@ class RelayServer:
         """The STUN "HOST:PORT" to tell the client of `request`, or None (no STUN)."""
         if self.stun is None:
             return None
-        return stun_address(self.config.public_url, self._local_address(request),
-                            self.stun.port, self.stun.host)
+        return stun.stun_address(self.config.public_url, self._local_address(request),
+                                 self.stun.port, self.stun.host)
 
     async def drain(self) -> None:
         """Refuse new work and wait (up to drain_timeout) for running splices (sessions
@@ -150,15 +149,15 @@ class RelayServer:
                     await self._no_sessions.wait()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self.stun is not None:
+            self.stun.close()
+            self.stun = None
         for ws in list(self._controls.values()):
             await ws.close(code=1001, message=b"relay shutting down")
         if self._timer is not None:
             self._timer.cancel()
         self.splicer.close()
         self.mailboxes.close()
-        if self.stun is not None:
-            self.stun.close()
-            self.stun = None
         await self._tasks.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -248,9 +247,9 @@ class RelayServer:
         observed = f"{ip}:{request.transport.get_extra_info('peername')[1]}" if (
             request.transport and ip == request.remote) else ip
         welcome = {"t": "welcome", "device": str(device), "observed": observed}
-        stun = self.stun_address(request)
-        if stun is not None:
-            welcome["stun"] = stun
+        stun_at = self.stun_address(request)
+        if stun_at is not None:
+            welcome["stun"] = stun_at
         await ws.send_json(welcome)
         log.info("device %s attached", device.short)
         return device
