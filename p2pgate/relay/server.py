@@ -84,7 +84,7 @@ class RelayServer:
         self._draining = False
         self._told_url: set[str] = set()  # operator warnings already given, by reason
         self._no_sessions = asyncio.Event()
-        self.stun: stun_server.StunEndpoint | None = None  # the STUN port, once `start_stun` bound it
+        self.stun: stun_server.StunEndpoint | None = None  # bound by `start_stun`
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:
