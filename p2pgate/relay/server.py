@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.relay import stun, stun_server
 from p2pgate.relay.auth import AuthRefused, check_access, relay_hello, relay_url_for, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
@@ -83,6 +84,7 @@ class RelayServer:
         self._draining = False
         self._told_url: set[str] = set()  # operator warnings already given, by reason
         self._no_sessions = asyncio.Event()
+        self.stun: stun_server.StunEndpoint | None = None  # bound by `start_stun`
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:
@@ -117,6 +119,25 @@ class RelayServer:
         app.on_shutdown.append(self._on_shutdown)
         return app
 
+    async def start_stun(self) -> None:
+        """Answer STUN on UDP `stun_port` of the listen host (unless 0); a port that cannot
+        be bound leaves the relay running without STUN (devices then stay off WebRTC's
+        server-reflexive candidates) and says so."""
+        host = self.config.stun_host or self.config.listen[0]
+        if self.config.stun_port and self.stun is None:
+            try:
+                self.stun = await stun_server.start_stun(host, self.config.stun_port)
+            except OSError as exc:
+                log.warning("STUN port UDP %s:%d not available, running without STUN: %s",
+                            host, self.config.stun_port, exc)
+
+    def stun_address(self, request: web.Request) -> str | None:
+        """The STUN "HOST:PORT" to tell the client of `request`, or None (no STUN)."""
+        if self.stun is None:
+            return None
+        return stun.stun_address(self.config.public_url, self._local_address(request),
+                                 self.stun.port, self.stun.host)
+
     async def drain(self) -> None:
         """Refuse new work and wait (up to drain_timeout) for running splices (sessions
         accepted but never spliced do not hold it)."""
@@ -128,6 +149,9 @@ class RelayServer:
                     await self._no_sessions.wait()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self.stun is not None:
+            self.stun.close()
+            self.stun = None
         for ws in list(self._controls.values()):
             await ws.close(code=1001, message=b"relay shutting down")
         self._timer.cancel()
@@ -139,7 +163,8 @@ class RelayServer:
         status = "draining" if self._draining else "ok"
         return web.json_response({"status": status, "relay_id": str(self.key.relay_id),
                                   "connections": len(self._controls),
-                                  "sessions": self.broker.sessions})
+                                  "sessions": self.broker.sessions,
+                                  "stun": self.stun_address(request)})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain")
@@ -220,7 +245,11 @@ class RelayServer:
         self.broker.attach(device)
         observed = f"{ip}:{request.transport.get_extra_info('peername')[1]}" if (
             request.transport and ip == request.remote) else ip
-        await ws.send_json({"t": "welcome", "device": str(device), "observed": observed})
+        welcome = {"t": "welcome", "device": str(device), "observed": observed}
+        stun_at = self.stun_address(request)
+        if stun_at is not None:
+            welcome["stun"] = stun_at
+        await ws.send_json(welcome)
         log.info("device %s attached", device.short)
         return device
 
