@@ -269,15 +269,15 @@ class PeerAttempt:
             await self.abort()
             raise WebRtcFailed(f"bad answer: {exc or type(exc).__name__}") from None
 
-    async def opened(self, timeout: float = CONNECT_DEADLINE) -> WebRtcStream:
+    async def opened(self, within: float = CONNECT_DEADLINE) -> WebRtcStream:
         """The stream once the channel is open; WebRtcFailed (connection closed) if it
-        does not open within `timeout`."""
+        does not open within `within` seconds."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._open.wait()
         except TimeoutError:
             await self.abort()
-            raise WebRtcFailed(f"no data channel within {timeout:.0f} s") from None
+            raise WebRtcFailed(f"no data channel within {within:.0f} s") from None
         except asyncio.CancelledError:
             await self.abort()
             raise
