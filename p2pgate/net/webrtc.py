@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_DEADLINE", "HIGH_WATER", "MESSAGE_SIZE", "RECEIVE_WINDOW", "PeerAttempt",
-    "WebRtcFailed", "WebRtcStream", "rtc_configuration",
+    "WebRtcFailed", "WebRtcStream", "load_aiortc", "rtc_configuration",
 ]
 
 log = logging.getLogger("p2pgate.net.webrtc")
@@ -54,6 +55,12 @@ _CREDIT = "credit "
 
 class WebRtcFailed(P2PGateError):
     """No data channel came up (deadline, ICE failure, bad SDP)."""
+
+
+async def load_aiortc() -> None:
+    """Import aiortc in a worker thread: its first import reads files and runs
+    `ldconfig`, which must not stall the event loop."""
+    await asyncio.to_thread(importlib.import_module, "aiortc")
 
 
 def rtc_configuration(stun_url: str | None = None) -> RTCConfiguration:
@@ -190,6 +197,12 @@ class WebRtcStream:
         await self._pc.close()
 
 
+def _has_data_channel(sdp: str) -> bool:
+    """Whether `sdp` offers or accepts an SCTP data channel (aiortc takes any text)."""
+    return any(line.startswith("m=application ") and "webrtc-datachannel" in line
+               for line in sdp.splitlines())
+
+
 def _selected_remote(pc: RTCPeerConnection) -> str | None:
     """HOST:PORT of the nominated remote candidate (aioice keeps it unexported)."""
     try:
@@ -218,6 +231,7 @@ class PeerAttempt:
 
     @classmethod
     async def _new(cls, stun_url: str | None) -> PeerAttempt:
+        await load_aiortc()
         from aiortc import RTCPeerConnection
 
         pc = RTCPeerConnection(rtc_configuration(stun_url))
@@ -242,8 +256,11 @@ class PeerAttempt:
     @classmethod
     async def answer(cls, offer_sdp: str, stun_url: str | None = None) -> PeerAttempt:
         """A new connection answering `offer_sdp`; our answer is in `local_sdp`."""
+        await load_aiortc()
         from aiortc import RTCSessionDescription
 
+        if not _has_data_channel(offer_sdp):
+            raise WebRtcFailed("the offer has no data channel")
         attempt = await cls._new(stun_url)
         try:
             async with asyncio.timeout(CONNECT_DEADLINE):
@@ -262,6 +279,9 @@ class PeerAttempt:
         """Apply the peer's answer to our offer."""
         from aiortc import RTCSessionDescription
 
+        if not _has_data_channel(answer_sdp):
+            await self.abort()
+            raise WebRtcFailed("the answer has no data channel")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp,
                                                                      type="answer"))
