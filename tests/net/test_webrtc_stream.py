@@ -179,3 +179,25 @@ def test_ice_servers_are_never_left_to_the_default():
     assert webrtc.rtc_configuration().iceServers == []
     servers = webrtc.rtc_configuration("stun:10.0.0.1:3478").iceServers
     assert [s.urls for s in servers] == ["stun:10.0.0.1:3478"]
+
+
+def test_aiortc_is_imported_lazily_and_by_the_webrtc_module_only():
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, p2pgate.net.webrtc, p2pgate.net.rtc_signalling, p2pgate.node\n"
+            "print('aiortc' in sys.modules, 'aioice' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=root)
+    assert out.stdout.split() == ["False", "False"]
+    importers = set()
+    for path in (root / "p2pgate").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ("aiortc", "aioice") for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"p2pgate/net/webrtc.py"}
