@@ -154,6 +154,7 @@ class Attempt:
     ours: bool  # we sent the offer
     state: AttemptState
     deadline: float  # monotonic time past which it has failed
+    signalled: bool = False  # the peer has heard of it (our offer went out, or theirs came)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,18 +220,31 @@ class RtcSignaller:
             del self._seen[key]
         self._seen[(peer, attempt_id)] = wall + 2 * FRESHNESS
 
-    def offer(self, peer: DeviceID, sdp: str, now: float, wall: float,
-              attempt_id: bytes | None = None) -> tuple[Attempt, dict[str, Any]]:
-        """Start an attempt with `peer` carrying our offer `sdp`; returns it and the
-        data to signal. A live attempt with that peer is a LocalProtocolError."""
+    def begin(self, peer: DeviceID, now: float, attempt_id: bytes | None = None) -> Attempt:
+        """Start an attempt with `peer` before its offer exists (gathering takes time; an
+        offer of theirs meanwhile meets the tie-break). A live attempt with that peer
+        is a LocalProtocolError."""
         if peer in self.attempts:
             raise LocalProtocolError(f"an attempt with {peer.short} is already under way")
         attempt = Attempt(peer, attempt_id or os.urandom(ATTEMPT_BYTES), True,
                           AttemptState.OFFERING, now + ATTEMPT_DEADLINE)
-        sealed = self._seal(attempt, "offer", sdp, wall)
         self.attempts[peer] = attempt
-        self._remember(peer, attempt.attempt_id, wall)
-        return attempt, sealed
+        return attempt
+
+    def offered(self, attempt: Attempt, sdp: str, wall: float) -> dict[str, Any]:
+        """Our offer `sdp` for `attempt`: the data to signal."""
+        if self.attempts.get(attempt.peer) is not attempt or attempt.state is not \
+                AttemptState.OFFERING:
+            raise LocalProtocolError("that attempt is no longer ours to offer")
+        self._remember(attempt.peer, attempt.attempt_id, wall)
+        attempt.signalled = True
+        return self._seal(attempt, "offer", sdp, wall)
+
+    def offer(self, peer: DeviceID, sdp: str, now: float, wall: float,
+              attempt_id: bytes | None = None) -> tuple[Attempt, dict[str, Any]]:
+        """`begin` and `offered` at once."""
+        attempt = self.begin(peer, now, attempt_id)
+        return attempt, self.offered(attempt, sdp, wall)
 
     def answered(self, attempt: Attempt, sdp: str, wall: float) -> dict[str, Any]:
         """We answer their offer with `sdp`: the data to signal."""
@@ -247,11 +261,12 @@ class RtcSignaller:
             del self.attempts[attempt.peer]
 
     def bye(self, attempt: Attempt, wall: float) -> dict[str, Any] | None:
-        """We give up `attempt`: the data to signal (None if it is no longer live)."""
+        """We give up `attempt`: the data to signal (None if it is no longer live or
+        the peer never heard of it)."""
         if self.attempts.get(attempt.peer) is not attempt:
             return None
         del self.attempts[attempt.peer]
-        return self._seal(attempt, "bye", "", wall)
+        return self._seal(attempt, "bye", "", wall) if attempt.signalled else None
 
     def expire(self, now: float) -> list[Ended]:
         """Attempts whose deadline has passed by `now` (they are gone)."""
@@ -276,7 +291,7 @@ class RtcSignaller:
                 raise RemoteProtocolError("replayed offer")
             self._remember(peer, message.attempt, wall)
             theirs = Attempt(peer, message.attempt, False, AttemptState.ANSWERING,
-                             now + ATTEMPT_DEADLINE)
+                             now + ATTEMPT_DEADLINE, signalled=True)
             if live is not None and live.ours and live.state is AttemptState.OFFERING:
                 if offer_wins(self.me, peer):
                     return None  # they answer ours

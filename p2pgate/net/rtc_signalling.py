@@ -80,25 +80,26 @@ class RtcSignalling:
     async def connect(self, peer: DeviceID) -> WebRtcStream:
         """Offer a data channel to `peer`; WebRtcFailed if none opens in the deadline,
         the peer ends the attempt, or its simultaneous offer wins (we answer that one)."""
-        started = self._clock()
-        attempt_peer = await PeerAttempt.offer(self.stun_url)
         try:
-            attempt, data = self.core.offer(peer, attempt_peer.local_sdp, started, self._wall())
+            attempt = self.core.begin(peer, self._clock())
         except LocalProtocolError as exc:
-            await attempt_peer.abort()
             raise WebRtcFailed(str(exc)) from None
         answer = asyncio.get_running_loop().create_future()
-        self._peers[attempt.attempt_id] = attempt_peer
-        self._answers[attempt.attempt_id] = answer
+        self._answers[attempt.attempt_id] = answer  # `_end` fails it if we are superseded
         try:
-            await self._channel.signal(peer, data)
-            try:
-                async with asyncio.timeout(max(0.0, attempt.deadline - self._clock())):
-                    sdp = await answer
-            except TimeoutError:
-                raise WebRtcFailed(f"no answer from {peer.short} in time") from None
+            async with asyncio.timeout(max(0.0, attempt.deadline - self._clock())):
+                attempt_peer = await PeerAttempt.offer(self.stun_url)
+                self._peers[attempt.attempt_id] = attempt_peer
+                if answer.done():  # their offer won while we gathered
+                    await answer
+                data = self.core.offered(attempt, attempt_peer.local_sdp, self._wall())
+                await self._channel.signal(peer, data)
+                sdp = await answer
             await attempt_peer.accept_answer(sdp)
             stream = await attempt_peer.opened(max(0.0, attempt.deadline - self._clock()))
+        except TimeoutError:
+            await self._give_up(attempt)
+            raise WebRtcFailed(f"no answer from {peer.short} in time") from None
         except BaseException:
             await self._give_up(attempt)
             raise

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from p2pgate.errors import RemoteProtocolError
+from p2pgate.errors import LocalProtocolError, RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.rtc_signal import (
     ATTEMPT_DEADLINE,
@@ -216,3 +216,29 @@ def test_a_sealed_body_that_is_not_ours_is_refused():
     data |= {"nonce": base64.b64encode(nonce).decode(), "box": base64.b64encode(box).decode()}
     with pytest.raises(RemoteProtocolError, match="malformed"):
         open_sealed(signal_key(K), A, B, data, WALL)
+
+
+def test_an_offer_met_while_ours_is_still_gathering_meets_the_tie_break():
+    a, b = pair()
+    mine = a.begin(B, 0.0)  # A gathers: no offer of ours exists yet
+    _, b_offer = b.offer(A, "sdp of b", 0.0, WALL)
+    assert a.receive(B, b_offer, 0.1, WALL) is None  # A is lower: its coming offer stands
+    outcome = b.receive(A, a.offered(mine, "sdp of a", WALL), 0.2, WALL)
+    assert isinstance(outcome, Superseded) and outcome.offered.sdp == "sdp of a"
+
+    a, b = pair()
+    gathering = b.begin(A, 0.0)  # now the higher side gathers
+    _, a_offer = a.offer(B, "sdp of a", 0.0, WALL)
+    outcome = b.receive(A, a_offer, 0.1, WALL)
+    assert isinstance(outcome, Superseded) and outcome.ended.attempt is gathering
+    with pytest.raises(LocalProtocolError):
+        b.offered(gathering, "sdp of b", WALL)  # its offer never goes out
+    assert b.bye(gathering, WALL) is None
+
+
+def test_a_bye_is_only_sent_for_an_attempt_the_peer_heard_of():
+    a, _ = pair()
+    attempt = a.begin(B, 0.0)
+    assert a.bye(attempt, WALL) is None and a.attempts == {}
+    attempt, _ = a.offer(B, SDP, 1.0, WALL)
+    assert a.bye(attempt, WALL)["kind"] == "bye"

@@ -49,3 +49,36 @@ def test_sealed_signalling_then_a_session_over_the_data_channel(lab, tmp_path):
     print(f"webrtc: channel open after {sent['connect_s']} s, session after "
           f"{sent['session_s']} s; 4 MiB at {got['mb_per_s']} MB/s (received); "
           f"whole run {took:.1f} s")
+
+
+def test_simultaneous_offers_end_in_one_session(lab, tmp_path):
+    relay, a, b = lab.host("relay"), lab.host("webA"), lab.host("webB")
+    nodes = {n: make_node_dir(tmp_path, n) for n in ("a", "b")}
+    trust_each_other(nodes["a"], nodes["b"])
+    relay.spawn(sys.executable, "-m", "p2pgate", "relay", "--listen", f"{relay.ip}:8443",
+                log=tmp_path / "relay.log")
+    url = f"ws://{relay.ip}:8443"
+    program = (sys.executable, "-m", "tests.programs.webrtc_peer")
+    procs = {}
+    for me, other, host in (("a", "b", a), ("b", "a", b)):
+        procs[me] = host.spawn(*program, str(nodes[me].data_dir.root), url,
+                               nodes[other].device_id, "glare", log=tmp_path / f"{me}.log")
+    wait_for(lambda: all("ready" in (tmp_path / f"{n}.log").read_text() for n in procs),
+             timeout=30, what="both devices on the relay")
+    for n in procs:  # both offer at once
+        (nodes[n].data_dir.root / "go").touch()
+    results = {}
+    for n, proc in procs.items():
+        assert proc.wait(45) == 0, (tmp_path / f"{n}.log").read_text()
+        results[n] = _result(tmp_path / f"{n}.log")
+    offerer = [n for n, r in results.items() if "lost" not in r]
+    assert len(offerer) == 1, results  # exactly one attempt stood
+    answerer = "b" if offerer == ["a"] else "a"
+    assert results[answerer]["answered"] and results[answerer]["path"] == "webrtc"
+    assert results[answerer]["bytes"] == 4 << 20
+    assert results[answerer]["sha256"] == results[offerer[0]]["sha256"]
+    lower = min(nodes, key=lambda n: nodes[n].identity.device_id.digest)
+    if "superseded" in results[answerer]["lost"]:  # both offers were out: the tie-break
+        assert offerer == [lower]
+    print(f"glare: {offerer[0]}'s offer stood (lower ID: {lower}); "
+          f"the other side: {results[answerer]['lost']}")

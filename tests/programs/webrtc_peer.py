@@ -3,8 +3,9 @@
 Both roles log in to the relay and exchange the sealed offer/answer through its
 control connection. `offer` dials admission + pinned TLS + a Session over the data
 channel and sends `TOTAL` bytes, then closes; `answer` serves the channel with
-`Listener.handle` and receives. Each prints one JSON line of results and prints
-`ready` once logged in to the relay.
+`Listener.handle` and receives. `glare` offers too, once the file DATA_DIR/go
+appears, and takes whichever role the tie-break leaves it. Each prints `ready` once
+logged in to the relay, then one JSON line of results.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from p2pgate.identity.deviceid import DeviceID
 from p2pgate.identity.paths import DataDir
 from p2pgate.net import Listener, PeerHello, Session, SessionError, Trust, dial
 from p2pgate.net.rtc_signalling import RtcSignalling
+from p2pgate.net.webrtc import WebRtcFailed
 from p2pgate.relay.client import RelayClient
 from p2pgate.storage.database import Database, load_key
 from p2pgate.storage.registry import DeviceRegistry
@@ -71,7 +73,8 @@ async def main(root: str, relay_url: str, peer_text: str, role: str) -> None:
     listener = Listener(trust, lambda: hello, received)
 
     async def on_stream(device: DeviceID, stream: object) -> None:
-        result.update(path=stream.path, remote=stream.remote_address)  # type: ignore[attr-defined]
+        result.update(path=stream.path, remote=stream.remote_address,  # type: ignore[attr-defined]
+                      answered=True)
         await listener.handle(stream)  # type: ignore[arg-type]
 
     signalling = RtcSignalling(relay, identity.device_id, trust.key_of, on_stream)
@@ -79,9 +82,21 @@ async def main(root: str, relay_url: str, peer_text: str, role: str) -> None:
         async with asyncio.timeout(40):
             await relay.wait_connected()
             print("ready", flush=True)
-            if role == "offer":
+            stream = None
+            if role == "glare":
+                for _ in range(3000):  # the test starts both at once
+                    if (data_dir.root / "go").exists():
+                        break
+                    await asyncio.sleep(0.01)
                 started = time.monotonic()
-                stream = await signalling.connect(peer)
+                try:
+                    stream = await signalling.connect(peer)
+                except WebRtcFailed as exc:
+                    result["lost"] = str(exc)
+            if role == "offer" or stream is not None:
+                if stream is None:
+                    started = time.monotonic()
+                    stream = await signalling.connect(peer)
                 result.update(connect_s=round(time.monotonic() - started, 3),
                               path=stream.path, remote=stream.remote_address)
                 session = await dial(trust, hello, peer, "webrtc", 0, stream=stream)
