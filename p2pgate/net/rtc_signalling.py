@@ -165,11 +165,15 @@ class RtcSignalling:
             await self._channel.signal(attempt.peer, self.core.answered(attempt, peer.local_sdp,
                                                                         self._wall()))
             stream = await peer.opened(max(0.0, attempt.deadline - self._clock()))
-        except (WebRtcFailed, LocalProtocolError, OSError, Exception) as exc:
+        except Exception as exc:  # noqa: BLE001 (the relay went, ICE failed, ...: one attempt)
             log.info("webrtc attempt from %s failed: %s", attempt.peer.short, exc)
             await self._give_up(attempt)
             return
         finally:
             self._peers.pop(attempt.attempt_id, None)
         self.core.connected(attempt)
-        await self._on_stream(attempt.peer, stream)
+        try:
+            await self._on_stream(attempt.peer, stream)
+        except BaseException:
+            await stream.close()
+            raise

@@ -104,8 +104,9 @@ class WebRtcStream:
 
     def _on_message(self, message: bytes | str) -> None:
         if isinstance(message, str):
-            if message.startswith(_CREDIT) and message[len(_CREDIT):].isdigit():
-                self._credit += int(message[len(_CREDIT):])
+            amount = message[len(_CREDIT):]
+            if message.startswith(_CREDIT) and amount.isdigit() and len(amount) <= 12:
+                self._credit += int(amount)
                 self._update_writable()
             else:
                 self._break("unknown control message on the data channel")

@@ -144,9 +144,10 @@ async def test_a_peer_that_overruns_the_window_breaks_the_stream():
     assert "channel.close" in log
 
 
-async def test_an_unknown_control_message_breaks_the_stream():
+@pytest.mark.parametrize("message", ["credit lots", "credit " + "9" * 5000, "hello"])
+async def test_an_unknown_control_message_breaks_the_stream(message):
     _, b, _, cb, _ = stream_pair()
-    cb.emit("message", "credit lots")
+    cb.emit("message", message)
     with pytest.raises(StreamClosed, match="control"):
         await b.read()
 
