@@ -48,13 +48,14 @@ from p2pgate.errors import LocalProtocolError, RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
-    "ATTEMPT_DEADLINE", "FRESHNESS", "KINDS", "Answered", "Attempt", "AttemptState",
+    "ATTEMPT_DEADLINE", "FRESHNESS", "KINDS", "MAX_SEALED", "Answered", "Attempt", "AttemptState",
     "Ended", "Offered", "RtcSignaller", "Sealed", "Superseded", "offer_wins", "open_sealed",
     "seal", "signal_key",
 ]
 
 ATTEMPT_DEADLINE = 10.0  # seconds from the offer until the data channel must be open
 FRESHNESS = 300.0  # seconds a sealed message stays acceptable either side of our clock
+MAX_SEALED = 8192  # bytes of JSON a relay forwards in one signal (relay.wire.MAX_SIGNAL)
 MAX_REMEMBERED = 4096  # attempt IDs remembered against replay (oldest forgotten first)
 KINDS = ("offer", "answer", "bye")
 VERSION = 1
@@ -97,8 +98,11 @@ def seal(key: bytes, sender: DeviceID, receiver: DeviceID, kind: str, attempt: b
     nonce = nonce or os.urandom(_NONCE)
     plain = json.dumps({"sdp": sdp, "at": wall}).encode()
     box = ChaCha20Poly1305(key).encrypt(nonce, plain, _ad(sender, receiver, attempt, kind))
-    return {"v": VERSION, "kind": kind, "to": str(receiver), "attempt": attempt.hex(),
+    data = {"v": VERSION, "kind": kind, "to": str(receiver), "attempt": attempt.hex(),
             "nonce": base64.b64encode(nonce).decode(), "box": base64.b64encode(box).decode()}
+    if len(json.dumps(data)) > MAX_SEALED:  # the relay would drop our control connection
+        raise LocalProtocolError(f"a sealed {kind} over {MAX_SEALED} bytes (too many candidates)")
+    return data
 
 
 def open_sealed(key: bytes, sender: DeviceID, receiver: DeviceID, data: object,
@@ -236,23 +240,29 @@ class RtcSignaller:
         if self.attempts.get(attempt.peer) is not attempt or attempt.state is not \
                 AttemptState.OFFERING:
             raise LocalProtocolError("that attempt is no longer ours to offer")
+        data = self._seal(attempt, "offer", sdp, wall)
         self._remember(attempt.peer, attempt.attempt_id, wall)
         attempt.signalled = True
-        return self._seal(attempt, "offer", sdp, wall)
+        return data
 
     def offer(self, peer: DeviceID, sdp: str, now: float, wall: float,
               attempt_id: bytes | None = None) -> tuple[Attempt, dict[str, Any]]:
-        """`begin` and `offered` at once."""
+        """`begin` and `offered` at once (no attempt is left if the offer cannot be made)."""
         attempt = self.begin(peer, now, attempt_id)
-        return attempt, self.offered(attempt, sdp, wall)
+        try:
+            return attempt, self.offered(attempt, sdp, wall)
+        except LocalProtocolError:
+            del self.attempts[peer]
+            raise
 
     def answered(self, attempt: Attempt, sdp: str, wall: float) -> dict[str, Any]:
         """We answer their offer with `sdp`: the data to signal."""
         if self.attempts.get(attempt.peer) is not attempt or attempt.state is not \
                 AttemptState.ANSWERING:
             raise LocalProtocolError("no offer to answer in that attempt")
+        data = self._seal(attempt, "answer", sdp, wall)
         attempt.state = AttemptState.CONNECTING
-        return self._seal(attempt, "answer", sdp, wall)
+        return data
 
     def connected(self, attempt: Attempt) -> None:
         """The data channel opened: the attempt is done (its deadline no longer counts)."""

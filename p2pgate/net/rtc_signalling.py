@@ -100,6 +100,9 @@ class RtcSignalling:
         except TimeoutError:
             await self._give_up(attempt)
             raise WebRtcFailed(f"no answer from {peer.short} in time") from None
+        except LocalProtocolError as exc:  # our offer is too large to signal
+            await self._give_up(attempt)
+            raise WebRtcFailed(str(exc)) from None
         except BaseException:
             await self._give_up(attempt)
             raise

@@ -242,3 +242,18 @@ def test_a_bye_is_only_sent_for_an_attempt_the_peer_heard_of():
     assert a.bye(attempt, WALL) is None and a.attempts == {}
     attempt, _ = a.offer(B, SDP, 1.0, WALL)
     assert a.bye(attempt, WALL)["kind"] == "bye"
+
+
+def test_a_sealed_message_fits_the_relay_s_signal_limit_or_is_not_made():
+    from p2pgate.net.rtc_signal import MAX_SEALED
+    from p2pgate.relay.wire import MAX_SIGNAL
+
+    assert MAX_SEALED == MAX_SIGNAL
+    a, _ = pair()
+    line = "a=candidate:1 1 udp 2130706431 192.168.1.20 40000 typ host\r\n"
+    attempt, data = a.offer(B, line * 40, 0.0, WALL)  # forty candidates still fit
+    assert len(json.dumps(data)) <= MAX_SIGNAL
+    a.bye(attempt, WALL)
+    with pytest.raises(LocalProtocolError, match="over 8192"):
+        a.offer(B, line * 120, 1.0, WALL)
+    assert a.attempts == {}
