@@ -256,7 +256,7 @@ class Node:
             addresses=lambda: listen_addresses(cfg.listen[0], port), relays=cfg.relays,
             observed=lambda: [relay.observed_address for relay in self._relays],
             on_found=manager.discovered, path_of=manager.path_of,
-            lookup_every=cfg.dht_lookup_interval)
+            lookup_every=cfg.dht_lookup_interval, db=self._db)
         await self._wan.start(list(cfg.bootstrap))
         log.info("DHT node on UDP %s:%d, bootstrapping from %d node(s)", cfg.listen[0], port,
                  len(cfg.bootstrap))

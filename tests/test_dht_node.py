@@ -59,7 +59,7 @@ async def test_publish_and_lookup_across_nodes():
 
 
 def test_store_refuses_forged_wrong_key_oversized_and_bounds_sources():
-    store = RecordStore(max_records=50, max_per_source=3)
+    store = RecordStore(max_records=50, max_per_prefix=3)
     good = record()
     forged = bytearray(good.value)
     forged[-1] ^= 1
@@ -70,7 +70,7 @@ def test_store_refuses_forged_wrong_key_oversized_and_bounds_sources():
     assert not store.offer(good.key, record(seq=0).value, "1.1.1.1")  # older seq
     flood = [seal_record(RecordContent((), ()), k_pair=os.urandom(32), publisher=ME.device_id,
                          device_key=ME.private_key, seq=1, now=time.time()) for _ in range(10)]
-    accepted = sum(store.offer(r.key, r.value, "6.6.6.6") for r in flood)
+    accepted = sum(store.offer(r.key, r.value, f"6.6.6.{i}") for i, r in enumerate(flood))
     assert accepted == 3
     assert len(store) == 4
 

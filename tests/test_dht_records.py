@@ -50,8 +50,8 @@ def test_keys_differ_per_pair_per_direction_and_per_epoch():
 
 
 def test_reader_accepts_adjacent_epochs_only():
-    record = seal(now=NOW)
     next_epoch = (epoch_of(NOW) + 1) * EPOCH + 1
+    record = seal(now=next_epoch - 120)  # sealed just before the boundary, read after it
     assert epoch_of(next_epoch) == epoch_of(NOW) + 1
     open_record(record.value, k_pair=K, publisher=ME.device_id, publisher_key=ME.public_key,
                 now=next_epoch)

@@ -6,8 +6,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pgate.discovery.dht.records import EPOCH, RecordContent, epoch_of
-from p2pgate.discovery.refresh import LookupPeer, PublishRecord, RecordRefresh, needs_lookup
+from p2pgate.discovery.dht.records import (
+    EPOCH,
+    EXPIRY_JITTER,
+    RECORD_LIFETIME,
+    RecordContent,
+    epoch_of,
+)
+from p2pgate.discovery.refresh import (
+    NEXT_EPOCH_LEAD,
+    LookupPeer,
+    PublishRecord,
+    RecordRefresh,
+    lookup_epochs,
+    needs_lookup,
+)
 from p2pgate.errors import LocalProtocolError
 from p2pgate.identity import Identity
 
@@ -95,7 +108,7 @@ def test_a_relayed_or_absent_peer_is_looked_up_every_interval_a_direct_one_never
         lookups += [c for c in publish_and_succeed(refresh, EARLY + step)
                     if isinstance(c, LookupPeer)]
     assert [c.peer for c in lookups] == [A] * 7  # at once, then every 30 s
-    assert lookups[0] == LookupPeer(A, (E, E - 1, E + 1))
+    assert lookups[0] == LookupPeer(A, (E, E - 1))
 
 
 def test_a_peer_that_loses_its_direct_session_is_looked_up_at_once():
@@ -103,7 +116,7 @@ def test_a_peer_that_loses_its_direct_session_is_looked_up_at_once():
     publish_and_succeed(refresh, EARLY)
     assert refresh.handle_timer(EARLY + 500) == []
     refresh.set_needs_lookup([A], EARLY + 600)
-    assert refresh.handle_timer(EARLY + 600) == [LookupPeer(A, (E, E - 1, E + 1))]
+    assert refresh.handle_timer(EARLY + 600) == [LookupPeer(A, (E, E - 1))]
     refresh.set_needs_lookup([], EARLY + 601)  # direct again: no more lookups
     refresh.looked_up(LookupPeer(A, (E,)), EARLY + 602)
     assert refresh.get_timer() == EARLY + 3600  # only the republish remains
@@ -115,7 +128,7 @@ def test_a_new_peer_is_published_for_and_looked_up_at_once():
     refresh.set_peers([A, B], EARLY + 5)
     refresh.set_needs_lookup([B], EARLY + 5)
     assert refresh.handle_timer(EARLY + 5) == [PublishRecord(B, E, HOME),
-                                               LookupPeer(B, (E, E - 1, E + 1))]
+                                               LookupPeer(B, (E, E - 1))]
     refresh.set_peers([A], EARLY + 6)  # B revoked: forgotten
     assert refresh.handle_timer(EARLY + 4000) == [PublishRecord(A, E, HOME)]
 
@@ -189,3 +202,35 @@ def test_under_any_failures_publishing_is_retried_never_hammered_never_stale(ste
         else:
             refresh.publish_failed(command, now)
             assert now + 2 <= refresh.get_timer() <= now + 60
+
+
+def test_the_next_epochs_key_is_looked_up_only_just_before_it_starts():
+    """Asking for tomorrow's key all day would tell the DHT a day early which key our
+    peer will use; it is wanted only for a peer whose clock runs a little ahead."""
+    refresh = core(lookups=(A,))
+    boundary = (E + 1) * EPOCH
+    epochs_seen = {}
+    now = EARLY
+    while now < boundary + 60:
+        for command in publish_and_succeed(refresh, now):
+            if isinstance(command, LookupPeer):
+                epochs_seen[now] = command.epochs
+        now = refresh.get_timer()
+    far = [t for t, epochs in epochs_seen.items() if E + 1 in epochs]
+    assert far, "the next epoch is looked up before the boundary"
+    assert min(far) >= boundary - NEXT_EPOCH_LEAD
+    assert NEXT_EPOCH_LEAD <= 900
+    assert epochs_seen[EARLY] == (E, E - 1)
+    assert all(epochs[0] == epoch_of(t) for t, epochs in epochs_seen.items())
+    assert lookup_epochs(boundary - NEXT_EPOCH_LEAD - 1) == (E, E - 1)
+    assert lookup_epochs(boundary - 1) == (E, E - 1, E + 1)
+    assert lookup_epochs(boundary) == (E + 1, E)
+
+
+def test_records_are_republished_well_before_they_expire():
+    RecordRefresh()  # the defaults are accepted
+    with pytest.raises(LocalProtocolError):
+        RecordRefresh(republish=RECORD_LIFETIME - EXPIRY_JITTER)
+    refresh = core()
+    publish_and_succeed(refresh, EARLY)
+    assert refresh.get_timer() - EARLY <= (RECORD_LIFETIME - EXPIRY_JITTER) / 2

@@ -13,7 +13,18 @@ import time
 import pytest
 
 from p2pgate.discovery.dht.node import DhtNode
-from p2pgate.discovery.dht.records import RecordContent, dht_key, epoch_of, open_record, seal_record
+from p2pgate.discovery.dht.records import (
+    EXPIRY_JITTER,
+    RECORD_LIFETIME,
+    RecordContent,
+    dht_key,
+    epoch_of,
+    open_record,
+    seal_record,
+    seq_offset,
+    validate,
+)
+from p2pgate.discovery.dht.seq import SeqCounter
 from p2pgate.discovery.wan import WanDiscovery, record_content
 from p2pgate.identity import Identity
 from p2pgate.storage.database import Database
@@ -67,9 +78,9 @@ async def helper():
 async def running(dht, registry, port, **kw):
     await dht.listen(0, interface="127.0.0.1")
     kw.setdefault("on_found", _ignore)
+    kw.setdefault("addresses", lambda: OURS)
     kw.setdefault("path_of", lambda peer: "direct")
-    wan = WanDiscovery(dht, registry, ME.device_id, ME.private_key,
-                       addresses=lambda: OURS, relays=RELAYS,
+    wan = WanDiscovery(dht, registry, ME.device_id, ME.private_key, relays=RELAYS,
                        observed=lambda: [None, "203.0.113.9:40000"], first_backoff=0.05, **kw)
     await wan.start([("127.0.0.1", port)])
     try:
@@ -152,3 +163,90 @@ async def test_a_crashed_loop_is_logged_and_restarted(registry, helper, caplog):
     assert supervisor.failures == {"DHT records": 1}
     assert any("a bug in the connection manager" in r.getMessage() for r in caplog.records)
     assert len(calls) >= 2
+
+
+class CountingDht(DhtNode):
+    """A real DHT node that tells when it has published `n` records."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(ksize=4, alpha=2, wait_timeout=0.5)
+        self.n = n
+        self.done = asyncio.Event()
+
+    async def publish(self, record):
+        stored = await super().publish(record)
+        self.n -= stored
+        if self.n <= 0:
+            self.done.set()
+        return stored
+
+
+@pytest.fixture
+async def database(tmp_path):
+    db = await Database.open(tmp_path / "wan.db", "k" * 32)
+    yield db
+    await db.close()
+
+
+async def _paired(db, n):
+    registry = DeviceRegistry(db)
+    peers = []
+    for i in range(n):
+        peer, k = Identity.generate(), os.urandom(32)
+        await registry.begin_pairing(peer.cert_der, f"peer {i}")
+        await registry.complete_pairing(peer.device_id, k, b"D" * 32)
+        peers.append((peer, k))
+    return registry, peers
+
+
+async def test_records_of_one_pass_share_no_seq_and_no_expiry(database, helper):
+    """Storing nodes (and anyone they hand records to) cannot group a device's records
+    by seq or expiry, and seq says nothing about the time."""
+    node, port = helper
+    registry, peers = await _paired(database, 3)
+    dht = CountingDht(3)
+    start = time.time()
+    async with running(dht, registry, port, db=database):
+        await asyncio.wait_for(dht.done.wait(), WAIT)
+    now = time.time()
+    records = [validate(key, node.storage.get(key), now)
+               for key in (dht_key(k, ME.device_id, epoch_of(now)) for _, k in peers)]
+    seqs = [r.seq for r in records]
+    assert len(set(seqs)) == 3
+    assert all(seq >= 2**61 for seq in seqs)  # not milliseconds of the wall clock
+    assert min(abs(a - b) for a in seqs for b in seqs if a != b) > 2**32  # unrelated
+    # one counter value per pass: the step between two seqs of a key does not count peers
+    counters = {r.seq - seq_offset(k, ME.device_id, epoch_of(now)) for r, (_, k) in
+                zip(records, peers, strict=True)}
+    assert len(counters) == 1
+    expiries = [r.expiry for r in records]
+    assert len(set(expiries)) > 1  # all three equal: 1 chance in 3 million
+    for expiry in expiries:
+        assert start + RECORD_LIFETIME - EXPIRY_JITTER - 1 <= expiry <= now + RECORD_LIFETIME
+
+
+async def test_a_record_sealed_after_a_restart_beats_the_one_before(database, helper):
+    node, port = helper
+    registry, [(peer, k)] = await _paired(database, 1)
+    key = dht_key(k, ME.device_id, epoch_of(time.time()))
+    seqs = []
+    for addresses in (("10.1.0.1:7771",), ("10.2.0.2:7771",)):  # moved, then restarted
+        dht = CountingDht(1)
+        async with running(dht, registry, port, db=database, addresses=lambda a=addresses: a):
+            await asyncio.wait_for(dht.done.wait(), WAIT)
+        value = node.storage.get(key)
+        seq, content = open_record(value, k_pair=k, publisher=ME.device_id,
+                                   publisher_key=ME.public_key, now=time.time())
+        assert content.addresses == addresses  # the newer record won on the helper
+        seqs.append(seq)
+    assert seqs[1] > seqs[0]
+
+
+async def test_the_seq_counter_only_grows_across_restarts(database):
+    first = SeqCounter(database, block=100_000)
+    values = [await first.next() for _ in range(20)]  # several blocks used up
+    assert values == sorted(set(values))
+    again = SeqCounter(database, block=100_000)
+    assert await again.next() > values[-1]
+    # without a database: a random start, in memory
+    assert await SeqCounter().next() != await SeqCounter().next()

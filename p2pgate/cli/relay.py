@@ -91,7 +91,14 @@ async def _serve(config_path: Path | None, overrides: dict[str, Any]) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    await server.start_stun()
     print(f"p2pgate relay listening on {host}:{bound} (access: {config.access})")
+    stun_host = config.stun_host or host
+    if server.stun is not None:
+        print(f"STUN on UDP {stun_host}:{server.stun.port}")
+    else:
+        print("STUN: off" if not config.stun_port else
+              f"STUN: off (UDP {stun_host}:{config.stun_port} could not be bound)")
     print(f"relay ID: {key.relay_id}", flush=True)
     log.info("devices use: --relay %s", _urls_to_give(config, key, bound))
     dht = None
@@ -132,7 +139,8 @@ def _relay(args: argparse.Namespace) -> int:
     if args.action == "token":
         return _token(args)
     config_path = Path(args.config) if args.config else None
-    overrides = {"listen": args.listen, "dht_port": args.dht_port, "data_dir": args.data_dir}
+    overrides = {"listen": args.listen, "dht_port": args.dht_port, "data_dir": args.data_dir,
+                 "stun_port": args.stun_port}
     config = load_relay_config(config_path, overrides)  # a bad config fails before start
     RelayKey.load_or_create(resolve_data_dir(config.data_dir))  # ...and so does a bad key
     setup_logging("json" if args.log_json else "human", args.debug)
@@ -151,6 +159,8 @@ def add_relay_command(sub: Any) -> None:
                    help="where the relay's key (relay.key, its relay ID) lives (default: "
                    "data_dir in the config, else $P2PGATE_HOME, else the user data dir)")
     p.add_argument("--dht-port", type=int, help="also run a DHT bootstrap node on this UDP port")
+    p.add_argument("--stun-port", type=int, help="UDP port answering STUN Binding requests "
+                   "(default 3478; 0 = off)")
     p.add_argument("--log-json", action="store_true", help="log JSON lines")
     p.add_argument("--key", default="relay-signing.key",
                    help="signing key file (keygen, token)")

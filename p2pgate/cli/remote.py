@@ -90,10 +90,11 @@ def _status(args: argparse.Namespace) -> int:
         if not peers.items:
             lines.append("No peers connected.")
             return "\n".join(lines)
-        table = _table("Peers", ["name", "id", "path", "address", "rtt", "sync"], [
-            [p["name"], p["device_id"][:7], p["path"], p["address"],
+        table = _table("Peers", ["name", "id", "path", "address", "rtt", "sync", "last move"], [
+            [p["name"], p["device_id"][:7],
+             p["path"] + (" (suspect)" if p.get("suspect") else ""), p["address"],
              "" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms",
-             _progress(p.get("backlog", 0), p.get("changes", 0))]
+             _progress(p.get("backlog", 0), p.get("changes", 0)), _move(p.get("last_move"))]
             for p in peers.items
         ])
         console = Console()
@@ -101,6 +102,14 @@ def _status(args: argparse.Namespace) -> int:
         return table
 
     return _run(args, action)
+
+
+def _move(move: dict[str, Any] | None) -> str:
+    """A peer's last move between paths: "direct → relay 14:02:31 (suspect path)"."""
+    if not move:
+        return ""
+    at = datetime.fromtimestamp(move["at"]).strftime("%H:%M:%S")
+    return f"{move['from']} → {move['to']} {at} ({move['why']})"
 
 
 def _relay_line(relay: m.RelayInfo) -> str:

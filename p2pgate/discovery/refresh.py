@@ -14,7 +14,10 @@ Publishing, per peer:
              `max_backoff`; a success starts it over (PUBLISHED).
 Looking up, per peer:
   IDLE       a direct session exists: no lookups.
-  WANTED     no direct session: `LookupPeer` at once, then every `lookup_every`.
+  WANTED     no direct session: `LookupPeer` at once, then every `lookup_every`, for
+             the current and the previous epoch, and the next one only in the last
+             `NEXT_EPOCH_LEAD` seconds before it starts (asking for it all day long
+             would tell the DHT tomorrow's key a day early).
   FAILING    the last lookup failed: retried after the same kind of backoff.
 A command handed out counts as an attempt: until its outcome is reported, the peer is
 scheduled as if it had failed, so an adapter that never reports cannot stall it.
@@ -25,11 +28,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from p2pgate.discovery.dht.records import EPOCH, RecordContent, epoch_of
+from p2pgate.discovery.dht.records import (
+    EPOCH,
+    EXPIRY_JITTER,
+    RECORD_LIFETIME,
+    RecordContent,
+    epoch_of,
+)
 from p2pgate.errors import LocalProtocolError
 from p2pgate.identity.deviceid import DeviceID
 
-__all__ = ["Command", "LookupPeer", "PublishRecord", "RecordRefresh", "needs_lookup"]
+__all__ = [
+    "NEXT_EPOCH_LEAD", "Command", "LookupPeer", "PublishRecord", "RecordRefresh",
+    "lookup_epochs", "needs_lookup",
+]
+
+# A peer whose clock runs ahead, or that (re)starts just after its epoch boundary, has
+# only a next-epoch record: looked up this long before our boundary (clocks up to 10 min
+# apart). A peer that switched earlier still has its current-epoch record for hours.
+NEXT_EPOCH_LEAD = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +60,22 @@ class PublishRecord:
 
 @dataclass(frozen=True, slots=True)
 class LookupPeer:
-    """Look up `peer`'s record for us, trying these epochs (current, then adjacent)."""
+    """Look up `peer`'s record for us, trying these epochs (see `lookup_epochs`)."""
 
     peer: DeviceID
     epochs: tuple[int, ...]
 
 
 Command = PublishRecord | LookupPeer
+
+
+def lookup_epochs(now: float) -> tuple[int, ...]:
+    """The epochs whose records we look up at `now`: the current one, the previous one,
+    and the next one only in the last `NEXT_EPOCH_LEAD` seconds before it."""
+    epoch = epoch_of(now)
+    if (epoch + 1) * EPOCH - now <= NEXT_EPOCH_LEAD:
+        return (epoch, epoch - 1, epoch + 1)
+    return (epoch, epoch - 1)
 
 
 def needs_lookup(path: str | None) -> bool:
@@ -79,7 +105,7 @@ class RecordRefresh:
 
     def __init__(self, *, republish: float = 3600.0, lookup_every: float = 30.0,
                  first_backoff: float = 2.0, max_backoff: float = 60.0,
-                 lifetime: float = EPOCH) -> None:
+                 lifetime: float = RECORD_LIFETIME - EXPIRY_JITTER) -> None:
         if not 0 < republish < lifetime:
             raise LocalProtocolError("republish must be positive and below the record "
                                      "lifetime")
@@ -172,7 +198,7 @@ class RecordRefresh:
                 commands.append(PublishRecord(peer, epoch, self._content))
                 self._attempted(state.publish, now)
             if _is_due(state.lookup, now):
-                commands.append(LookupPeer(peer, (epoch, epoch - 1, epoch + 1)))
+                commands.append(LookupPeer(peer, lookup_epochs(now)))
                 self._attempted(state.lookup, now)
         return commands
 

@@ -3,8 +3,14 @@
 For every trusted peer we publish one record per 24 h epoch under a key only that
 peer can derive (`p2pgate.discovery.dht.records`), holding our addresses, the public
 address a relay observed for us, and our relays, sealed with the pair secret and
-signed. We look up each peer's record for us (current and adjacent epochs) and hand
-what it says to the connection manager. Someone who knows only a device ID cannot
+signed. We look up each peer's record for us (current and previous epoch, and the
+next one just before it starts) and hand what it says to the connection manager.
+Records live about 3 h (`RECORD_LIFETIME`, less a random jitter) and are republished
+every `republish` seconds (1 h), with a new `seq` each time: a secret per-key offset
+plus a counter kept in the database (`SeqCounter`), one value per pass of the loop
+(each key is published at most once per pass), so a record sealed after a restart
+still beats the ones before it, and the step between two seqs of one key counts our
+passes, not how many records (peers) we have. Someone who knows only a device ID cannot
 even compute the key, let alone read the value.
 
 `RecordRefresh` (the sans-I/O core in `p2pgate.discovery.refresh`) decides when to
@@ -30,10 +36,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from p2pgate.discovery.dht.node import DhtNode
-from p2pgate.discovery.dht.records import RecordContent, dht_key, open_record, seal_record
+from p2pgate.discovery.dht.records import (
+    RecordContent,
+    dht_key,
+    epoch_of,
+    open_record,
+    seal_record,
+    seq_offset,
+)
+from p2pgate.discovery.dht.seq import SeqCounter
 from p2pgate.discovery.refresh import LookupPeer, PublishRecord, RecordRefresh, needs_lookup
 from p2pgate.errors import LocalProtocolError, P2PGateError, RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.storage.database import Database
 from p2pgate.storage.registry import Device, DeviceRegistry
 from p2pgate.supervisor import Supervisor
 
@@ -77,7 +92,7 @@ class WanDiscovery:
                  republish: float = 3600.0, lookup_every: float = 30.0,
                  first_backoff: float = 2.0, max_backoff: float = 60.0,
                  clock: Callable[[], float] = time.time,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, db: Database | None = None) -> None:
         self._dht = dht
         self._registry = registry
         self._me = me
@@ -89,6 +104,8 @@ class WanDiscovery:
         self._path_of = path_of  # the path of a live session with the peer, or None
         self._lookup_every = lookup_every
         self._clock = clock  # wall clock: epochs and expiry are absolute times
+        self._seq = SeqCounter(db)  # without a database: newer-wins within one run only
+        self._pass = 0  # the counter value of this pass's records
         self._core = RecordRefresh(republish=republish, lookup_every=lookup_every,
                                    first_backoff=first_backoff, max_backoff=max_backoff)
         self._supervisor = Supervisor(logger=log) if supervisor is None else supervisor
@@ -113,7 +130,10 @@ class WanDiscovery:
         while True:
             await self._join()
             await self._observe(self._clock())
-            for command in self._core.handle_timer(self._clock()):
+            commands = self._core.handle_timer(self._clock())
+            if any(isinstance(command, PublishRecord) for command in commands):
+                self._pass = await self._seq.next()  # one per pass: see `SeqCounter`
+            for command in commands:
                 if isinstance(command, PublishRecord):
                     await self._publish(command)
                 else:
@@ -165,9 +185,10 @@ class WanDiscovery:
         if not self._joined():
             raise DhtError("no DHT node answers yet")
         now = self._clock()
+        seq = seq_offset(device.k_pair, self._me, epoch_of(now)) + self._pass
         try:
             record = seal_record(content, k_pair=device.k_pair, publisher=self._me,
-                                 device_key=self._key, seq=int(now * 1000), now=now)
+                                 device_key=self._key, seq=seq, now=now)
         except ValueError as exc:  # too many addresses or relays for one record
             raise LocalProtocolError(str(exc)) from None
         with dht_errors("store"):

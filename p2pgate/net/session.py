@@ -34,14 +34,13 @@ from p2pgate.net.frames import (
     SessionCore,
 )
 from p2pgate.net.tls import TlsStream
-from p2pgate.stream import StreamClosed
+from p2pgate.stream import CLOSE_GRACE, StreamClosed
 
 __all__ = ["Session", "SessionError", "SessionOptions"]
 
 log = logging.getLogger("p2pgate.net")
 
 HELLO_TIMEOUT = 10.0
-CLOSE_GRACE = 1.0  # close() waits this long, at most, for our CLOSE to be written
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +89,6 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_close: list[Callable[[Session], None]] = []
         self._on_suspect: list[Callable[[Session, bool], None]] = []
-        self.last_received = time.monotonic()
         self._closer: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -230,8 +228,7 @@ class Session:
                     self._core.receive_eof()
                 else:
                     self.bytes_received += len(data)
-                    self.last_received = time.monotonic()
-                    self._core.receive(data, self.last_received)
+                    self._core.receive(data, time.monotonic())
                 await self._drain_events()
         except (StreamClosed, RemoteProtocolError) as exc:
             self._end(f"connection lost: {exc}")

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,6 +55,7 @@ from p2pgate.urls import relay_base_url, relay_url_id
 __all__ = ["RelayClient", "RelayError", "RelayRefused", "RelayUnavailable", "SpliceStream"]
 
 log = logging.getLogger("p2pgate.relay.client")
+_STUN_ADDRESS = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 
 ANSWER_TIMEOUT = 15.0
 CONTROL_MAX_MESSAGE = 64 << 10  # the relay's largest message is a signal (8 KB of data)
@@ -209,6 +211,7 @@ class RelayClient:
         self.unsolicited = 0  # `ready` messages for nothing we asked for or accepted
         self._tasks = Supervisor(logger=log)
         self.observed_address: str | None = None
+        self.stun_address: str | None = None  # the relay's STUN "HOST:PORT", from `welcome`
         self.on_connected: Callable[[], None] | None = None
         self.on_refused: Callable[[str], None] | None = None  # the relay refused our login
         # signalling between trusted devices (for WebRTC later); others are dropped
@@ -313,6 +316,9 @@ class RelayClient:
                 raise RelayRefused(self.url, str(welcome.get("reason", "?"))[:64])
             self._notes.logged_in()
             self.observed_address = welcome.get("observed")
+            stun = welcome.get("stun")  # the relay's STUN "HOST:PORT" (for WebRTC), if any
+            self.stun_address = stun if isinstance(stun, str) and _STUN_ADDRESS.fullmatch(
+                stun) else None
             self._ws = ws
             self._connected.set()
             if self.on_connected is not None:

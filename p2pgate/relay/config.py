@@ -12,7 +12,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from p2pgate.config import HostPort, one_line, parse_host_port, read_toml
 from p2pgate.urls import relay_base_url
@@ -40,6 +40,16 @@ class RelayConfig(BaseModel):
     )
     dht_port: int | None = Field(None, ge=0, le=65535, description="UDP port of the DHT "
                                  "bootstrap node; none = no DHT node.")
+    stun_port: int = Field(
+        3478, ge=0, le=65535, description="UDP port (on the listen host) answering STUN "
+        "Binding requests, so devices learn their address outside their NAT for direct "
+        "WebRTC paths; 0 = off. Never the DHT port."
+    )
+    stun_host: str | None = Field(
+        None, description="IP address the STUN port binds instead of listen's host: behind a "
+        "TLS-terminating proxy (listen on 127.0.0.1) set it to the public address or 0.0.0.0, "
+        "as devices are told public_url's host."
+    )
     access: Literal["open", "allowlist", "token"] = Field(
         "open", description="Who may use the relay: its sessions and also its pairing "
         "mailboxes (on an allowlist or token relay, only allowed devices may pair through it)."
@@ -76,6 +86,19 @@ class RelayConfig(BaseModel):
     @classmethod
     def _canonical_url(cls, value: str | None) -> str | None:
         return None if value is None else relay_base_url(value)
+
+    @model_validator(mode="after")
+    def _stun_not_on_dht(self) -> RelayConfig:
+        if self.stun_port and self.stun_port == self.dht_port:
+            raise ValueError("stun_port must differ from dht_port (their requests collide)")
+        return self
+
+    @field_validator("stun_host")
+    @classmethod
+    def _stun_ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # a name would need resolving at start
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

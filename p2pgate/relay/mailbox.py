@@ -39,6 +39,7 @@ from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.rendezvous import Mailboxes, Refused, SpliceMatcher
 from p2pgate.relay.splicing import first_message
+from p2pgate.relay.timer import CoreTimer
 
 __all__ = ["BOX_WAIT", "MailboxRelay", "SPLICE_BYTES", "SPLICE_TIME"]
 
@@ -93,12 +94,12 @@ class MailboxRelay:
         self.answers: SpliceMatcher[_Joiner] = SpliceMatcher(ANSWER_WAIT)
         self._pending: dict[int, set[_Joiner]] = {}  # id(inviter ws) -> joiners it was told of
         self._closing: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(lambda: (self.boxes.get_timer(), self.answers.get_timer()),
+                                self._on_timer)
 
     def close(self) -> None:
         """Cancel the deadline timer (at shutdown)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
 
     def _refused(self, reason: str) -> dict[str, str]:
         self.metrics.inc("refusals_total", reason=f"mailbox_{reason}")
@@ -167,7 +168,7 @@ class MailboxRelay:
             await ws.send_json(self._refused(outcome.reason))
             return
         try:
-            self._arm_timer()
+            self._timer.rearm()
             await ws.send_json({"t": "open", "nameplate": outcome.nameplate})
             async for _ in ws:  # an inviter sends nothing on its box: anything ends it
                 self.metrics.inc("refusals_total", reason="mailbox_inviter_spoke")
@@ -191,7 +192,7 @@ class MailboxRelay:
         key = secrets.token_urlsafe(16)
         joiner = _Joiner(ws, asyncio.get_running_loop().create_future())
         self.answers.arrive(key, joiner, self._now())
-        self._arm_timer()
+        self._timer.rearm()
         pending = self._pending.setdefault(id(outcome), set())
         pending.add(joiner)
         try:
@@ -248,21 +249,10 @@ class MailboxRelay:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        timers = [t for t in (self.boxes.get_timer(), self.answers.get_timer()) if t is not None]
-        if timers:
-            self._timer = asyncio.get_running_loop().call_at(min(timers), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self._now()
+    def _on_timer(self, now: float) -> None:
         for waiting in self.answers.handle_timer(now):
             waiting.conn.resolve(None)
         for expired in self.boxes.handle_timer(now):  # its hold then ends, telling joiners
             task = asyncio.ensure_future(expired.conn.close(code=4001, message=b"box expired"))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        self._arm_timer()

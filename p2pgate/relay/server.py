@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 
 from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
+from p2pgate.relay import stun, stun_server
 from p2pgate.relay.auth import AuthRefused, check_access, relay_hello, relay_url_for, verify_login
 from p2pgate.relay.broker import Broker, Send
 from p2pgate.relay.config import RelayConfig
@@ -32,6 +33,7 @@ from p2pgate.relay.mailbox import MailboxRelay
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.relay_key import RelayKey
 from p2pgate.relay.splicing import SPLICE_WAIT, Splicer, first_message
+from p2pgate.relay.timer import CoreTimer
 from p2pgate.relay.wire import (
     Accepted,
     ConnectAsked,
@@ -45,7 +47,6 @@ __all__ = ["RelayServer"]
 
 log = logging.getLogger("p2pgate.relay")
 
-PROTOCOL_VERSION = 1
 SIGNAL_BACKLOG = 1.0  # signalling waits for no splice: dropped past this much global backlog
 
 
@@ -78,11 +79,12 @@ class RelayServer:
         self.splicer = Splicer(config, self.broker, self.metrics, self._session_closed)
         self.mailboxes = MailboxRelay(config, self.metrics, self.key)
         self._controls: dict[DeviceID, web.WebSocketResponse] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(lambda: (self.broker.get_timer(),), self._on_timer)
         self._tasks = Supervisor(logger=log)
         self._draining = False
         self._told_url: set[str] = set()  # operator warnings already given, by reason
         self._no_sessions = asyncio.Event()
+        self.stun: stun_server.StunEndpoint | None = None  # bound by `start_stun`
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:
@@ -117,6 +119,25 @@ class RelayServer:
         app.on_shutdown.append(self._on_shutdown)
         return app
 
+    async def start_stun(self) -> None:
+        """Answer STUN on UDP `stun_port` of the listen host (unless 0); a port that cannot
+        be bound leaves the relay running without STUN (devices then stay off WebRTC's
+        server-reflexive candidates) and says so."""
+        host = self.config.stun_host or self.config.listen[0]
+        if self.config.stun_port and self.stun is None:
+            try:
+                self.stun = await stun_server.start_stun(host, self.config.stun_port)
+            except OSError as exc:
+                log.warning("STUN port UDP %s:%d not available, running without STUN: %s",
+                            host, self.config.stun_port, exc)
+
+    def stun_address(self, request: web.Request) -> str | None:
+        """The STUN "HOST:PORT" to tell the client of `request`, or None (no STUN)."""
+        if self.stun is None:
+            return None
+        return stun.stun_address(self.config.public_url, self._local_address(request),
+                                 self.stun.port, self.stun.host)
+
     async def drain(self) -> None:
         """Refuse new work and wait (up to drain_timeout) for running splices (sessions
         accepted but never spliced do not hold it)."""
@@ -128,10 +149,12 @@ class RelayServer:
                     await self._no_sessions.wait()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self.stun is not None:
+            self.stun.close()
+            self.stun = None
         for ws in list(self._controls.values()):
             await ws.close(code=1001, message=b"relay shutting down")
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self.splicer.close()
         self.mailboxes.close()
         await self._tasks.stop()
@@ -140,7 +163,8 @@ class RelayServer:
         status = "draining" if self._draining else "ok"
         return web.json_response({"status": status, "relay_id": str(self.key.relay_id),
                                   "connections": len(self._controls),
-                                  "sessions": self.broker.sessions})
+                                  "sessions": self.broker.sessions,
+                                  "stun": self.stun_address(request)})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain")
@@ -221,7 +245,11 @@ class RelayServer:
         self.broker.attach(device)
         observed = f"{ip}:{request.transport.get_extra_info('peername')[1]}" if (
             request.transport and ip == request.remote) else ip
-        await ws.send_json({"t": "welcome", "device": str(device), "observed": observed})
+        welcome = {"t": "welcome", "device": str(device), "observed": observed}
+        stun_at = self.stun_address(request)
+        if stun_at is not None:
+            welcome["stun"] = stun_at
+        await ws.send_json(welcome)
         log.info("device %s attached", device.short)
         return device
 
@@ -276,13 +304,13 @@ class RelayServer:
                 return
             await self._deliver(self.broker.request(device, message.to, message.req,
                                                     self._now()))
-            self._arm_timer()
+            self._timer.rearm()
         elif isinstance(message, Accepted):
             accept = message.accept and not self._draining
             sends = self.broker.answer(device, message.sid, accept, self._now())
             if sends:
                 self.metrics.inc("sessions_total")
-                self._arm_timer()
+                self._timer.rearm()
             await self._deliver(sends)
         else:
             self._signal(device, message)
@@ -317,21 +345,11 @@ class RelayServer:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        when = self.broker.get_timer()
-        if when is not None:
-            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        sends = self.broker.handle_timer(self._now())
+    def _on_timer(self, now: float) -> None:
+        sends = self.broker.handle_timer(now)
         if sends:
             self._tasks.fire("relay: unavailable answers", self._deliver(sends))
         self._session_closed()  # ready sessions nobody spliced may have expired
-        self._arm_timer()
 
     # -- splices and the pairing mailbox ---------------------------------------------------
 

@@ -24,6 +24,7 @@ from p2pgate.relay.config import RelayConfig
 from p2pgate.relay.limits import Throughput
 from p2pgate.relay.metrics import Metrics
 from p2pgate.relay.rendezvous import SpliceMatcher
+from p2pgate.relay.timer import CoreTimer
 from p2pgate.relay.wire import json_object
 
 __all__ = ["FIRST_MESSAGE_WAIT", "Splicer", "first_message"]
@@ -76,7 +77,7 @@ class Splicer:
         self.throughput = Throughput(config.session_rate, config.global_rate)
         self.splices: SpliceMatcher[_Half] = SpliceMatcher(SPLICE_WAIT)
         self._on_session_closed = on_session_closed
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(lambda: (self.splices.get_timer(),), self._on_timer)
 
     def reload(self, config: RelayConfig) -> None:
         """Apply new limits: the global rate at once, the session rate to new splices."""
@@ -85,8 +86,7 @@ class Splicer:
 
     def close(self) -> None:
         """Cancel the rendezvous timer (at shutdown); waiting halves are left as they are."""
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
 
     async def run_splice(self, ws: web.WebSocketResponse) -> None:
         """One side of a relayed session: claim its key, meet the other side, pump."""
@@ -109,7 +109,7 @@ class Splicer:
         """Splice this side to the side that was `waiting`; with none, wait until a
         partner resolves `half` (None: nobody came) and splice to it."""
         if waiting is None:
-            self._arm_timer()
+            self._timer.rearm()
             other = await half.partner
             if other is not None:
                 await self.pump(half.ws, other, sid)
@@ -149,17 +149,6 @@ class Splicer:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        when = self.splices.get_timer()
-        if when is not None:
-            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self._now()
+    def _on_timer(self, now: float) -> None:
         for expired in self.splices.handle_timer(now):
             expired.conn.resolve(None)
-        self._arm_timer()

@@ -54,3 +54,76 @@ async def test_a_discovered_peer_gets_one_direct_session_and_documents_sync(devi
         await at_phone.reconnect_all("keys rotated")
         await until(lambda: at_phone.path_of(peer) == "direct")
     assert at_phone.path_of(peer) is None  # stopped: no session left
+
+
+class FreezableProxy:
+    """A TCP proxy whose forwarding can be frozen: a path that goes silent, both ways,
+    with every socket still open (as a blackholed route looks to both ends)."""
+
+    def __init__(self, port):
+        self.port, self.flowing = port, asyncio.Event()
+        self.flowing.set()
+        self.server = None
+        self.tasks, self.writers = set(), []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader, writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers += [writer, up_writer]
+
+        async def pump(src, dst):
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    await self.flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(pump(src, dst))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def stop(self):
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_a_silent_path_is_suspect_within_seconds_of_a_write_and_both_sides_move(devices):
+    phone, desk = await devices("phone"), await devices("desk")
+    await pair(phone, desk)
+    async with running(phone) as (at_phone, phone_docs, _), \
+            running(desk) as (at_desk, desk_docs, desk_listener):
+        proxy = FreezableProxy(desk_listener.port)
+        peer, me = desk.identity.device_id, phone.identity.device_id
+        await at_phone.discovered(peer, (f"127.0.0.1:{await proxy.start()}",))
+        await until(lambda: at_phone.path_of(peer) == "direct"
+                    and at_desk.path_of(me) == "direct")
+        [entry] = at_phone.peers()
+        assert entry["suspect"] is False and entry["last_move"] is None
+
+        proxy.flowing.clear()  # the path goes silent; no setting is changed
+        await phone_docs.put("notes", "n1", {"text": "written into the silence"}, None)
+        loop = asyncio.get_running_loop()
+        written = loop.time()
+        await until(lambda: at_phone.peers()[0]["suspect"])
+        assert loop.time() - written < 1.5  # max(1 s, 4 x RTT) on loopback
+        assert at_desk.peers()[0]["suspect"] is False  # the silent side has sent nothing
+
+        proxy.flowing.set()  # the replacement dial (made at once) now completes
+        await until(lambda: (at_phone.peers() or [{}])[0].get("last_move") is not None
+                    and (at_desk.peers() or [{}])[0].get("last_move") is not None)
+        assert at_phone.peers()[0]["last_move"]["why"] == "suspect path"
+        assert at_desk.peers()[0]["last_move"]["why"] == "the peer lost its path"
+        await until(lambda: bool(desk_docs.cursor))
+        assert (await desk_docs.get("notes", "n1")).data == {"text": "written into the silence"}
+    await proxy.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 import pytest
 
@@ -13,7 +14,11 @@ from tests.lab import make_node_dir, node_argv, trust_each_other, wait_for
 pytestmark = pytest.mark.netns
 
 DOCS = 10_000
-def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
+
+
+def _two_devices(lab, tmp_path):
+    """Paired phone and desktop namespaces; `start(n)` runs a node, `client(n, ...)` the
+    notes program against it (bulk loads need the raised rate limit)."""
     hosts = {n: lab.host(n) for n in ("phone", "desk")}
     nodes = {n: make_node_dir(tmp_path, n) for n in hosts}
     trust_each_other(nodes["phone"], nodes["desk"], [f"{hosts['phone'].ip}:7771"],
@@ -36,6 +41,11 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
+    return hosts, nodes, start, client
+
+
+def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
+    hosts, nodes, start, client = _two_devices(lab, tmp_path)
     phone = start("phone")
     client("phone", "write", "p", str(DOCS))
     phone.send_signal(signal.SIGTERM)
@@ -50,7 +60,9 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
     desk.kill()
     assert desk.wait(10) == -signal.SIGKILL
     phone.send_signal(signal.SIGTERM)  # so that what the desktop kept can be counted
-    phone.wait(30)
+    stopping = time.monotonic()
+    assert phone.wait(30) == 0
+    assert time.monotonic() - stopping < 5  # a peer killed mid-sync does not hold us up
 
     start("desk")
     survived = int(client("desk", "count"))
@@ -61,3 +73,20 @@ def test_kill_9_while_syncing_10k_documents_then_both_converge(lab, tmp_path):
              what="desktop converged")
     wait_for(lambda: int(client("phone", "count")) == DOCS + 200, timeout=60, interval=0.5,
              what="phone converged")
+
+
+def test_sigterm_exits_within_5_s_with_a_blackholed_peer_mid_sync(lab, tmp_path):
+    hosts, nodes, start, client = _two_devices(lab, tmp_path)
+    phone = start("phone")
+    client("phone", "write", "p", "4000")  # acknowledged before anyone else knows them
+    desk = start("desk")
+    client("desk", "wait", "300")  # the initial sync is under way
+    lab.cut_unicast(hosts["phone"], hosts["desk"])  # packets vanish; no FIN, no RST
+    client("phone", "write", "q", "50")  # and more writes queue up for a dead path
+    for proc in (phone, desk):
+        proc.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    assert phone.wait(30) == 0 and desk.wait(30) == 0
+    assert time.monotonic() - stopping < 5
+    start("phone")
+    assert int(client("phone", "count")) == 4050  # every acknowledged write was committed

@@ -4,17 +4,23 @@ Raw kademlia stores anything anyone sends, keeps whatever value most nodes retur
 grows without bound, and lets one malformed reply crash `bootstrap()` or `get()`.
 Here: every datagram and RPC is checked and a bad one costs only itself; only
 valid private records are stored (signature bound to the key, highest `seq` wins),
-storage is bounded by count and per source address; lookups keep the newest valid
-record among all answers and treat a lying peer as no answer.
+storage is bounded by count and per source network (/24, /64), held a few hours at
+most, and a full store makes room for a fresh record by evicting the least recently
+used one; lookups keep the newest valid record among all answers and treat a lying
+peer as no answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
+import ipaddress
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from kademlia.crawling import ValueSpiderCrawl
@@ -23,56 +29,118 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import IStorage
 
-from p2pgate.discovery.dht.records import MAX_RECORD, Record, validate
+from p2pgate.discovery.dht.records import MAX_HOLD, MAX_RECORD, Record, validate
 from p2pgate.errors import RemoteProtocolError
 
-__all__ = ["DhtNode", "HardenedProtocol", "RecordStore"]
+__all__ = ["DhtNode", "HardenedProtocol", "RecordStore", "source_prefix"]
 
 log = logging.getLogger("p2pgate.dht")
 
 _ID = 20
 
 
-class RecordStore(IStorage):  # type: ignore[misc]
-    """Valid records only, the highest seq per key, bounded in count and per source."""
+@functools.lru_cache(maxsize=4096)
+def source_prefix(address: str) -> str:
+    """The network a source address counts against: its /24 (IPv4) or /64 (IPv6); an
+    IPv4-mapped IPv6 address counts as IPv4; anything else (e.g. "local") as itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"{ipaddress.IPv4Address(int(ip) >> 8 << 8)}/24"
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
-    def __init__(self, max_records: int = 10_000, max_per_source: int = 64,
-                 clock: Callable[[], float] = time.time) -> None:
+
+@dataclass(slots=True)
+class _Held:
+    record: Record
+    prefix: str
+    stored: float
+    until: float  # the signed expiry, or MAX_HOLD after storing if that comes first
+    generation: int  # tells a current expiry-heap entry from one left by a replacement
+
+
+class RecordStore(IStorage):  # type: ignore[misc]
+    """Valid records only, the highest seq per key, bounded in count and per source prefix.
+
+    Each /24 (IPv4) or /64 (IPv6) holds at most `max_per_prefix` records. A record is
+    held until its signed expiry, at most `max_hold` seconds. When the store is full, a
+    fresh valid record takes the place of the one least recently stored or read (an
+    `OrderedDict` in that order). Expiry pops a heap: O(log n) per record that expires,
+    nothing per record that does not.
+    """
+
+    def __init__(self, max_records: int = 10_000, max_per_prefix: int = 64,
+                 max_hold: float = MAX_HOLD, clock: Callable[[], float] = time.time) -> None:
         self.max_records = max_records
-        self.max_per_source = max_per_source
+        self.max_per_prefix = max_per_prefix
+        self.max_hold = max_hold
         self._clock = clock
-        self._records: dict[bytes, tuple[Record, str, float]] = {}
-        self._per_source: Counter[str] = Counter()
+        self._records: OrderedDict[bytes, _Held] = OrderedDict()  # least recently used first
+        self._expiries: list[tuple[float, int, bytes]] = []  # (until, generation, key)
+        self._per_prefix: Counter[str] = Counter()
+        self._generation = 0
+        self.evicted = 0
 
     def offer(self, key: bytes, value: bytes, source: str) -> bool:
         """Store if valid and newer; False (and nothing stored) otherwise."""
         now = self._clock()
+        self._expire(now)
+        prefix = source_prefix(source)
+        current = self._records.get(key)
+        if current is None and self._per_prefix[prefix] >= self.max_per_prefix:
+            log.debug("refused record from %s: per-network limit", prefix)  # no check spent
+            return False
         try:
             record = validate(key, value, now)
         except RemoteProtocolError as exc:
             log.debug("refused record from %s: %s", source, exc)
             return False
-        current = self._records.get(key)
-        if current is not None and current[0].seq >= record.seq:
-            return current[0].value == value
-        self._expire(now)
+        if current is not None and current.record.seq >= record.seq:
+            return current.record.value == value
         if current is None:
-            if self._per_source[source] >= self.max_per_source:
-                log.info("refused record from %s: per-source limit", source)
-                return False
             if len(self._records) >= self.max_records:
-                return False
+                self._evict()
         else:
-            self._per_source[current[1]] -= 1
-        self._records[key] = (record, source, now)
-        self._per_source[source] += 1
+            self._drop(key)
+        self._generation += 1
+        held = _Held(record, prefix, now, min(record.expiry, now + self.max_hold),
+                     self._generation)
+        self._records[key] = held
+        self._per_prefix[prefix] += 1
+        heapq.heappush(self._expiries, (held.until, held.generation, key))
+        if len(self._expiries) > 2 * len(self._records) + 64:
+            self._compact()
         return True
 
+    def _evict(self) -> None:
+        """Make room: drop the record least recently stored or read."""
+        key = next(iter(self._records))
+        log.debug("store full: evicted the least recently used record")
+        self._drop(key)
+        self.evicted += 1
+
+    def _drop(self, key: bytes) -> None:
+        held = self._records.pop(key)
+        self._per_prefix[held.prefix] -= 1
+        if not self._per_prefix[held.prefix]:
+            del self._per_prefix[held.prefix]
+
     def _expire(self, now: float) -> None:
-        for key, (record, source, _) in list(self._records.items()):
-            if record.expiry <= now:
-                del self._records[key]
-                self._per_source[source] -= 1
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            _, generation, key = heapq.heappop(heap)
+            held = self._records.get(key)
+            if held is not None and held.generation == generation:
+                self._drop(key)
+
+    def _compact(self) -> None:
+        """Rebuild the heap without the entries of replaced or evicted records."""
+        self._expiries = [(h.until, h.generation, k) for k, h in self._records.items()]
+        heapq.heapify(self._expiries)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -82,10 +150,13 @@ class RecordStore(IStorage):  # type: ignore[misc]
         self.offer(key, value, "local")
 
     def __getitem__(self, key: bytes) -> bytes:
-        record, _, _ = self._records[key]
-        if record.expiry <= self._clock():
+        """A read (a peer's find_value or our lookup): the record moves to the back of
+        the eviction order."""
+        held = self._records[key]
+        if held.until <= self._clock():
             raise KeyError(key)
-        return record.value
+        self._records.move_to_end(key)
+        return held.record.value
 
     def get(self, key: bytes, default: Any = None) -> Any:
         """The value stored under `key`, or `default`."""
@@ -96,11 +167,14 @@ class RecordStore(IStorage):  # type: ignore[misc]
 
     def iter_older_than(self, seconds_old: float) -> Iterator[tuple[bytes, bytes]]:
         """The (key, value) pairs stored more than `seconds_old` seconds ago (to republish)."""
-        cutoff = self._clock() - seconds_old
-        return iter([(k, r.value) for k, (r, _, t) in self._records.items() if t < cutoff])
+        now = self._clock()
+        cutoff = now - seconds_old
+        return iter([(k, h.record.value) for k, h in self._records.items()
+                     if h.stored < cutoff and h.until > now])
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter([(k, r.value) for k, (r, _, _) in self._records.items()])
+        now = self._clock()
+        return iter([(k, h.record.value) for k, h in self._records.items() if h.until > now])
 
 
 def _is_id(value: Any) -> bool:
@@ -145,6 +219,16 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
             await super()._accept_request(msg_id, data, address)
         except Exception as exc:
             log.debug("dropped bad request from %s: %s", address[0], type(exc).__name__)
+
+    def welcome_if_new(self, node: Node) -> None:
+        """Add a node we did not know to the routing table, and only that.
+
+        Raw kademlia also sends a new node every stored record it should hold, scanning
+        the whole store; a node that is not in a full bucket stays "new", so anyone
+        could make us scan all records (and send many) per datagram with a fresh node
+        ID. The owners republish hourly, which brings a new node its records."""
+        if self.router.is_new_node(node):
+            self.router.add_contact(node)
 
     def _accept_response(self, msg_id: bytes, data: Any, address: tuple[str, int]) -> None:
         entry = self._outstanding.get(msg_id)

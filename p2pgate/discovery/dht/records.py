@@ -11,6 +11,15 @@ where the AEAD (ChaCha20-Poly1305 under a key derived from K_pair) hides the
 addresses and relays, signed inside by the publisher's device key, and sig_E
 covers everything before it. Any storing node can check a value against its key
 (`validate`) without learning anything; only the peer can `open` it.
+
+A record lives `RECORD_LIFETIME` (3 h) minus a random jitter of up to
+`EXPIRY_JITTER` (30 min), so records sealed in one pass do not share an expiry; the
+owner republishes hourly. `seq` orders the records of one key (newest wins): it is
+`seq_offset` (secret, per pair, publisher and epoch, in [2^61, 2^62)) plus a counter
+that only grows, across restarts too (`p2pgate.discovery.dht.seq`), so it says
+nothing about the wall time and nothing links two records of one device.
+`validate` still accepts lifetimes up to two epochs (records of older versions);
+storing nodes hold any record at most `MAX_HOLD` after it was stored.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import struct
 from dataclasses import dataclass
 
@@ -32,14 +42,19 @@ from p2pgate.errors import RemoteProtocolError
 from p2pgate.identity.deviceid import DeviceID
 
 __all__ = [
-    "EPOCH", "MAX_RECORD", "Record", "RecordContent", "dht_key", "epoch_of", "open_record",
-    "seal_record", "validate",
+    "EPOCH", "EXPIRY_JITTER", "MAX_HOLD", "MAX_RECORD", "RECORD_LIFETIME", "SEQ_COUNTER_MAX",
+    "Record", "RecordContent", "dht_key", "epoch_of", "open_record", "seal_record",
+    "seq_offset", "validate",
 ]
 
 VERSION = 1
 EPOCH = 86_400
 MAX_RECORD = 1024
-MAX_LIFETIME = 2 * EPOCH
+MAX_LIFETIME = 2 * EPOCH  # what `validate` accepts (older versions sealed 24 h records)
+RECORD_LIFETIME = 3 * 3600  # what we seal: republished hourly, so two republishes may fail
+EXPIRY_JITTER = 1800  # up to this much is taken off each record's lifetime, at random
+MAX_HOLD = 4 * 3600  # a storing node drops a record this long after it stored it
+SEQ_COUNTER_MAX = 1 << 62  # seq = seq_offset (< 2^62) + counter (< 2^62) fits in 8 bytes
 _HEAD = struct.Struct(">B32sQQ12s")
 _SIG = 64
 _CONTEXT = b"p2pgate dht record v1"
@@ -68,6 +83,13 @@ def dht_key(k_pair: bytes, publisher: DeviceID, epoch: int) -> bytes:
     return hashlib.sha1(_raw(ephemeral_key(k_pair, publisher, epoch).public_key())).digest()  # noqa: S324 (Kademlia's key space)
 
 
+def seq_offset(k_pair: bytes, publisher: DeviceID, epoch: int) -> int:
+    """The secret base of `publisher`'s seq numbers under this pair's key for `epoch`, in
+    [2^61, 2^62): above any wall-time seq of older versions, unrelated across keys."""
+    raw = _hkdf(k_pair, b"dht seq" + publisher.digest + epoch.to_bytes(8, "big"))
+    return (1 << 61) + int.from_bytes(raw[:8], "big") % (1 << 61)
+
+
 @dataclass(frozen=True, slots=True)
 class RecordContent:
     """What a peer learns from a record."""
@@ -89,13 +111,15 @@ class Record:
 
 def seal_record(
     content: RecordContent, *, k_pair: bytes, publisher: DeviceID, device_key: Ed25519PrivateKey,
-    seq: int, now: float, lifetime: int = EPOCH,
+    seq: int, now: float, lifetime: int = RECORD_LIFETIME, jitter: int = EXPIRY_JITTER,
 ) -> Record:
-    """Build the value `publisher` stores for its peer in the current epoch."""
+    """Build the value `publisher` stores for its peer in the current epoch; it expires
+    `lifetime` minus a random part of `jitter` seconds from `now`."""
     epoch = epoch_of(now)
     e_key = ephemeral_key(k_pair, publisher, epoch)
     e_pub = _raw(e_key.public_key())
-    expiry = int(now) + min(lifetime, MAX_LIFETIME)
+    lifetime = min(lifetime, MAX_LIFETIME)
+    expiry = int(now) + lifetime - secrets.randbelow(min(jitter, lifetime - 1) + 1)
     body = json.dumps({"a": list(content.addresses), "r": list(content.relays),
                        "o": content.observed, "s": seq}, separators=(",", ":")).encode()
     inner = body + device_key.sign(_CONTEXT + e_pub + body)
