@@ -1,6 +1,7 @@
 """Two devices in two namespaces open a WebRTC data channel after exchanging the sealed
-offer and answer through a real relay process's control connection, run admission,
-pinned TLS and a Session inside it, move 4 MiB and close cleanly on both sides."""
+offer and answer through a real relay process's control connection (ICE with the
+relay's STUN port), run admission, pinned TLS and a Session inside it, move 4 MiB and
+close cleanly on both sides."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def test_sealed_signalling_then_a_session_over_the_data_channel(lab, tmp_path):
     took = time.monotonic() - started
     sent, got = _result(tmp_path / "a.log"), _result(tmp_path / "b.log")
     assert sent["path"] == got["path"] == "webrtc"
+    assert sent["stun"] == got["stun"] == f"stun:{relay.ip}:3478"  # the relay's, not Google's
     assert sent["remote"].startswith(f"{b.ip}:") and got["remote"].startswith(f"{a.ip}:")
     assert got["bytes"] == sent["bytes"] == 4 << 20  # nothing lost on close
     assert got["sha256"] == sent["sha256"]

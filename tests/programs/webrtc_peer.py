@@ -81,6 +81,8 @@ async def main(root: str, relay_url: str, peer_text: str, role: str) -> None:
     try:
         async with asyncio.timeout(40):
             await relay.wait_connected()
+            if relay.stun_address:  # the relay's STUN port, from its welcome
+                signalling.stun_url = result["stun"] = f"stun:{relay.stun_address}"
             print("ready", flush=True)
             stream = None
             if role == "glare":
