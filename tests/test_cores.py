@@ -22,8 +22,8 @@ CORES = [
     "p2pgate/relay/auth.py", "p2pgate/relay/refusals.py", "p2pgate/relay/wire.py",
     "p2pgate/relay/stun.py",
     "p2pgate/connect/core.py", "p2pgate/documents/driver.py", "p2pgate/documents/fairqueue.py",
-    "p2pgate/discovery/refresh.py", "p2pgate/net/frames.py",
-    "p2pgate/net/admission.py", "p2pgate/ratelimit.py", "p2pgate/urls.py",
+    "p2pgate/discovery/refresh.py", "p2pgate/net/frames.py", "p2pgate/net/admission.py",
+    "p2pgate/net/rtc_signal.py", "p2pgate/ratelimit.py", "p2pgate/urls.py",
 ]
 
 

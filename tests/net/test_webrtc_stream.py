@@ -1,0 +1,201 @@
+"""`WebRtcStream` flow control and close over a scripted data channel (the real aiortc
+channel is in tests/netns/test_netns_webrtc.py; aioice needs namespaces)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from p2pgate.net import webrtc
+from p2pgate.net.webrtc import HIGH_WATER, MESSAGE_SIZE, RECEIVE_WINDOW, WebRtcStream
+from p2pgate.stream import StreamClosed
+
+
+class FakeEmitter:
+    def __init__(self):
+        self.handlers = {}
+
+    def on(self, event, handler):
+        self.handlers.setdefault(event, []).append(handler)
+
+    def emit(self, event, *args):
+        for handler in self.handlers.get(event, []):
+            handler(*args)
+
+
+class FakeChannel(FakeEmitter):
+    """Sent messages wait in `queue` (counted in bufferedAmount) until `flush()`."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.readyState = "open"
+        self.bufferedAmountLowThreshold = 0
+        self.queue: list[bytes | str] = []
+        self.peer: FakeChannel | None = None
+        self.log = log
+        self.auto = True
+
+    @property
+    def bufferedAmount(self):
+        return sum(len(m) for m in self.queue)
+
+    def send(self, message):
+        if self.readyState != "open":
+            raise RuntimeError("channel not open")
+        self.queue.append(message)
+        if self.auto:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self):
+        before = self.bufferedAmount
+        queue, self.queue = self.queue, []
+        for message in queue:
+            self.peer.emit("message", message)
+        if before > self.bufferedAmountLowThreshold:
+            self.emit("bufferedamountlow")
+        if self.readyState == "closing" and self.peer.readyState == "open":
+            self._closed()
+
+    def close(self):
+        self.log.append("channel.close")
+        if self.readyState == "open":
+            self.readyState = "closing"
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def _closed(self):
+        for end in (self, self.peer):
+            end.readyState = "closed"
+            end.emit("close")
+
+
+class FakePc(FakeEmitter):
+    def __init__(self, log):
+        super().__init__()
+        self.connectionState = "connected"
+        self.sctp = None
+        self.log = log
+
+    async def close(self):
+        self.log.append("pc.close")
+        self.connectionState = "closed"
+
+
+def stream_pair():
+    log: list[str] = []
+    ca, cb = FakeChannel(log), FakeChannel(log)
+    ca.peer, cb.peer = cb, ca
+    return WebRtcStream(FakePc(log), ca), WebRtcStream(FakePc(log), cb), ca, cb, log
+
+
+async def read_exactly(stream, n):
+    got = bytearray()
+    while len(got) < n:
+        data = await stream.read()
+        assert data, "stream ended early"
+        got += data
+    return bytes(got)
+
+
+async def test_bytes_arrive_in_order_and_read_respects_max_bytes():
+    a, b, *_ = stream_pair()
+    await a.write(b"hello " * 10_000)
+    assert await b.read(5) == b"hello"
+    assert await read_exactly(b, 60_000 - 5) == (b"hello " * 10_000)[5:]
+    assert a.path == "webrtc" and a.remote_address is None
+
+
+async def test_a_reader_that_does_not_read_stops_the_writer_at_the_window():
+    a, b, _, cb, _ = stream_pair()
+    data = bytes(range(256)) * ((2 * RECEIVE_WINDOW) // 256)
+    writer = asyncio.ensure_future(a.write(data))
+    await asyncio.sleep(0.1)
+    assert not writer.done()  # no credit left: the writer waits
+    assert b._buffered <= RECEIVE_WINDOW  # the receive buffer stays bounded
+    got = await read_exactly(b, len(data))  # reading grants credit: the rest flows
+    await writer
+    assert got == data
+
+
+async def test_writes_wait_while_the_channel_buffer_is_full():
+    a, b, ca, _, _ = stream_pair()
+    ca.auto = False  # the network takes nothing
+    writer = asyncio.ensure_future(a.write(b"x" * (3 * HIGH_WATER)))
+    await asyncio.sleep(0.05)
+    assert not writer.done()
+    assert HIGH_WATER < ca.bufferedAmount <= HIGH_WATER + MESSAGE_SIZE
+    ca.auto = True
+    ca.flush()  # drains: bufferedamountlow wakes the writer
+    reader = asyncio.ensure_future(read_exactly(b, 3 * HIGH_WATER))
+    await asyncio.wait_for(writer, 5)
+    assert await asyncio.wait_for(reader, 5) == b"x" * (3 * HIGH_WATER)
+
+
+async def test_a_peer_that_overruns_the_window_breaks_the_stream():
+    _, b, _, cb, log = stream_pair()
+    for _ in range(RECEIVE_WINDOW // MESSAGE_SIZE + 1):  # ignores our credit
+        cb.emit("message", b"y" * MESSAGE_SIZE)
+    async def read_all():
+        while True:
+            await b.read()
+
+    with pytest.raises(StreamClosed, match="overran"):
+        await read_all()
+    assert "channel.close" in log
+
+
+@pytest.mark.parametrize("message", ["credit lots", "credit " + "9" * 5000, "hello"])
+async def test_an_unknown_control_message_breaks_the_stream(message):
+    _, b, _, cb, _ = stream_pair()
+    cb.emit("message", message)
+    with pytest.raises(StreamClosed, match="control"):
+        await b.read()
+
+
+async def test_close_delivers_what_was_written_then_closes_channel_before_connection():
+    a, b, *_, log = stream_pair()
+    await a.write(b"last words" * 1000)
+    await a.close()
+    assert log == ["channel.close", "pc.close"]  # never pc.close() with data in flight
+    assert await read_exactly(b, 10_000) == b"last words" * 1000
+    assert await b.read() == b""
+    with pytest.raises(StreamClosed):
+        await b.write(b"too late")
+    await b.close()
+    assert log[-1] == "pc.close"
+
+
+async def test_a_failed_connection_ends_reads_and_writes():
+    a, b, *_ = stream_pair()
+    b._pc.connectionState = "failed"
+    b._pc.emit("connectionstatechange")
+    assert await b.read() == b""
+    with pytest.raises(StreamClosed):
+        await b.write(b"x")
+    await a.close()
+    await b.close()
+
+
+def test_ice_servers_are_never_left_to_the_default():
+    assert webrtc.rtc_configuration().iceServers == []
+    servers = webrtc.rtc_configuration("stun:10.0.0.1:3478").iceServers
+    assert [s.urls for s in servers] == ["stun:10.0.0.1:3478"]
+
+
+def test_aiortc_is_imported_lazily_and_by_the_webrtc_module_only():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, p2pgate.net.webrtc, p2pgate.net.rtc_signalling, p2pgate.node\n"
+            "print('aiortc' in sys.modules, 'aioice' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=root)
+    assert out.stdout.split() == ["False", "False"]
+    importing = re.compile(r"^\s*(from|import)\s+(aiortc|aioice)\b|import_module\(\"aiortc",
+                           re.MULTILINE)
+    importers = {path.relative_to(root).as_posix() for path in (root / "p2pgate").rglob("*.py")
+                 if importing.search(path.read_text())}
+    assert importers == {"p2pgate/net/webrtc.py"}
