@@ -72,6 +72,9 @@ class NodeConfig(BaseModel):
                                        "of paired devices we have no direct session with.")
     direct_probe_interval: float = Field(30.0, gt=0, description="While a peer is reached "
                                          "through a relay, seconds between direct attempts.")
+    webrtc: bool = Field(True, description="While a peer is reached through a relay, try a "
+                         "direct WebRTC data channel (NAT traversal; signalled through the "
+                         "relay, sealed end to end).")
     gc_interval: float = Field(3600.0, gt=0, description="Seconds between garbage collections "
                                "of the sync log and of deleted documents.")
     gc_peer_timeout: float = Field(30 * 86400.0, gt=0, description="A peer not synced for "

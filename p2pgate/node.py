@@ -27,6 +27,7 @@ from p2pgate.api.server import ApiSite, api_runner
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
+from p2pgate.connect.webrtc_paths import WebRtcPaths
 from p2pgate.discovery.dht.node import DhtNode
 from p2pgate.discovery.mdns import LanDiscovery, PeerDiscovered, PeerLost, find_inviters
 from p2pgate.discovery.wan import WanDiscovery
@@ -42,10 +43,11 @@ from p2pgate.net.session import SessionOptions
 from p2pgate.pairing.service import PairingService
 from p2pgate.ratelimit import RateLimiter
 from p2pgate.relay.access import RelayAccess
-from p2pgate.relay.client import RelayClient, SpliceStream
+from p2pgate.relay.client import RelayClient
 from p2pgate.storage.database import Database, load_key
 from p2pgate.storage.keys import discovery_key, new_discovery_key
 from p2pgate.storage.registry import DeviceChanged, DeviceRegistry
+from p2pgate.stream import Stream
 from p2pgate.supervisor import Supervisor
 
 __all__ = ["Node", "NodeError"]
@@ -75,6 +77,7 @@ class Node:
         self._supervisor = Supervisor()
         self._disc_key = b""
         self._relays: list[RelayClient] = []
+        self._webrtc: WebRtcPaths | None = None
         self._relay_access: RelayAccess | None = None
         self._wan: WanDiscovery | None = None
         self._pairing: PairingService | None = None
@@ -137,10 +140,13 @@ class Node:
                                     self._relayed_session, token=access.token_for(url))
                         for url in cfg.relays]
         access.attach(self._relays)
+        if cfg.webrtc and self._relays:
+            self._webrtc = WebRtcPaths(self._relays, self.identity.device_id, trust,
+                                       self._relayed_session)
         self._manager = manager = ConnectionManager(
             trust, registry, documents, self.identity.device_id, self._hello,
             relays=self._relays, probe_every=cfg.direct_probe_interval, options=options,
-            visit=self._visitor_client)
+            visit=self._visitor_client, webrtc=self._webrtc.open if self._webrtc else None)
         self._pairing = pairing = PairingService(
             self.identity, registry, lambda: self.name, self._disc_key,
             lambda: listen_addresses(cfg.listen[0], self._listener.port if self._listener
@@ -221,9 +227,9 @@ class Node:
         token = self._relay_access.token_for(url) if self._relay_access else None
         return RelayClient(url, self.identity, refuse, self._relayed_session, token=token)
 
-    async def _relayed_session(self, stream: SpliceStream) -> None:
-        """A trusted device reached us through a relay: admission and pinned TLS run
-        inside the splice, exactly as on the P2P port."""
+    async def _relayed_session(self, stream: Stream) -> None:
+        """A trusted device reached us through a relay splice or a WebRTC data channel:
+        admission and pinned TLS run inside it, exactly as on the P2P port."""
         if self._listener is not None:
             await self._listener.handle(stream)
         else:
@@ -282,6 +288,8 @@ class Node:
             await _step_by("P2P listener", self._listener.stop(), deadline)
         if self._manager is not None:
             await _step_by("connection manager", self._manager.stop(), deadline)
+        if self._webrtc is not None:
+            await _step_by("WebRTC attempts", self._webrtc.close(), deadline)
         if self._trust is not None:
             await self._trust.close()
         if self._runner is not None:

@@ -24,7 +24,10 @@ LINKED: one adopted session. Another session with the peer (accepted, a probe, a
   dial) is ranked: direct > webrtc > relay; a better path replaces the current one (a
   *move*), a worse one is closed; of two of the same rank, the one initiated by the
   lower device ID is kept. While the path is the relay, direct paths are probed every
-  `probe_every` seconds (± 20 % jitter) and at once on a sighting.
+  `probe_every` seconds (± 20 % jitter) and at once on a sighting, and (with `webrtc`)
+  a WebRTC attempt starts at once, then after each failure with a backoff from
+  `webrtc_retry` (30 s) doubling up to `webrtc_max_retry` (10 min), and at once again
+  on a sighting or a path change; a webrtc session moves the peer off the relay.
 SUSPECT (a LINKED session whose PING went unanswered, see `p2pgate.net.frames`): the
   session is kept, and every alternative starts at once (direct candidates and the
   relay), each naming the session it replaces. The first to complete Hello takes the
@@ -48,12 +51,13 @@ __all__ = [
     "ConnectionCore",
     "DialDirect",
     "DialRelay",
+    "DialWebRtc",
     "PeerUnreachable",
     "SessionAdopted",
     "path_rank",
 ]
 
-DIRECT, RELAY = "direct", "relay"
+DIRECT, RELAY, WEBRTC = "direct", "relay", "webrtc"
 _RANKS = {RELAY: 0, "webrtc": 1}  # everything else ranks with direct TCP
 
 
@@ -80,9 +84,18 @@ class DialRelay:
 
 
 @dataclass(frozen=True, slots=True)
-class CancelDials:
-    """Another path won: cancel the peer's dials still in flight."""
+class DialWebRtc:
+    """Open a WebRTC data channel to the relayed peer (signalled through the relay);
+    report `session_established` or `dial_failed`."""
     peer: DeviceID
+
+
+@dataclass(frozen=True, slots=True)
+class CancelDials:
+    """Another path won: cancel the peer's dials still in flight (only on `path`, if
+    given)."""
+    peer: DeviceID
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +129,8 @@ class PeerUnreachable:
     tried: tuple[str, ...] = ()
 
 
-Output = DialDirect | DialRelay | CancelDials | CloseSession | SessionAdopted | PeerUnreachable
+Output = (DialDirect | DialRelay | DialWebRtc | CancelDials | CloseSession | SessionAdopted
+          | PeerUnreachable)
 
 
 @dataclass(slots=True)
@@ -139,6 +153,8 @@ class _Peer:
     relay_at: float | None = None  # DIALING: when the relay attempt starts
     probe_at: float | None = None  # LINKED via the relay: next direct probe
     replacing: int | None = None  # key of the suspect session our dials in flight replace
+    webrtc_at: float | None = None  # LINKED via the relay: next WebRTC attempt
+    webrtc_backoff: float = 0.0
     backoff: float = 0.0
 
 
@@ -147,13 +163,17 @@ class ConnectionCore:
 
     def __init__(self, me: DeviceID, rng: random.Random, *, redial: float = 5.0,
                  max_redial: float = 30.0, relay_delay: float = 0.5,
-                 probe_every: float = 30.0) -> None:
+                 probe_every: float = 30.0, webrtc: bool = False,
+                 webrtc_retry: float = 30.0, webrtc_max_retry: float = 600.0) -> None:
         self._me = me
         self._rng = rng
         self._redial = redial
         self._max_redial = max(redial, max_redial)
         self._relay_delay = relay_delay
         self._probe_every = probe_every
+        self._webrtc = webrtc
+        self._webrtc_retry = webrtc_retry
+        self._webrtc_max_retry = max(webrtc_retry, webrtc_max_retry)
         self._peers: dict[DeviceID, _Peer] = {}
         self._out: deque[Output] = deque()
 
@@ -181,6 +201,9 @@ class ConnectionCore:
                     self._round_over(peer, state, now)
             if state.link is not None and state.probe_at is not None and state.probe_at <= now:
                 self._probe(peer, state, now)
+            if state.link is not None and state.webrtc_at is not None and (
+                    state.webrtc_at <= now):
+                self._dial_webrtc(peer, state)
 
     # -- inputs: what the node knows about peers ------------------------------------------
 
@@ -206,6 +229,7 @@ class ConnectionCore:
             state.due = now
         elif state.link.path == RELAY:
             state.probe_at = now
+            self._webrtc_soon(state, now)
 
     def paths_changed(self, now: float) -> None:
         """A relay (re)connected or our keys changed: every peer without a session is
@@ -213,6 +237,8 @@ class ConnectionCore:
         for state in self._peers.values():
             if state.link is None:
                 state.due = now
+            elif state.link.path == RELAY:
+                self._webrtc_soon(state, now)
 
     # -- inputs: dial outcomes and sessions --------------------------------------------------
 
@@ -222,6 +248,11 @@ class ConnectionCore:
         if state is None or path not in state.dialing:
             return  # cancelled, or the peer is gone
         state.dialing.discard(path)
+        if path == WEBRTC:
+            if state.link is not None and state.link.path == RELAY:
+                state.webrtc_at = now + state.webrtc_backoff
+                state.webrtc_backoff = min(self._webrtc_max_retry, state.webrtc_backoff * 2)
+            return
         if not state.in_round:
             return  # a failed probe: the next one is already scheduled
         if path == DIRECT and state.relay_at is not None:
@@ -238,7 +269,7 @@ class ConnectionCore:
         SessionAdopted, or CloseSession for this or the replaced session."""
         # pinned TLS proved the peer is trusted, maybe before our list of peers knows it
         state = self._peers.setdefault(peer, _Peer(due=None, backoff=self._redial))
-        attempt = DIRECT if path != RELAY else RELAY
+        attempt = path if path in (RELAY, WEBRTC) else DIRECT
         if initiated_by_us:
             if attempt not in state.dialing:
                 self._out.append(CloseSession(peer, key, "another path won"))
@@ -288,8 +319,11 @@ class ConnectionCore:
         if state is None or state.link is None or state.link.key != key:
             return
         state.link = None
-        state.probe_at = None
+        state.probe_at = state.webrtc_at = None
         state.due = now
+        if WEBRTC in state.dialing:  # it would only move us off a relay we no longer have
+            state.dialing.discard(WEBRTC)
+            self._out.append(CancelDials(peer, WEBRTC))
         # replacement dials in flight go on: the first to complete is adopted
 
     def is_suspect(self, peer: DeviceID) -> bool:
@@ -308,6 +342,7 @@ class ConnectionCore:
     def _times(state: _Peer) -> tuple[float | None, ...]:
         idle = state.link is None and not state.in_round and not state.dialing
         return (state.probe_at if state.link is not None else None,
+                state.webrtc_at if state.link is not None else None,
                 state.relay_at if state.in_round else None,
                 state.due if idle else None)
 
@@ -366,6 +401,9 @@ class ConnectionCore:
         state.link, state.due, state.backoff = link, None, self._redial
         state.replacing = None
         state.probe_at = self._next_probe(now) if link.path == RELAY else None
+        state.webrtc_at, state.webrtc_backoff = None, self._webrtc_retry
+        if link.path == RELAY:
+            self._webrtc_soon(state, now)
         self._out.append(SessionAdopted(peer, link.key, link.path, link.initiated_by_us,
                                         moved_from, why))
 
@@ -374,6 +412,17 @@ class ConnectionCore:
         if state.direct and DIRECT not in state.dialing:
             state.dialing.add(DIRECT)
             self._out.append(DialDirect(peer, probe=True))
+
+    def _webrtc_soon(self, state: _Peer, now: float) -> None:
+        """Try WebRTC now (a relayed peer, a new sighting or a path change)."""
+        if self._webrtc:
+            state.webrtc_at = now
+
+    def _dial_webrtc(self, peer: DeviceID, state: _Peer) -> None:
+        state.webrtc_at = None  # rescheduled by its outcome
+        if WEBRTC not in state.dialing:
+            state.dialing.add(WEBRTC)
+            self._out.append(DialWebRtc(peer))
 
     def _next_probe(self, now: float) -> float:
         return now + self._probe_every * self._rng.uniform(0.8, 1.2)

@@ -10,16 +10,18 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import aiohttp
 
+from p2pgate.identity.deviceid import DeviceID
 from p2pgate.net.frames import PeerHello
 from p2pgate.net.peers import DialFailed, Trust, dial
 from p2pgate.net.session import Session, SessionOptions
+from p2pgate.net.webrtc import WebRtcFailed
 from p2pgate.relay.client import RelayClient, RelayError
 from p2pgate.storage.registry import Device
-from p2pgate.stream import StreamClosed
+from p2pgate.stream import Stream, StreamClosed
 from p2pgate.supervisor import Supervisor
 from p2pgate.urls import canonical_relay_url, relay_base_url
 
@@ -38,7 +40,7 @@ def dial_errors(what: str) -> Iterator[None]:
     except DialFailed:
         raise
     except (TimeoutError, aiohttp.ClientError, OSError, RelayError, StreamClosed,
-            ValueError) as exc:
+            ValueError, WebRtcFailed) as exc:
         raise DialFailed(f"{what}: {type(exc).__name__}: {exc}") from None
 
 
@@ -47,7 +49,8 @@ class Dialer:
 
     def __init__(self, trust: Trust, hello: Callable[[], PeerHello], options: SessionOptions,
                  relays: Sequence[RelayClient], visit: Callable[[str], RelayClient] | None,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor,
+                 webrtc: Callable[[DeviceID], Awaitable[Stream]] | None = None) -> None:
         self._trust = trust
         self._hello = hello
         self._options = options
@@ -55,6 +58,7 @@ class Dialer:
         self._visit = visit  # makes a client for a peer's relay that is not one of ours
         self._visiting: dict[str, tuple[RelayClient, asyncio.Task[None]]] = {}
         self._supervisor = supervisor
+        self._webrtc = webrtc  # opens a data channel to a peer (signalled via our relays)
 
     @property
     def has_relays(self) -> bool:
@@ -105,6 +109,16 @@ class Dialer:
                 log.debug("relay %s to %s: %s", relay.url, device.device_id.short, exc)
                 failures.append(str(exc))
         raise DialFailed("; ".join(failures) or "no relay to try")
+
+    async def webrtc(self, device: Device) -> Session:
+        """A session over a WebRTC data channel to the peer (admission and pinned TLS
+        inside it, as on the relay path)."""
+        if self._webrtc is None:
+            raise DialFailed("WebRTC is off")
+        with dial_errors("webrtc"):
+            stream = await self._webrtc(device.device_id)
+            return await dial(self._trust, self._hello(), device.device_id, "webrtc", 0,
+                              stream=stream, options=self._options)
 
     async def _visitor(self, url: str) -> RelayClient | None:
         """A control connection to someone else's relay, kept for later dials (while

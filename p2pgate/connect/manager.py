@@ -15,7 +15,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from p2pgate.connect.core import (
@@ -24,6 +24,7 @@ from p2pgate.connect.core import (
     ConnectionCore,
     DialDirect,
     DialRelay,
+    DialWebRtc,
     PeerUnreachable,
     SessionAdopted,
 )
@@ -36,6 +37,7 @@ from p2pgate.net.peers import DialFailed, Trust
 from p2pgate.net.session import Session, SessionOptions
 from p2pgate.relay.client import RelayClient
 from p2pgate.storage.registry import Device, DeviceRegistry
+from p2pgate.stream import Stream
 from p2pgate.supervisor import Supervisor
 
 __all__ = ["ConnectionManager"]
@@ -53,7 +55,8 @@ class ConnectionManager:
                  options: SessionOptions | None = None, relays: Sequence[RelayClient] = (),
                  relay_delay: float = 0.5, probe_every: float = 30.0,
                  visit: Callable[[str], RelayClient] | None = None,
-                 rng: random.Random | None = None, max_redial: float = 30.0) -> None:
+                 rng: random.Random | None = None, max_redial: float = 30.0,
+                 webrtc: Callable[[DeviceID], Awaitable[Stream]] | None = None) -> None:
         self._trust = trust
         self._registry = registry
         self._documents = documents
@@ -61,10 +64,10 @@ class ConnectionManager:
         self._relays = list(relays)
         self._supervisor = Supervisor(first_backoff=0.5, max_backoff=redial, logger=log)
         self._dialer = Dialer(trust, hello, options or SessionOptions(), relays, visit,
-                              self._supervisor)
+                              self._supervisor, webrtc)
         self._core = ConnectionCore(me, rng or random.Random(), redial=redial,  # noqa: S311
                                     max_redial=max_redial, relay_delay=relay_delay,
-                                    probe_every=probe_every)
+                                    probe_every=probe_every, webrtc=webrtc is not None)
         self._devices: dict[DeviceID, Device] = {}
         self._links: dict[DeviceID, Link] = {}
         self._moves: dict[DeviceID, dict[str, Any]] = {}  # each peer's last move, for /peers
@@ -171,11 +174,11 @@ class ConnectionManager:
     def _carry_out(self) -> None:
         """Do what the core asked for."""
         while (output := self._core.next_event()) is not None:
-            if isinstance(output, DialDirect | DialRelay):
+            if isinstance(output, DialDirect | DialRelay | DialWebRtc):
                 self._start_attempt(output)
             elif isinstance(output, CancelDials):
                 for (peer, path), task in list(self._attempts.items()):
-                    if peer == output.peer:
+                    if peer == output.peer and output.path in (None, path):
                         task.cancel()
                         del self._attempts[(peer, path)]
             elif isinstance(output, CloseSession):
@@ -188,13 +191,15 @@ class ConnectionManager:
                         output.peer.short, ", ".join(output.tried) or "nothing",
                         output.retry_at - self._now())
 
-    def _start_attempt(self, command: DialDirect | DialRelay) -> None:
-        path = "direct" if isinstance(command, DialDirect) else "relay"
+    def _start_attempt(self, command: DialDirect | DialRelay | DialWebRtc) -> None:
+        path = ("direct" if isinstance(command, DialDirect) else
+                "relay" if isinstance(command, DialRelay) else "webrtc")
         device = self._devices.get(command.peer)
         if device is None:
             self._core.dial_failed(command.peer, path, self._now())
             return
-        replaced = None if command.replaces is None else self._sessions.get(command.replaces)
+        replaces_key = None if isinstance(command, DialWebRtc) else command.replaces
+        replaced = None if replaces_key is None else self._sessions.get(replaces_key)
         replaces = b"" if replaced is None else replaced.session_id
         task = self._supervisor.fire(f"dial {command.peer.short} ({path})",
                                      self._attempt(device, path, replaces))
@@ -207,8 +212,10 @@ class ConnectionManager:
         try:
             if path == "direct":
                 session = await self._dialer.direct(device, replaces)
-            else:
+            elif path == "relay":
                 session = await self._dialer.relayed(device, replaces)
+            else:
+                session = await self._dialer.webrtc(device)
         except DialFailed as exc:
             log.debug("dial %s via %s failed: %s", peer.short, path, exc)
             self._attempt_failed(peer, path)

@@ -12,6 +12,7 @@ from p2pgate.connect.core import (
     ConnectionCore,
     DialDirect,
     DialRelay,
+    DialWebRtc,
     PeerUnreachable,
     SessionAdopted,
     path_rank,
@@ -275,3 +276,72 @@ def test_a_replacement_completing_after_the_suspect_session_ended_is_adopted():
     assert drain(c) == []  # the replacements in flight are the next round
     c.session_established(PEER, 3, "relay", True, 55.5)
     assert drain(c)[-1] == SessionAdopted(PEER, 3, "relay", True)
+
+
+# -- WebRTC: tried while relayed, a success moves the peer off the relay -----------------------
+
+def relay_linked(**settings):
+    c = core(webrtc=True, **settings)
+    c.peers_known([(PEER, False, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    c.session_established(PEER, 1, "relay", True, 1.0)
+    drain(c)
+    return c
+
+
+def test_a_relayed_peer_gets_a_webrtc_attempt_at_once_and_a_success_moves_it():
+    c = relay_linked()
+    c.handle_timer(1.0)
+    assert drain(c) == [DialWebRtc(PEER)]
+    c.session_established(PEER, 2, "webrtc", True, 2.0)
+    assert drain(c) == [CloseSession(PEER, 1, "replaced by the preferred session"),
+                        SessionAdopted(PEER, 2, "webrtc", True, "relay")]
+    assert c.get_timer() is None  # no more attempts while on webrtc
+
+
+def test_failed_webrtc_attempts_back_off_from_30_s_to_10_min_and_a_sighting_retries_now():
+    c = relay_linked()
+    delays, now = [], 1.0
+    for _ in range(7):
+        if now == 1.0:
+            c.handle_timer(now)
+            assert DialWebRtc(PEER) in drain(c)
+        c.dial_failed(PEER, "webrtc", now)
+        retry = now + 1.0
+        while DialWebRtc(PEER) not in [e for e in _run_until(c, retry)]:
+            retry += 1.0
+        delays.append(round(retry - now))
+        now = retry
+    assert delays == [30, 60, 120, 240, 480, 600, 600]
+    c.dial_failed(PEER, "webrtc", now)  # the next is 10 min away, but
+    c.peer_discovered(PEER, False, now + 1)  # a new DHT record: try again at once
+    c.handle_timer(now + 1)
+    assert DialWebRtc(PEER) in drain(c)
+
+
+def _run_until(c, now):
+    c.handle_timer(now)
+    return drain(c)
+
+
+def test_a_webrtc_session_never_replaces_a_direct_one_and_the_relay_ending_cancels_it():
+    c = relay_linked()
+    c.handle_timer(1.0)
+    drain(c)
+    c.session_ended(PEER, 1, 3.0)  # the relay session went: nothing to move off
+    assert drain(c) == [CancelDials(PEER, "webrtc")]
+    d = direct_linked()
+    d.session_established(PEER, 5, "webrtc", False, 9.0)  # the peer's, by tie-break
+    assert drain(d) == [CloseSession(PEER, 5, "a direct session exists")]
+
+
+def test_without_webrtc_nothing_is_attempted():
+    c = core()
+    c.peers_known([(PEER, False, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    c.session_established(PEER, 1, "relay", True, 1.0)
+    drain(c)
+    c.handle_timer(1000.0)
+    assert DialWebRtc(PEER) not in drain(c)

@@ -116,7 +116,7 @@ async def test_a_silent_path_is_suspect_within_seconds_of_a_write_and_both_sides
         loop = asyncio.get_running_loop()
         written = loop.time()
         await until(lambda: at_phone.peers()[0]["suspect"])
-        assert loop.time() - written < 1.5  # max(1 s, 4 x RTT) on loopback
+        assert loop.time() - written < 3.0  # max(1 s, 4 x RTT): 1 s here, slack for load
         assert at_desk.peers()[0]["suspect"] is False  # the silent side has sent nothing
 
         proxy.flowing.set()  # the replacement dial (made at once) now completes
