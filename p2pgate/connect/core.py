@@ -23,9 +23,9 @@ DIALING: happy eyeballs. With direct candidates the direct attempt starts at onc
 LINKED: one adopted session. Another session with the peer (accepted, a probe, a late
   dial) is ranked: direct > webrtc > relay; a better path replaces the current one (a
   *move*), a worse one is closed; of two of the same rank, the one initiated by the
-  lower device ID is kept. While the path is the relay, direct paths are probed every
-  `probe_every` seconds (± 20 % jitter) and at once on a sighting, and (with `webrtc`)
-  a WebRTC attempt starts at once, then after each failure with a backoff from
+  lower device ID is kept. While the path is the relay or webrtc, direct paths are
+  probed every `probe_every` seconds (± 20 % jitter) and at once on a sighting; while
+  it is the relay (with `webrtc`) a WebRTC attempt starts at once, then after each failure with a backoff from
   `webrtc_retry` (30 s) doubling up to `webrtc_max_retry` (10 min), and at once again
   on a sighting or a path change; a webrtc session moves the peer off the relay.
 SUSPECT (a LINKED session whose PING went unanswered, see `p2pgate.net.frames`): the
@@ -227,9 +227,10 @@ class ConnectionCore:
         state.direct = state.direct or has_addresses
         if state.link is None:
             state.due = now
-        elif state.link.path == RELAY:
+        elif path_rank(state.link.path) < path_rank(DIRECT):
             state.probe_at = now
-            self._webrtc_soon(state, now)
+            if state.link.path == RELAY:
+                self._webrtc_soon(state, now)
 
     def paths_changed(self, now: float) -> None:
         """A relay (re)connected or our keys changed: every peer without a session is
@@ -400,7 +401,9 @@ class ConnectionCore:
                moved_from: str | None, why: str | None = None) -> None:
         state.link, state.due, state.backoff = link, None, self._redial
         state.replacing = None
-        state.probe_at = self._next_probe(now) if link.path == RELAY else None
+        # a relayed or webrtc peer keeps looking for a direct path
+        state.probe_at = (self._next_probe(now) if path_rank(link.path) < path_rank(DIRECT)
+                          else None)
         state.webrtc_at, state.webrtc_backoff = None, self._webrtc_retry
         if link.path == RELAY:
             self._webrtc_soon(state, now)

@@ -297,7 +297,8 @@ def test_a_relayed_peer_gets_a_webrtc_attempt_at_once_and_a_success_moves_it():
     c.session_established(PEER, 2, "webrtc", True, 2.0)
     assert drain(c) == [CloseSession(PEER, 1, "replaced by the preferred session"),
                         SessionAdopted(PEER, 2, "webrtc", True, "relay")]
-    assert c.get_timer() is None  # no more attempts while on webrtc
+    c.handle_timer(5000.0)
+    assert DialWebRtc(PEER) not in drain(c)  # no more attempts while on webrtc
 
 
 def test_failed_webrtc_attempts_back_off_from_30_s_to_10_min_and_a_sighting_retries_now():
@@ -345,3 +346,22 @@ def test_without_webrtc_nothing_is_attempted():
     drain(c)
     c.handle_timer(1000.0)
     assert DialWebRtc(PEER) not in drain(c)
+
+
+def test_a_webrtc_peer_keeps_probing_for_a_direct_path_and_moves_to_it():
+    c = core(webrtc=True)
+    c.peers_known([(PEER, True, True)], 0.0)
+    c.handle_timer(0.0)
+    drain(c)
+    c.dial_failed(PEER, "direct", 0.1)
+    drain(c)
+    c.session_established(PEER, 1, "relay", True, 0.6)
+    drain(c)
+    c.handle_timer(0.6)
+    assert DialWebRtc(PEER) in drain(c)
+    c.session_established(PEER, 2, "webrtc", True, 1.0)
+    drain(c)
+    c.handle_timer(1.0 + 30 * 1.2)  # the probe, within its jitter
+    assert DialDirect(PEER, probe=True) in drain(c)
+    c.session_established(PEER, 3, "direct", True, 40.0)
+    assert drain(c)[-1] == SessionAdopted(PEER, 3, "direct", True, "webrtc")

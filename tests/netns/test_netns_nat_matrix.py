@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import sys
 import time
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.lab import make_node_dir, netns_available, trust_each_other, wait_for
 from tests.natlab import NAT_TYPES, RELAY_IP, NatLab
+from tests.netns.failover import Lines
 
 pytestmark = pytest.mark.netns
 
@@ -51,10 +53,8 @@ def path(host, node):
     return peers[0]["path"] if peers else None
 
 
-@pytest.mark.parametrize(("nat_a", "nat_b"),
-                         list(itertools.combinations_with_replacement(NAT_TYPES, 2)))
-def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, tmp_path):
-    lab = natlab(nat_a, nat_b)
+def start(lab, tmp_path):
+    """The relay and two paired nodes behind the lab's routers: (host, node dir) each."""
     lab.start_relay(tmp_path / "relay", "--listen", "0.0.0.0:8443")
     sides = {"a": lab.a, "b": lab.b}
     nodes = {n: make_node_dir(tmp_path, n) for n in sides}
@@ -66,7 +66,21 @@ def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, t
                         "--relay", RELAY, log=tmp_path / f"{n}.log")
     for n in sides:
         wait_for(lambda n=n: (nodes[n].data_dir.root / "node.json").exists(), what=f"{n}")
-    a, b = (sides["a"].host, nodes["a"]), (sides["b"].host, nodes["b"])
+    return (sides["a"].host, nodes["a"]), (sides["b"].host, nodes["b"])
+
+
+def program(host, node, *args):
+    """`tests.programs.notes ARGS` running in the background on that node."""
+    return Lines(subprocess.Popen(
+        ["ip", "netns", "exec", host.ns, sys.executable, "-m", "tests.programs.notes",
+         str(node.runtime()["api_url"]), node.admin_token(), *args],
+        stdout=subprocess.PIPE, text=True))
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"),
+                         list(itertools.combinations_with_replacement(NAT_TYPES, 2)))
+def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, tmp_path):
+    a, b = start(natlab(nat_a, nat_b), tmp_path)
     want = expected_path(nat_a, nat_b)
     wait_for(lambda: path(*a) in ("relay", "webrtc"), timeout=30, what="a session")
     if want == "webrtc":
@@ -79,3 +93,26 @@ def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, t
     wait_for(lambda: notes(*b, "get", "after").get("data"), timeout=30, what="the note")
     assert notes(*b, "events").count("after") == 1
     assert path(*a) == want
+
+
+def test_the_move_to_webrtc_loses_and_repeats_nothing_under_a_writer(natlab, tmp_path):
+    a, b = start(natlab("port-restricted", "port-restricted"), tmp_path)
+    wait_for(lambda: path(*a) == "relay", timeout=30, interval=0.05, what="the relay first")
+    arrivals = program(*b, "arrivals")
+    writer = None
+    try:
+        arrivals.wait_ready()
+        writer = program(*a, "ticker", "w", "0.1")  # a note every 100 ms through the move
+        wait_for(lambda: path(*a) == path(*b) == "webrtc", timeout=40, interval=0.2,
+                 what="the move to webrtc")
+        time.sleep(1)
+    finally:
+        if writer is not None:
+            writer.stop()
+    written = [words[0] for words, _ in writer.lines if words]
+    assert len(written) > 10
+    wait_for(lambda: set(written) <= {w[0] for w, _ in arrivals.lines if len(w) == 2},
+             timeout=30, what="every note on b")
+    arrivals.stop()
+    seen = [w[0] for w, _ in arrivals.lines if len(w) == 2]
+    assert len(seen) == len(set(seen)) == len(written)  # none lost, none twice
