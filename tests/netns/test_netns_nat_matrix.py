@@ -96,21 +96,33 @@ def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, t
 
 
 def test_the_move_to_webrtc_loses_and_repeats_nothing_under_a_writer(natlab, tmp_path):
-    a, b = start(natlab("port-restricted", "port-restricted"), tmp_path)
-    wait_for(lambda: path(*a) == "relay", timeout=30, interval=0.05, what="the relay first")
+    lab = natlab("port-restricted", "port-restricted")
+    router = lab.a.router  # UDP blocked at first: the first attempt fails, the writer starts
+    router.run("nft", "insert", "rule", "inet", "filter", "forward", "meta", "l4proto", "udp",
+               "drop", "comment", '"until the writer runs"')
+    a, b = start(lab, tmp_path)
     arrivals = program(*b, "arrivals")
     writer = None
     try:
         arrivals.wait_ready()
         writer = program(*a, "ticker", "w", "0.1")  # a note every 100 ms through the move
-        wait_for(lambda: path(*a) == path(*b) == "webrtc", timeout=40, interval=0.2,
-                 what="the move to webrtc")
+        wait_for(lambda: path(*a) == "relay" and len(writer.lines) > 10, timeout=30,
+                 what="notes written through the relay")
+        rules = router.run("nft", "-a", "list", "chain", "inet", "filter", "forward").stdout
+        handle = next(line.rsplit(" ", 1)[1] for line in rules.splitlines()
+                      if "until the writer runs" in line)
+        router.run("nft", "delete", "rule", "inet", "filter", "forward", "handle", handle)
+        wait_for(lambda: path(*a) == path(*b) == "webrtc", timeout=60, interval=0.2,
+                 what="the move to webrtc (the next attempt, after the 30 s backoff)")
         time.sleep(1)
     finally:
         if writer is not None:
             writer.stop()
+    [peer] = notes(*a, "peers")
+    assert (peer["last_move"]["from"], peer["last_move"]["to"]) == ("relay", "webrtc")
+    stamps = [float(words[1]) for words, _ in writer.lines if len(words) == 2]
+    assert min(stamps) < peer["last_move"]["at"] < max(stamps)  # it moved mid-writing
     written = [words[0] for words, _ in writer.lines if words]
-    assert len(written) > 10
     wait_for(lambda: set(written) <= {w[0] for w, _ in arrivals.lines if len(w) == 2},
              timeout=30, what="every note on b")
     arrivals.stop()
