@@ -25,9 +25,10 @@ LINKED: one adopted session. Another session with the peer (accepted, a probe, a
   *move*), a worse one is closed; of two of the same rank, the one initiated by the
   lower device ID is kept. While the path is the relay or webrtc, direct paths are
   probed every `probe_every` seconds (± 20 % jitter) and at once on a sighting; while
-  it is the relay (with `webrtc`) a WebRTC attempt starts at once, then after each failure with a backoff from
-  `webrtc_retry` (30 s) doubling up to `webrtc_max_retry` (10 min), and at once again
-  on a sighting or a path change; a webrtc session moves the peer off the relay.
+  it is the relay (with `webrtc`) a WebRTC attempt starts at once, then after each
+  failure with a backoff from `webrtc_retry` (30 s) doubling up to `webrtc_max_retry`
+  (10 min), and at once again on a sighting or a path change; a webrtc session moves
+  the peer off the relay.
 SUSPECT (a LINKED session whose PING went unanswered, see `p2pgate.net.frames`): the
   session is kept, and every alternative starts at once (direct candidates and the
   relay), each naming the session it replaces. The first to complete Hello takes the
