@@ -101,29 +101,32 @@ class FreezableProxy:
 async def test_a_silent_path_is_suspect_within_seconds_of_a_write_and_both_sides_move(devices):
     phone, desk = await devices("phone"), await devices("desk")
     await pair(phone, desk)
-    async with running(phone) as (at_phone, phone_docs, _), \
-            running(desk) as (at_desk, desk_docs, desk_listener):
-        proxy = FreezableProxy(desk_listener.port)
-        peer, me = desk.identity.device_id, phone.identity.device_id
-        await at_phone.discovered(peer, (f"127.0.0.1:{await proxy.start()}",))
-        await until(lambda: at_phone.path_of(peer) == "direct"
-                    and at_desk.path_of(me) == "direct")
-        [entry] = at_phone.peers()
-        assert entry["suspect"] is False and entry["last_move"] is None
+    proxy = None
+    try:
+        async with running(phone) as (at_phone, phone_docs, _), \
+                running(desk) as (at_desk, desk_docs, desk_listener):
+            proxy = FreezableProxy(desk_listener.port)
+            peer, me = desk.identity.device_id, phone.identity.device_id
+            await at_phone.discovered(peer, (f"127.0.0.1:{await proxy.start()}",))
+            await until(lambda: at_phone.path_of(peer) == "direct"
+                        and at_desk.path_of(me) == "direct")
+            [entry] = at_phone.peers()
+            assert entry["suspect"] is False and entry["last_move"] is None
 
-        proxy.flowing.clear()  # the path goes silent; no setting is changed
-        await phone_docs.put("notes", "n1", {"text": "written into the silence"}, None)
-        loop = asyncio.get_running_loop()
-        written = loop.time()
-        await until(lambda: at_phone.peers()[0]["suspect"])
-        assert loop.time() - written < 3.0  # max(1 s, 4 x RTT): 1 s here, slack for load
-        assert at_desk.peers()[0]["suspect"] is False  # the silent side has sent nothing
+            proxy.flowing.clear()  # the path goes silent; no setting is changed
+            await phone_docs.put("notes", "n1", {"text": "written into the silence"}, None)
+            loop = asyncio.get_running_loop()
+            written = loop.time()
+            await until(lambda: at_phone.peers()[0]["suspect"])
+            assert loop.time() - written < 3.0  # max(1 s, 4 x RTT): 1 s here, slack for load
 
-        proxy.flowing.set()  # the replacement dial (made at once) now completes
-        await until(lambda: (at_phone.peers() or [{}])[0].get("last_move") is not None
-                    and (at_desk.peers() or [{}])[0].get("last_move") is not None)
-        assert at_phone.peers()[0]["last_move"]["why"] == "suspect path"
-        assert at_desk.peers()[0]["last_move"]["why"] == "the peer lost its path"
-        await until(lambda: bool(desk_docs.cursor))
-        assert (await desk_docs.get("notes", "n1")).data == {"text": "written into the silence"}
-    await proxy.stop()
+            proxy.flowing.set()  # the replacement dial (made at once) now completes
+            await until(lambda: (at_phone.peers() or [{}])[0].get("last_move") is not None
+                        and (at_desk.peers() or [{}])[0].get("last_move") is not None)
+            assert at_phone.peers()[0]["last_move"]["why"] == "suspect path"
+            assert at_desk.peers()[0]["last_move"]["why"] == "the peer lost its path"
+            await until(lambda: bool(desk_docs.cursor))
+            assert (await desk_docs.get("notes", "n1")).data == {"text": "written into the silence"}
+    finally:
+        if proxy is not None:
+            await proxy.stop()
