@@ -1,9 +1,11 @@
 """WebRTC paths to relayed peers: one sealed-signalling endpoint per relay of ours.
 
-`open(peer)` offers a data channel through the first relay we are logged into (its
-STUN address from the welcome, if it runs one) and returns the stream, for the
-dialer to run admission and pinned TLS inside; a channel a peer opens to us goes to
-`serve` (the P2P listener's `handle`), as a relay splice does.
+`open(peer)` offers a data channel through the first relay we are logged into and
+returns the stream, for the dialer to run admission and pinned TLS inside; a channel
+a peer opens to us goes to `serve` (the P2P listener's `handle`), as a relay splice
+does. ICE lists the relay's STUN server (from its welcome) only while our last probe
+of it answered (`RelayClient.stun_url`): a silent server would cost 5 s of gathering
+per side; without it, ICE offers host candidates at once.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class WebRtcPaths:
 
         self._signalling = [(relay, RtcSignalling(relay, me, trust.key_of, accepted))
                             for relay in relays]
+        for relay, signalling in self._signalling:  # offers we answer follow its probes
+            relay.on_stun = _follow_stun(relay, signalling)
 
     async def open(self, peer: DeviceID) -> Stream:
         """A data channel to `peer` (WebRtcFailed, DialFailed: none opened)."""
         for relay, signalling in self._signalling:
             if relay.connected:
-                signalling.stun_url = (f"stun:{relay.stun_address}" if relay.stun_address
-                                       else None)
+                signalling.stun_url = await relay.stun_url()
                 return await signalling.connect(peer)
         raise DialFailed("no relay to signal through")
 
@@ -44,3 +47,9 @@ class WebRtcPaths:
         """End every attempt under way."""
         for _, signalling in self._signalling:
             await signalling.close()
+
+
+def _follow_stun(relay: RelayClient, signalling: RtcSignalling) -> Callable[[], None]:
+    def probed() -> None:
+        signalling.stun_url = relay.current_stun_url()
+    return probed
