@@ -56,12 +56,12 @@ def path(host, node):
 
 def start(lab, tmp_path):
     """The relay and two paired nodes behind the lab's routers: (host, node dir) each, and
-    the monotonic time the nodes were started."""
+    the wall-clock time the nodes were started."""
     lab.start_relay(tmp_path / "relay", "--listen", "0.0.0.0:8443")
     sides = {"a": lab.a, "b": lab.b}
     nodes = {n: make_node_dir(tmp_path, n) for n in sides}
     trust_each_other(nodes["a"], nodes["b"])  # paired; neither knows where the other is
-    started = time.monotonic()
+    started = time.time()
     for n, side in sides.items():
         side.host.spawn(sys.executable, "-m", "p2pgate", "--data-dir",
                         str(nodes[n].data_dir.root), "node", "--api", "127.0.0.1:0",
@@ -87,10 +87,22 @@ def stun_of(host, node):
     return relay
 
 
-def relayed_within(a, b, started, limit):
-    wait_for(lambda: path(*a) == path(*b) == "relay" or path(*a) == "webrtc", timeout=limit,
-             interval=0.2, what="the relayed session")
-    return time.monotonic() - started
+def logged_at(log, text, started):
+    """Seconds from `started` (wall clock) to the first line of `log` with `text` (log
+    times have whole seconds: within 1 s)."""
+    line = wait_for(lambda: next((line for line in log.read_text().splitlines()
+                                  if text in line), None), timeout=30, what=text)
+    hours, minutes, seconds = (int(x) for x in line.split()[0].split(":"))
+    day = time.localtime(started)
+    return (hours - day.tm_hour) * 3600 + (minutes - day.tm_min) * 60 + seconds - (
+        day.tm_sec + started % 1)
+
+
+def relayed_within(tmp_path, started, limit):
+    """Seconds from the nodes' start until each adopted its relayed session."""
+    took = [logged_at(tmp_path / f"{n}.log", ") via relay", started) for n in "ab"]
+    assert max(took) <= limit, f"relayed after {took} s"
+    return max(took)
 
 
 def note_arrives_once(a, b, name):
@@ -103,12 +115,13 @@ def test_a_silent_stun_port_costs_no_gathering_stall(natlab, tmp_path):
     lab = natlab("public", "port-restricted")  # punchable with host candidates alone
     silence_stun(lab)
     a, b, started = start(lab, tmp_path)
-    relayed = relayed_within(a, b, started, 10)
-    # without the probe, ICE spends 5 s per side gathering from the silent server: the
-    # attempt misses its 10 s deadline, and the next one waits 30 s
-    wait_for(lambda: path(*a) == path(*b) == "webrtc", timeout=8, interval=0.2,
+    relayed = relayed_within(tmp_path, started, 10)
+    wait_for(lambda: path(*a) == path(*b) == "webrtc", timeout=30, interval=0.2,
              what="the move to webrtc without STUN")
-    moved = time.monotonic() - started
+    moved = logged_at(tmp_path / "a.log", "to a webrtc path", started)
+    # without the probe, ICE spends 5 s per side gathering from the silent server: the
+    # first attempt misses its 10 s deadline, and the next one waits 30 s
+    assert moved - relayed < 8, f"on webrtc {moved - relayed:.1f} s after the relay"
     for side in (a, b):
         status = stun_of(*side)
         assert status["stun_address"] == f"{RELAY_IP}:{STUN_PORT}"
@@ -121,7 +134,8 @@ def test_a_failed_webrtc_attempt_leaves_the_relayed_session_untouched(natlab, tm
     lab = natlab("port-restricted", "port-restricted")  # host candidates alone cannot punch
     silence_stun(lab)
     a, b, started = start(lab, tmp_path)
-    relayed = relayed_within(a, b, started, 10)
+    relayed = relayed_within(tmp_path, started, 10)
+    wait_for(lambda: path(*a) == path(*b) == "relay", timeout=10, what="the relayed session")
     before = peer(*a), peer(*b)
     time.sleep(12)  # longer than an attempt's 10 s deadline
     after = peer(*a), peer(*b)
