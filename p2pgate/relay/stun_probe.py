@@ -31,7 +31,10 @@ MAPPED_ADDRESS = 0x0001
 XOR_MAPPED_ADDRESS = 0x0020
 RETRANSMITS = (0.25, 0.75)  # seconds after the start: the request again
 GIVE_UP = 1.5  # seconds after the start: no answer, the probe failed
-RETRY_FAILED = 60.0  # a failed probe is tried again before an attempt after this long
+# a failed probe is tried again before an attempt once this old: below the 30 s backoff
+# between failed attempts, so each of them probes again (STUN may be back: a firewall
+# that opened, a relay restarted); quick retries (a sighting) reuse the result
+RETRY_FAILED = 20.0
 RECHECK_OK = 600.0  # a probe that answered is checked again before an attempt after this
 
 

@@ -102,8 +102,9 @@ def test_the_status_lists_stun_only_after_an_answer_and_says_when_to_probe_again
                                                                           True)
     assert status.probed(ProbeResult(False), 10.0)  # changed: unknown -> failed
     assert (status.state, status.use_stun()) == ("failed", False)
-    assert not status.needs_probe(69.0)
-    assert status.needs_probe(70.0)  # a failure is retried after 60 s
+    assert not status.needs_probe(29.0)
+    assert status.needs_probe(30.0)  # a failure is retried after 20 s (before the next
+    # attempt after a failed one, 30 s or more later)
     assert status.probed(ProbeResult(True, "198.51.100.2:4000"), 70.0)
     assert (status.state, status.use_stun(), status.reflexive) == ("ok", True,
                                                                    "198.51.100.2:4000")
