@@ -226,6 +226,8 @@ class Node:
         """Our addresses changed: probe STUN again, retry peers (WebRTC, direct) now."""
         for relay in self._relays:
             relay.network_changed()
+        if self._webrtc is not None:
+            self._webrtc.network_changed()
         if self._manager is not None:
             self._manager.network_changed()
 

@@ -8,7 +8,8 @@ relay's key and its nonce with the device key, and hands each
 invitation to `should_accept(device_id)` — the node accepts only trusted devices.
 `connect(peer)` asks the relay for a session and returns the splice as a
 `SpliceStream` once both sides are in; the devices then run admission and pinned
-mutual TLS over it, so the relay carries only ciphertext.
+mutual TLS over it, so the relay carries only ciphertext. The STUN address in the
+welcome is probed (`stun_probe`) at each login; `stun_url()` is what WebRTC lists.
 The client opens a splice only for a request it made or an invitation it accepted
 (a relay's unsolicited `ready` is dropped), a bounded number at a time, and splice
 frames are bounded (`SPLICE_MAX_MESSAGE`). Every message from the relay is decoded by
@@ -364,8 +365,7 @@ class RelayClient:
         if self.stun.needs_probe(time.monotonic()):
             self.probe_stun_soon()
         if self._stun_probe is not None and not self._stun_probe.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._stun_probe)
+            await asyncio.wait({self._stun_probe})  # (our cancellation leaves it running)
         return self.current_stun_url()
 
     def current_stun_url(self) -> str | None:
