@@ -27,6 +27,7 @@ from p2pgate.api.server import ApiSite, api_runner
 from p2pgate.api.tokens import TokenStore
 from p2pgate.config import NodeConfig
 from p2pgate.connect import ConnectionManager
+from p2pgate.connect.netwatch import NetworkWatcher
 from p2pgate.connect.webrtc_paths import WebRtcPaths
 from p2pgate.discovery.dht.node import DhtNode
 from p2pgate.discovery.mdns import LanDiscovery, PeerDiscovered, PeerLost, find_inviters
@@ -116,6 +117,8 @@ class Node:
         manager.start()
         for relay in self._relays:
             self._supervisor.spawn(f"relay control {relay.url}", relay.run)
+        watcher = NetworkWatcher(lambda _added, _removed: self._network_changed())
+        self._supervisor.spawn("network watcher", watcher.run)
         self._supervisor.spawn("garbage collection", lambda: documents.collect_garbage_every(
             cfg.gc_interval, cfg.gc_peer_timeout))
         registry.subscribe(self._on_device_change)
@@ -218,6 +221,15 @@ class Node:
         pairing.nameplates_in_use = mdns.nameplates_in_use
         pairing.find_inviters = lambda nameplate: find_inviters(ips, nameplate)
         return mdns
+
+    def _network_changed(self) -> None:
+        """Our addresses changed: probe STUN again, retry peers (WebRTC, direct) now."""
+        for relay in self._relays:
+            relay.network_changed()
+        if self._webrtc is not None:
+            self._webrtc.network_changed()
+        if self._manager is not None:
+            self._manager.network_changed()
 
     def _visitor_client(self, url: str) -> RelayClient:
         """A client for a peer's relay we only dial through (it accepts no invitation)."""

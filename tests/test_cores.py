@@ -20,7 +20,7 @@ CORES = [
     "p2pgate/pairing/offers.py", "p2pgate/pairing/handshake.py", "p2pgate/pairing/wire.py",
     "p2pgate/relay/broker.py", "p2pgate/relay/rendezvous.py", "p2pgate/relay/limits.py",
     "p2pgate/relay/auth.py", "p2pgate/relay/refusals.py", "p2pgate/relay/wire.py",
-    "p2pgate/relay/stun.py",
+    "p2pgate/relay/stun.py", "p2pgate/relay/stun_probe.py",
     "p2pgate/connect/core.py", "p2pgate/documents/driver.py", "p2pgate/documents/fairqueue.py",
     "p2pgate/discovery/refresh.py", "p2pgate/net/frames.py", "p2pgate/net/admission.py",
     "p2pgate/net/rtc_signal.py", "p2pgate/ratelimit.py", "p2pgate/urls.py",

@@ -250,6 +250,15 @@ class RelayInfo(_Model):
     refusal: str | None = Field(
         None, description="Why the relay last refused our login, if it did since we were "
         "last logged in (e.g. token_missing, token_expired, not_allowed, bad_signature).")
+    stun_address: str | None = Field(
+        None, description="The relay's STUN server (HOST:PORT, from its welcome), if any.")
+    stun: Literal["ok", "failed", "unknown"] | None = Field(
+        None, description="Our last probe of that STUN server: ok (it answered; WebRTC "
+        "lists it), failed (no answer; WebRTC uses host candidates only), unknown (not "
+        "probed yet); null if the relay runs no STUN server.")
+    reflexive_address: str | None = Field(
+        None, description="Where the relay's STUN server saw us (HOST:PORT, outside our "
+        "NAT) in the last probe that answered.")
 
 
 class RelayList(_Model):

@@ -14,7 +14,10 @@ __all__ = ["relay_routes"]
 
 def _info(status: RelayStatus) -> m.RelayInfo:
     return m.RelayInfo(url=status.url, logged_in=status.logged_in, has_token=status.has_token,
-                       token_expires_at=status.token_expires_at, refusal=status.refusal)
+                       token_expires_at=status.token_expires_at, refusal=status.refusal,
+                       stun_address=status.stun_address,
+                       stun=status.stun,
+                       reflexive_address=status.reflexive_address)
 
 
 def relay_routes(access: RelayAccess) -> list[Route]:

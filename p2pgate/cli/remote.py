@@ -113,7 +113,8 @@ def _move(move: dict[str, Any] | None) -> str:
 
 
 def _relay_line(relay: m.RelayInfo) -> str:
-    """One relay in `status`: logged in or why not, and when our token expires."""
+    """One relay in `status`: logged in or why not, when our token expires, and whether
+    its STUN server answered our probe."""
     state = "logged in" if relay.logged_in else (
         f"not logged in ({relay.refusal})" if relay.refusal else "not logged in")
     if relay.token_expires_at is not None:
@@ -121,6 +122,10 @@ def _relay_line(relay: m.RelayInfo) -> str:
         state += f", token expires {expiry:%Y-%m-%d %H:%M} UTC"
     elif not relay.has_token:
         state += ", no token"
+    if relay.stun == "ok":
+        state += f", STUN answers (it sees us at {relay.reflexive_address})"
+    elif relay.stun == "failed":
+        state += ", STUN does not answer (WebRTC uses host candidates only)"
     return f"Relay {relay.url}: {state}"
 
 

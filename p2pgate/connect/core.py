@@ -28,7 +28,9 @@ LINKED: one adopted session. Another session with the peer (accepted, a probe, a
   it is the relay (with `webrtc`) a WebRTC attempt starts at once, then after each
   failure with a backoff from `webrtc_retry` (30 s) doubling up to `webrtc_max_retry`
   (10 min), and at once again on a sighting or a path change; a webrtc session moves
-  the peer off the relay.
+  the peer off the relay. A network change (our addresses changed) resets every
+  backoff: unlinked peers are dialed, relayed ones get a WebRTC attempt (after the one
+  in flight, which began with the old addresses) and direct probes at once.
 SUSPECT (a LINKED session whose PING went unanswered, see `p2pgate.net.frames`): the
   session is kept, and every alternative starts at once (direct candidates and the
   relay), each naming the session it replaces. The first to complete Hello takes the
@@ -156,6 +158,7 @@ class _Peer:
     replacing: int | None = None  # key of the suspect session our dials in flight replace
     webrtc_at: float | None = None  # LINKED via the relay: next WebRTC attempt
     webrtc_backoff: float = 0.0
+    webrtc_again: bool = False  # the network changed during the attempt in flight
     backoff: float = 0.0
 
 
@@ -242,6 +245,21 @@ class ConnectionCore:
             elif state.link.path == RELAY:
                 self._webrtc_soon(state, now)
 
+    def network_changed(self, now: float) -> None:
+        """Our local addresses changed: every backoff starts over and every peer is
+        tried now (dialed, or probed directly and over WebRTC if relayed)."""
+        for state in self._peers.values():
+            state.backoff = self._redial
+            if state.link is None:
+                state.due = now
+                continue
+            if path_rank(state.link.path) < path_rank(DIRECT):
+                state.probe_at = now
+            if state.link.path == RELAY and self._webrtc:
+                state.webrtc_backoff = self._webrtc_retry
+                state.webrtc_at = now
+                state.webrtc_again = WEBRTC in state.dialing
+
     # -- inputs: dial outcomes and sessions --------------------------------------------------
 
     def dial_failed(self, peer: DeviceID, path: str, now: float) -> None:
@@ -252,6 +270,9 @@ class ConnectionCore:
         state.dialing.discard(path)
         if path == WEBRTC:
             if state.link is not None and state.link.path == RELAY:
+                if state.webrtc_again:  # it began before the network changed
+                    state.webrtc_again, state.webrtc_at = False, now
+                    return
                 state.webrtc_at = now + state.webrtc_backoff
                 state.webrtc_backoff = min(self._webrtc_max_retry, state.webrtc_backoff * 2)
             return
@@ -322,6 +343,7 @@ class ConnectionCore:
             return
         state.link = None
         state.probe_at = state.webrtc_at = None
+        state.webrtc_again = False
         state.due = now
         if WEBRTC in state.dialing:  # it would only move us off a relay we no longer have
             state.dialing.discard(WEBRTC)
@@ -406,6 +428,7 @@ class ConnectionCore:
         state.probe_at = (self._next_probe(now) if path_rank(link.path) < path_rank(DIRECT)
                           else None)
         state.webrtc_at, state.webrtc_backoff = None, self._webrtc_retry
+        state.webrtc_again = False
         if link.path == RELAY:
             self._webrtc_soon(state, now)
         self._out.append(SessionAdopted(peer, link.key, link.path, link.initiated_by_us,

@@ -94,6 +94,12 @@ class ConnectionManager:
         self._core.peer_discovered(peer, bool(addresses), self._now())
         self._wake.set()
 
+    def network_changed(self) -> None:
+        """Our addresses changed: backoffs start over, every peer is tried now (a relayed
+        one over WebRTC and its direct addresses)."""
+        self._core.network_changed(self._now())
+        self._wake.set()
+
     async def accepted(self, session: Session) -> None:
         """The listener's callback for an incoming session."""
         self._offer(session, initiated_by_us=False)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from p2pgate.errors import LocalProtocolError
 from p2pgate.relay.access_tokens import token_expiry
 from p2pgate.relay.client import RelayClient
+from p2pgate.relay.stun_probe import StunState
 from p2pgate.storage.database import Database
 from p2pgate.storage.relay_tokens import relay_tokens, store_relay_token
 from p2pgate.urls import relay_base_url
@@ -32,13 +33,17 @@ class UnknownRelay(LocalProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class RelayStatus:
-    """One of our relays: logged in or not, why it refused us, our token's expiry."""
+    """One of our relays: logged in or not, why it refused us, our token's expiry, and
+    whether its STUN port answered our last probe (and where it saw us)."""
 
     url: str
     logged_in: bool
     has_token: bool
     token_expires_at: int | None
     refusal: str | None
+    stun_address: str | None = None
+    stun: StunState | None = None  # "ok", "failed", "unknown"; None: the relay runs no STUN
+    reflexive_address: str | None = None
 
 
 class RelayAccess:
@@ -88,7 +93,8 @@ class RelayAccess:
         """What `client`'s relay thinks of us right now."""
         token = self._tokens.get(client.url)
         return RelayStatus(client.url, client.connected, token is not None,
-                           token_expiry(token) if token else None, client.refusal)
+                           token_expiry(token) if token else None, client.refusal,
+                           client.stun.address, client.stun.state, client.stun.reflexive)
 
     def statuses(self) -> list[RelayStatus]:
         """Every one of our relays, in configuration order."""

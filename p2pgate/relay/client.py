@@ -8,7 +8,8 @@ relay's key and its nonce with the device key, and hands each
 invitation to `should_accept(device_id)` — the node accepts only trusted devices.
 `connect(peer)` asks the relay for a session and returns the splice as a
 `SpliceStream` once both sides are in; the devices then run admission and pinned
-mutual TLS over it, so the relay carries only ciphertext.
+mutual TLS over it, so the relay carries only ciphertext. The STUN address in the
+welcome is probed (`stun_probe`) at each login; `stun_url()` is what WebRTC lists.
 The client opens a splice only for a request it made or an invitation it accepted
 (a relay's unsolicited `ready` is dropped), a bounded number at a time, and splice
 frames are bounded (`SPLICE_MAX_MESSAGE`). Every message from the relay is decoded by
@@ -40,6 +41,8 @@ from p2pgate.net.frames import DEFAULT_MAX_FRAME
 from p2pgate.relay.access_tokens import token_expiry
 from p2pgate.relay.auth import AuthRefused, RelayID, check_relay_proof, login_message
 from p2pgate.relay.refusals import RefusalNotes, refusal_advice
+from p2pgate.relay.stun_probe import ProbeResult, StunStatus
+from p2pgate.relay.stun_prober import probe_stun
 from p2pgate.relay.wire import (
     Invited,
     Ready,
@@ -212,6 +215,9 @@ class RelayClient:
         self._tasks = Supervisor(logger=log)
         self.observed_address: str | None = None
         self.stun_address: str | None = None  # the relay's STUN "HOST:PORT", from `welcome`
+        self.stun = StunStatus()  # our last probe of it (WebRTC lists it only if it answered)
+        self._stun_probe: asyncio.Task[None] | None = None
+        self.on_stun: Callable[[], None] | None = None  # a probe ended
         self.on_connected: Callable[[], None] | None = None
         self.on_refused: Callable[[str], None] | None = None  # the relay refused our login
         # signalling between trusted devices (for WebRTC later); others are dropped
@@ -319,6 +325,10 @@ class RelayClient:
             stun = welcome.get("stun")  # the relay's STUN "HOST:PORT" (for WebRTC), if any
             self.stun_address = stun if isinstance(stun, str) and _STUN_ADDRESS.fullmatch(
                 stun) else None
+            if self.stun_address != self.stun.address:
+                self.stun = StunStatus(self.stun_address)
+            self.stun.stale = True  # a new login: the path to it may have changed
+            self.probe_stun_soon()
             self._ws = ws
             self._connected.set()
             if self.on_connected is not None:
@@ -335,6 +345,47 @@ class RelayClient:
                 if self.unsolicited > unsolicited:
                     log.info("relay %s sent %d `ready` messages for no request of ours "
                              "(ignored)", self.url, self.unsolicited - unsolicited)
+
+    def probe_stun_soon(self) -> None:
+        """Probe the relay's STUN port in the background (unless a probe is under way)."""
+        if self.stun.address is not None and (self._stun_probe is None
+                                              or self._stun_probe.done()):
+            self._stun_probe = self._tasks.fire("STUN probe", self._probe_stun(self.stun))
+
+    def network_changed(self) -> None:
+        """Our addresses changed: probe STUN again (before the next WebRTC attempt)."""
+        self.stun.stale = True
+        if self.connected:
+            self.probe_stun_soon()
+
+    async def stun_url(self) -> str | None:
+        """The `stun:` URL for a WebRTC attempt now, or None if its last probe failed;
+        waits for a probe under way, or probes first if the last result is old (at most
+        ~1.5 s, far below the 5 s aiortc spends gathering from a silent server)."""
+        if self.stun.needs_probe(time.monotonic()):
+            self.probe_stun_soon()
+        if self._stun_probe is not None and not self._stun_probe.done():
+            await asyncio.wait({self._stun_probe})  # (our cancellation leaves it running)
+        return self.current_stun_url()
+
+    def current_stun_url(self) -> str | None:
+        """The `stun:` URL by the last probe (None: no STUN, failed or not probed yet)."""
+        return f"stun:{self.stun.address}" if self.stun.use_stun() else None
+
+    async def _probe_stun(self, status: StunStatus) -> None:
+        assert status.address is not None  # noqa: S101 (probe_stun_soon checked)
+        result: ProbeResult = await probe_stun(status.address)
+        if status is not self.stun:
+            return  # the relay told us another address meanwhile
+        level = logging.INFO if status.probed(result, time.monotonic()) else logging.DEBUG
+        if result.ok:
+            log.log(level, "relay %s: STUN at %s answers (it sees us at %s)", self.url,
+                    status.address, result.reflexive)
+        else:
+            log.log(level, "relay %s: STUN at %s does not answer; WebRTC uses host "
+                    "candidates only", self.url, status.address)
+        if self.on_stun is not None:
+            self.on_stun()
 
     def _on_message(self, text: str) -> None:
         """Act on one message from the relay; RelayError if it is malformed."""

@@ -365,3 +365,68 @@ def test_a_webrtc_peer_keeps_probing_for_a_direct_path_and_moves_to_it():
     assert DialDirect(PEER, probe=True) in drain(c)
     c.session_established(PEER, 3, "direct", True, 40.0)
     assert drain(c)[-1] == SessionAdopted(PEER, 3, "direct", True, "webrtc")
+
+
+def _failed_webrtc_backs_off(c, now):
+    c.handle_timer(now)
+    assert DialWebRtc(PEER) in drain(c)
+    c.dial_failed(PEER, "webrtc", now)
+    c.handle_timer(now + 1)
+    assert DialWebRtc(PEER) not in drain(c)  # the next one is 30 s away
+
+
+def test_a_network_change_retries_webrtc_and_probes_direct_at_once_and_resets_backoff():
+    c = relay_linked()
+    _failed_webrtc_backs_off(c, 1.0)
+    c.network_changed(5.0)
+    c.handle_timer(5.0)
+    out = drain(c)
+    assert DialWebRtc(PEER) in out
+    c.dial_failed(PEER, "webrtc", 6.0)
+    c.handle_timer(6.0 + 29)
+    assert DialWebRtc(PEER) not in drain(c)
+    c.handle_timer(6.0 + 30)  # the backoff started over at 30 s
+    assert DialWebRtc(PEER) in drain(c)
+    d = core(webrtc=True)  # a relayed peer with direct candidates is probed at once too
+    d.peers_known([(PEER, True, True)], 0.0)
+    d.handle_timer(0.0)
+    d.dial_failed(PEER, "direct", 0.1)
+    d.session_established(PEER, 1, "relay", True, 0.2)
+    d.handle_timer(0.2)
+    drain(d)
+    d.dial_failed(PEER, "webrtc", 0.3)
+    d.network_changed(2.0)
+    d.handle_timer(2.0)
+    assert drain(d) == [DialDirect(PEER, probe=True), DialWebRtc(PEER)]
+
+
+def test_a_network_change_during_an_attempt_retries_once_it_has_failed():
+    c = relay_linked()
+    c.handle_timer(1.0)
+    assert drain(c) == [DialWebRtc(PEER)]
+    c.network_changed(2.0)  # the attempt in flight began with the old addresses
+    c.handle_timer(2.0)
+    assert drain(c) == []  # one attempt at a time
+    c.dial_failed(PEER, "webrtc", 8.0)
+    c.handle_timer(8.0)
+    assert drain(c) == [DialWebRtc(PEER)]  # at once, not after the backoff
+    c.dial_failed(PEER, "webrtc", 9.0)  # this one began after the change: back off
+    c.handle_timer(9.0 + 29)
+    assert drain(c) == []
+
+
+def test_a_network_change_dials_an_unreachable_peer_now_with_a_fresh_backoff():
+    c = core(redial=5.0, max_redial=30.0)
+    c.peers_known([(PEER, False, True)], 0.0)
+    now = 0.0
+    for _ in range(4):  # backoff grows to 30 s
+        c.handle_timer(now)
+        assert DialRelay(PEER) in drain(c)
+        c.dial_failed(PEER, "relay", now)
+        now = c.get_timer()
+    c.network_changed(now - 20)
+    c.handle_timer(now - 20)
+    assert DialRelay(PEER) in drain(c)
+    c.dial_failed(PEER, "relay", now - 20)
+    assert c.get_timer() == pytest.approx(now - 20 + 5.0)
+

@@ -3,7 +3,7 @@
 Document OPs print the document (or `{"error": STATUS}`): `put ID JSON`, `patch ID JSON`,
 `get ID`, `conflicts ID`, and `cput`/`cget` with a collection first; `revoke DEVICE`.
 Others: `ids`, `count` (pages through the collection), `events` (every change so far,
-by ID), `watch ID` (prints change events until one for ID), `peers`, `alone` (prints
+by ID), `watch ID` (prints change events until one for ID), `peers`, `relays`, `alone` (prints
 `ready` once a peer is connected, then the wall-clock time at which none is), `path
 WAS NOW` (prints `ready` once the first peer's path is WAS, then the time it is NOW), `write
 PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor passes it),
@@ -131,6 +131,8 @@ async def main(url: str, token: str, op: str, *args: str) -> None:
             await _path_becomes(c, args[0], args[1])
         elif op == "peers":
             print(json.dumps((await c.peers()).items))
+        elif op == "relays":
+            print(json.dumps([r.model_dump(mode="json") for r in (await c.relays()).items]))
         elif op == "write":
             await _write(c, args[0], int(args[1]))
         elif op == "ticker":
