@@ -27,7 +27,8 @@ LINKED: one adopted session. Another session with the peer (accepted, a probe, a
   probed every `probe_every` seconds (± 20 % jitter) and at once on a sighting; while
   it is the relay (with `webrtc`) a WebRTC attempt starts at once, then after each
   failure with a backoff from `webrtc_retry` (30 s) doubling up to `webrtc_max_retry`
-  (10 min), and at once again on a sighting or a path change; a webrtc session moves
+  (10 min), and at once again on a new sighting (other addresses than the last) or a
+  path change; a webrtc session moves
   the peer off the relay. A network change (our addresses changed) resets every
   backoff: unlinked peers are dialed, relayed ones get a WebRTC attempt (after the one
   in flight, which began with the old addresses) and direct probes at once.
@@ -159,6 +160,7 @@ class _Peer:
     webrtc_at: float | None = None  # LINKED via the relay: next WebRTC attempt
     webrtc_backoff: float = 0.0
     webrtc_again: bool = False  # the network changed during the attempt in flight
+    sighted: frozenset[str] | None = None  # the addresses of the last sighting
     backoff: float = 0.0
 
 
@@ -222,18 +224,21 @@ class ConnectionCore:
         for gone in set(self._peers) - seen:
             del self._peers[gone]
 
-    def peer_discovered(self, peer: DeviceID, has_addresses: bool, now: float) -> None:
+    def peer_discovered(self, peer: DeviceID, addresses: Iterable[str], now: float) -> None:
         """The peer was sighted (mDNS, a DHT record): dial it now, or probe the direct
-        path now if it is relayed."""
+        path now if it is relayed; a relayed peer gets a WebRTC attempt now only if the
+        sighting is new (other addresses than the last one: a periodic lookup finding
+        the same record does not undo the attempts' backoff)."""
         state = self._peers.get(peer)
         if state is None:
             return
-        state.direct = state.direct or has_addresses
+        seen, state.sighted = state.sighted, frozenset(addresses)
+        state.direct = state.direct or bool(state.sighted)
         if state.link is None:
             state.due = now
         elif path_rank(state.link.path) < path_rank(DIRECT):
             state.probe_at = now
-            if state.link.path == RELAY:
+            if state.link.path == RELAY and state.sighted != seen:
                 self._webrtc_soon(state, now)
 
     def paths_changed(self, now: float) -> None:

@@ -91,7 +91,7 @@ class ConnectionManager:
         """A trusted peer was found (mDNS, DHT): remember where, and dial it now (a
         relayed peer is probed at once)."""
         await self._registry.record_seen(peer, list(addresses))
-        self._core.peer_discovered(peer, bool(addresses), self._now())
+        self._core.peer_discovered(peer, addresses, self._now())
         self._wake.set()
 
     def network_changed(self) -> None:

@@ -142,7 +142,7 @@ def test_while_relayed_direct_paths_are_probed_every_30_s_with_jitter_and_at_onc
     gaps = [b - a for a, b in zip([0.0, *probes], probes, strict=False)]
     assert all(24.0 <= g <= 36.0 for g in gaps), gaps
     assert len({round(g, 3) for g in gaps}) > 10  # jittered, not a fixed period
-    c.peer_discovered(PEER, True, now + 1.0)
+    c.peer_discovered(PEER, ["10.0.0.2:7771"], now + 1.0)
     assert c.get_timer() == now + 1.0
     c.handle_timer(now + 1.0)
     assert drain(c) == [DialDirect(PEER, probe=True)]
@@ -316,9 +316,14 @@ def test_failed_webrtc_attempts_back_off_from_30_s_to_10_min_and_a_sighting_retr
         now = retry
     assert delays == [30, 60, 120, 240, 480, 600, 600]
     c.dial_failed(PEER, "webrtc", now)  # the next is 10 min away, but
-    c.peer_discovered(PEER, False, now + 1)  # a new DHT record: try again at once
+    c.peer_discovered(PEER, ["192.0.2.7:7771"], now + 1)  # a new DHT record: at once
     c.handle_timer(now + 1)
     assert DialWebRtc(PEER) in drain(c)
+    c.dial_failed(PEER, "webrtc", now + 2)
+    c.peer_discovered(PEER, ["192.0.2.7:7771"], now + 30)  # the same record, looked up again
+    assert DialWebRtc(PEER) not in _run_until(c, now + 31)  # keeps its backoff
+    c.peer_discovered(PEER, ["192.0.2.8:7771"], now + 32)  # it moved
+    assert DialWebRtc(PEER) in _run_until(c, now + 32)
 
 
 def _run_until(c, now):
