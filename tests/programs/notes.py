@@ -10,7 +10,9 @@ PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor pa
 `ticker PREFIX EVERY` (writes PREFIX0, PREFIX1, ... every EVERY seconds, each with its
 wall-clock write time `t`, until killed; prints `ID T` once written), `arrivals` (prints
 `ID TIME` for every change from now on, TIME the wall clock when the event arrived;
-`ready` first).
+`ready` first), `watch-peers` (prints the peers' paths and session starts as one compact
+JSON line, `[{"path": ..., "since": ...}]`, at start and whenever they change, until
+killed).
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ async def _ticker(c: Client, prefix: str, every: float) -> None:
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
 
 
+async def _watch_peers(c: Client) -> None:
+    shown = None
+    while True:
+        now = [{"path": p["path"], "since": p["since"]} for p in (await c.peers()).items]
+        if now != shown:
+            print(json.dumps(now, separators=(",", ":")), flush=True)
+            shown = now
+        await asyncio.sleep(0.05)
+
+
 async def _arrivals(c: Client) -> None:
     cursor = (await c.node()).cursor
     print("ready", flush=True)
@@ -137,6 +149,8 @@ async def main(url: str, token: str, op: str, *args: str) -> None:
             await _ticker(c, args[0], float(args[1]))
         elif op == "arrivals":
             await _arrivals(c)
+        elif op == "watch-peers":
+            await _watch_peers(c)
         elif op == "wait":
             while (await c.node()).cursor <= int(args[0]):  # noqa: ASYNC110 (another process)
                 await asyncio.sleep(0.005)
