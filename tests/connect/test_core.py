@@ -365,3 +365,27 @@ def test_a_webrtc_peer_keeps_probing_for_a_direct_path_and_moves_to_it():
     assert DialDirect(PEER, probe=True) in drain(c)
     c.session_established(PEER, 3, "direct", True, 40.0)
     assert drain(c)[-1] == SessionAdopted(PEER, 3, "direct", True, "webrtc")
+
+
+def test_our_late_relay_dial_ending_the_round_leaves_the_webrtc_attempt_in_flight():
+    """After pairing both sides dial the relay at once: the peer's session is adopted
+    first (a WebRTC attempt starts off it), then ours completes and ends the round. The
+    attempt is no part of the round: its session moves us off the relay, it is not
+    closed as "another path won" (seen in the NAT lab: a working webrtc session thrown
+    away, relay again, a second attempt)."""
+    c = core(webrtc=True)  # LOW: our relayed session wins the tie-break
+    c.peers_known([(PEER, False, True)], 0.0)
+    c.handle_timer(0.0)
+    assert drain(c) == [DialRelay(PEER)]
+    assert linked(c, PEER, "relay", key=1, now=0.4) == [SessionAdopted(PEER, 1, "relay", False)]
+    c.handle_timer(0.4)
+    assert drain(c) == [DialWebRtc(PEER)]
+    c.session_established(PEER, 2, "relay", True, 0.5)  # our own relay dial, late
+    out = drain(c)
+    assert CancelDials(PEER) not in out and CancelDials(PEER, "webrtc") not in out
+    assert out[-1] == SessionAdopted(PEER, 2, "relay", True, "relay")
+    c.handle_timer(0.5)
+    assert DialWebRtc(PEER) not in drain(c)  # the one in flight goes on
+    c.session_established(PEER, 3, "webrtc", True, 0.9)
+    assert drain(c) == [CloseSession(PEER, 2, "replaced by the preferred session"),
+                        SessionAdopted(PEER, 3, "webrtc", True, "relay")]
