@@ -54,7 +54,7 @@ def natlab(allow_blocking):
 
 class Cell:
     """A lab run: the capture and relay in the internet namespace, two unpaired nodes
-    behind the routers, and the background programs watching them."""
+    behind the routers, and a `drive` program on each (its peers and events, our puts)."""
 
     def __init__(self, lab: NatLab, tmp_path) -> None:
         self.lab, self.tmp = lab, tmp_path
@@ -62,36 +62,39 @@ class Cell:
         self.programs: list[Lines] = []
         lab.internet.spawn(sys.executable, "-m", "tests.programs.capture", str(self.capture),
                            log=tmp_path / "capture.log")
-        wait_for(self.capture.exists, timeout=30, interval=0.05, what="the capture")
-        lab.start_relay(tmp_path / "relay", "--listen", "0.0.0.0:8443")
         self.hosts = {"a": lab.a.host, "b": lab.b.host}
         self.nodes = {n: make_node_dir(tmp_path, n) for n in self.hosts}
-        for n, host in self.hosts.items():
+        wait_for(self.capture.exists, timeout=30, interval=0.05, what="the capture")
+        for n, host in self.hosts.items():  # they start while the relay does (and retry)
             host.spawn(sys.executable, "-m", "p2pgate", "--data-dir",
                        str(self.nodes[n].data_dir.root), "node", "--api", "127.0.0.1:0",
                        "--listen", f"{host.ip}:7771", "--no-mdns", "--no-dht",
                        "--relay", RELAY, log=self.log(n))
+        lab.start_relay(tmp_path / "relay", "--listen", "0.0.0.0:8443")
         for n in self.hosts:
             wait_for((self.nodes[n].data_dir.root / "node.json").exists, timeout=30,
                      interval=0.05, what=f"{n} to start")
-        self.watch = {n: self.program(n, "watch-peers") for n in self.hosts}
+        self.drive = {n: self.program(n, "drive", stdin=True) for n in self.hosts}
 
     def log(self, n: str):
         return self.tmp / f"{n}.log"
 
     def close(self) -> None:
         for program in self.programs:
+            if program.proc.stdin is not None:
+                program.proc.stdin.close()
             program.stop()
 
     def argv(self, n: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.hosts[n].ns, sys.executable, *args]
 
-    def program(self, n: str, *args: str) -> Lines:
+    def program(self, n: str, *args: str, stdin: bool = False) -> Lines:
         """`tests.programs.notes ARGS` running in the background on node n."""
         node = self.nodes[n]
         lines = Lines(subprocess.Popen(
             self.argv(n, "-m", "tests.programs.notes", str(node.runtime()["api_url"]),
-                      node.admin_token(), *args), stdout=subprocess.PIPE, text=True))
+                      node.admin_token(), *args), stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE if stdin else None))
         self.programs.append(lines)
         return lines
 
@@ -103,13 +106,26 @@ class Cell:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout) if out.stdout.strip() else None
 
+    def put(self, n: str, doc: str, body: dict) -> None:
+        """A note put through node n's `drive` program (it prints `put ID` when done)."""
+        stdin = self.drive[n].proc.stdin
+        assert stdin is not None
+        stdin.write(f"put {doc} {json.dumps(body)}\n")
+        stdin.flush()
+        wait_for(lambda: ["put", doc] in [w for w, _ in self.drive[n].lines], timeout=30,
+                 interval=0.05, what=f"the put of {doc} on {n}")
+
+    def events(self, n: str) -> list[str]:
+        """The IDs of the changes node n has shown since its `drive` program started."""
+        return [w[1] for w, _ in self.drive[n].lines if w[:1] == ["event"]]
+
     def cli(self, n: str, *args: str) -> list[str]:
         return self.argv(n, "-m", "p2pgate", "--data-dir", str(self.nodes[n].data_dir.root),
                          *args)
 
     def peers(self, n: str) -> list[dict]:
-        """The peers node n showed last (its watcher's latest line)."""
-        shown = [words[0] for words, _ in self.watch[n].lines if words]
+        """The peers node n showed last."""
+        shown = [w[1] for w, _ in self.drive[n].lines if w[:1] == ["peers"]]
         return json.loads(shown[-1]) if shown else []
 
     def path(self, n: str) -> str | None:
@@ -118,12 +134,12 @@ class Cell:
 
     def history(self, n: str) -> list[tuple[str, float]]:
         """Every (path, session start) node n showed, in order."""
-        return [(p["path"], p["since"]) for words, _ in self.watch[n].lines if words
-                for p in json.loads(words[0])]
+        return [(p["path"], p["since"]) for w, _ in self.drive[n].lines if w[:1] == ["peers"]
+                for p in json.loads(w[1])]
 
     def pair(self, inviter: str, joiner: str, by: str) -> dict[str, str]:
         """`p2pgate pair` on the inviter, `p2pgate join CODE-OR-URI` on the joiner (`by`
-        "code" or "uri"); the code, URI and verification digits."""
+        "code" or "uri"); the code and URI."""
         shown = subprocess.Popen(self.cli(inviter, "pair"), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         try:
@@ -144,7 +160,7 @@ class Cell:
         finally:
             if shown.poll() is None:
                 shown.kill()
-                shown.wait(10)
+                shown.communicate(timeout=10)
         result = json.loads(joined.stdout)
         assert result["name"] == inviter
         assert f"Verification: {result['verification']}" in out
@@ -201,17 +217,18 @@ def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, t
             wait_for(lambda: any(ATTEMPT_FAILED.search(cell.log(n).read_text())
                                  for n in ("a", "b")), timeout=40, interval=0.1,
                      what=f"the webrtc attempt to fail ({nat_a} x {nat_b})")
-        arrivals = cell.program("b", "arrivals")
-        arrivals.wait_ready()
-        cell.notes("a", "put", "after", json.dumps({"text": note}))
-        wait_for(lambda: any(w[:1] == ["after"] for w, _ in arrivals.lines), timeout=30,
-                 interval=0.05, what="the note on b")
-        assert cell.notes("b", "get", "after")["data"] == {"text": note}
-        for n in ("a", "b"):  # one session on each side, then (punchable) one move
-            sessions = list(dict.fromkeys(cell.history(n)))
-            assert [p for p, _ in sessions] == (["relay", "webrtc"] if want == "webrtc"
-                                                else ["relay"]), sessions
-        assert [w[0] for w, _ in arrivals.lines if len(w) == 2].count("after") == 1
+        sessions = {n: cell.peers(n) for n in ("a", "b")}
+        cell.put("a", "after", {"text": note})
+        wait_for(lambda: "after" in cell.events("b"), timeout=30, interval=0.05,
+                 what="the note on b")
+        for n in ("a", "b"):
+            assert cell.peers(n) == sessions[n]  # the same session (no move, no redial)
+            assert sessions[n][0]["path"] == want
+            paths = [p for p, _ in cell.history(n)]
+            assert paths[0] == "relay", paths  # relayed first, then (punchable) moved
+            if want == "relay":  # the failed attempt left the relayed session alone
+                assert set(paths) == {"relay"}, paths
+        assert cell.events("b").count("after") == 1
         wire = cell.wire()
         assert note.encode() not in wire
         assert STUN_COOKIE in wire  # the nodes' STUN probes and ICE gathering
@@ -227,8 +244,6 @@ def test_the_move_to_webrtc_loses_and_repeats_nothing_under_a_writer(natlab, tmp
     mid-writing: no note lost or repeated across the move."""
     cell = Cell(natlab("port-restricted", "port-restricted"), tmp_path)
     try:
-        arrivals = cell.program("b", "arrivals")
-        arrivals.wait_ready()
         writer = cell.program("a", "ticker", "w", "0.1")
         wait_for(lambda: len(writer.lines) >= 3, timeout=30, interval=0.05,
                  what="the writer")
@@ -242,16 +257,14 @@ def test_the_move_to_webrtc_loses_and_repeats_nothing_under_a_writer(natlab, tmp
         [peer] = cell.notes("a", "peers")
         assert (peer["last_move"]["from"], peer["last_move"]["to"]) == ("relay", "webrtc")
         stamps = [float(words[1]) for words, _ in writer.lines if len(words) == 2]
-        [(_, relayed_since)] = list(dict.fromkeys(
-            s for s in cell.history("a") if s[0] == "relay"))
+        relayed_since = min(since for path, since in cell.history("a") if path == "relay")
         during = [t for t in stamps if relayed_since < t < peer["last_move"]["at"]]
         assert during, "no note written while the session was relayed"
         assert peer["last_move"]["at"] < max(stamps)  # it moved mid-writing
         written = [words[0] for words, _ in writer.lines if words]
-        wait_for(lambda: set(written) <= {w[0] for w, _ in arrivals.lines if len(w) == 2},
-                 timeout=30, what="every note on b")
-        arrivals.stop()
-        seen = [w[0] for w, _ in arrivals.lines if len(w) == 2]
+        wait_for(lambda: set(written) <= set(cell.events("b")), timeout=30, interval=0.05,
+                 what="every note on b")
+        seen = cell.events("b")
         assert len(seen) == len(set(seen)) == len(written)  # none lost, none twice
     finally:
         cell.close()
