@@ -20,7 +20,7 @@ DIALING: happy eyeballs. With direct candidates the direct attempt starts at onc
   fails first; without direct candidates the relay attempt starts at once. The first
   session to complete Hello wins; the other attempts are cancelled (not a WebRTC
   attempt off a session of the peer's adopted meanwhile), and a session from a
-  cancelled attempt is closed ("another path won").
+  cancelled attempt is closed ("another path won"; a webrtc session is ranked instead).
 LINKED: one adopted session. Another session with the peer (accepted, a probe, a late
   dial) is ranked: direct > webrtc > relay; a better path replaces the current one (a
   *move*), a worse one is closed; of two of the same rank, the one initiated by the
@@ -274,7 +274,7 @@ class ConnectionCore:
         state = self._peers.setdefault(peer, _Peer(due=None, backoff=self._redial))
         attempt = path if path in (RELAY, WEBRTC) else DIRECT
         if initiated_by_us:
-            if attempt not in state.dialing:
+            if attempt not in state.dialing and attempt != WEBRTC:  # webrtc: ranked below
                 self._out.append(CloseSession(peer, key, "another path won"))
                 return
             state.dialing.discard(attempt)

@@ -389,3 +389,19 @@ def test_our_late_relay_dial_ending_the_round_leaves_the_webrtc_attempt_in_fligh
     c.session_established(PEER, 3, "webrtc", True, 0.9)
     assert drain(c) == [CloseSession(PEER, 2, "replaced by the preferred session"),
                         SessionAdopted(PEER, 3, "webrtc", True, "relay")]
+
+
+def test_a_webrtc_session_completing_after_its_attempt_was_cancelled_is_ranked_not_dropped():
+    """The peer's tie-break closed our relayed session just before its own relayed one
+    reached us (the relay ending cancels the WebRTC attempt); the attempt completed
+    anyway: a working webrtc session moves us off the new relayed one (seen in the NAT
+    lab: it was closed as "another path won", relay again, a second attempt)."""
+    c = relay_linked()
+    c.handle_timer(1.0)
+    assert drain(c) == [DialWebRtc(PEER)]
+    c.session_ended(PEER, 1, 1.2)
+    assert drain(c) == [CancelDials(PEER, "webrtc")]
+    assert linked(c, PEER, "relay", key=2, now=1.3) == [SessionAdopted(PEER, 2, "relay", False)]
+    c.session_established(PEER, 3, "webrtc", True, 1.4)  # the cancelled attempt's
+    assert drain(c) == [CloseSession(PEER, 2, "replaced by the preferred session"),
+                        SessionAdopted(PEER, 3, "webrtc", True, "relay")]
