@@ -225,8 +225,10 @@ def test_the_path_ends_on_webrtc_where_the_nats_allow_it(natlab, nat_a, nat_b, t
             assert cell.peers(n) == sessions[n]  # the same session (no move, no redial)
             assert sessions[n][0]["path"] == want
             paths = [p for p, _ in cell.history(n)]
-            assert paths[0] == "relay", paths  # relayed first, then (punchable) moved
-            if want == "relay":  # the failed attempt left the relayed session alone
+            assert paths[0] == "relay", paths  # relayed first
+            if want == "webrtc":  # then moved for good (the core's two race fixes)
+                assert set(paths[paths.index("webrtc"):]) == {"webrtc"}, paths
+            else:  # the failed attempt left the relayed session alone
                 assert set(paths) == {"relay"}, paths
         assert cell.events("b").count("after") == 1
         wire = cell.wire()
