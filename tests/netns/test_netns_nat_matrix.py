@@ -7,8 +7,11 @@ that arrives once. The relay host's wire (every frame in the internet namespace,
 captured for the whole run) holds neither the note nor the pairing code's words.
 Default settings; real node and relay processes.
 
-Waits watch the nodes instead of sleeping: a `watch-peers` program in each host prints
-the peers' paths as they change, so no poll starts a process."""
+Waits watch the nodes instead of sleeping or polling with new processes: one
+`tests.programs.notes drive` program in each host prints the peers' paths as they
+change and every change that arrives, and puts notes on request. Where the NATs cannot
+punch, the wait ends when the answering node logs that the attempt failed (its 10 s
+deadline), not after a fixed sleep."""
 
 from __future__ import annotations
 
