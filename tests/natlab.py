@@ -186,7 +186,7 @@ class NatLab:
         proc = self.internet.spawn(sys.executable, "-m", "p2pgate", "--data-dir",
                                    str(data_dir), "relay", *argv, log=log)
         wait_for(lambda: "STUN on UDP" in log.read_text() or proc.poll() is not None,
-                 timeout=30, what="the relay's STUN port")
+                 timeout=30, interval=0.05, what="the relay's STUN port")
         assert proc.poll() is None, log.read_text()
         return proc
 

@@ -18,8 +18,9 @@ IDLE: no session, no dial in flight; a round of dials is due at `due` (at once f
 DIALING: happy eyeballs. With direct candidates the direct attempt starts at once
   and the relay attempt `relay_delay` (0.5 s) later, or at once when the direct one
   fails first; without direct candidates the relay attempt starts at once. The first
-  session to complete Hello wins; the other attempts are cancelled, and a session
-  from a cancelled attempt is closed ("another path won").
+  session to complete Hello wins; the other attempts are cancelled (not a WebRTC
+  attempt off a session of the peer's adopted meanwhile), and a session from a
+  cancelled attempt is closed ("another path won"; a webrtc session is ranked instead).
 LINKED: one adopted session. Another session with the peer (accepted, a probe, a late
   dial) is ranked: direct > webrtc > relay; a better path replaces the current one (a
   *move*), a worse one is closed; of two of the same rank, the one initiated by the
@@ -299,7 +300,7 @@ class ConnectionCore:
         state = self._peers.setdefault(peer, _Peer(due=None, backoff=self._redial))
         attempt = path if path in (RELAY, WEBRTC) else DIRECT
         if initiated_by_us:
-            if attempt not in state.dialing:
+            if attempt not in state.dialing and attempt != WEBRTC:  # webrtc: ranked below
                 self._out.append(CloseSession(peer, key, "another path won"))
                 return
             state.dialing.discard(attempt)
@@ -408,8 +409,13 @@ class ConnectionCore:
 
     def _end_round(self, peer: DeviceID, state: _Peer) -> None:
         state.in_round, state.relay_at = False, None
-        if state.dialing:
-            state.dialing.clear()
+        ended = state.dialing - {WEBRTC}  # a WebRTC attempt is no part of the round
+        if not ended:
+            return
+        state.dialing -= ended
+        if WEBRTC in state.dialing:
+            self._out.extend(CancelDials(peer, path) for path in sorted(ended))
+        else:
             self._out.append(CancelDials(peer))
 
     def _loser(self, current: _Link, path: str, initiated_by_us: bool,

@@ -435,3 +435,42 @@ def test_a_network_change_dials_an_unreachable_peer_now_with_a_fresh_backoff():
     c.dial_failed(PEER, "relay", now - 20)
     assert c.get_timer() == pytest.approx(now - 20 + 5.0)
 
+
+def test_our_late_relay_dial_ending_the_round_leaves_the_webrtc_attempt_in_flight():
+    """After pairing both sides dial the relay at once: the peer's session is adopted
+    first (a WebRTC attempt starts off it), then ours completes and ends the round. The
+    attempt is no part of the round: its session moves us off the relay, it is not
+    closed as "another path won" (seen in the NAT lab: a working webrtc session thrown
+    away, relay again, a second attempt)."""
+    c = core(webrtc=True)  # LOW: our relayed session wins the tie-break
+    c.peers_known([(PEER, False, True)], 0.0)
+    c.handle_timer(0.0)
+    assert drain(c) == [DialRelay(PEER)]
+    assert linked(c, PEER, "relay", key=1, now=0.4) == [SessionAdopted(PEER, 1, "relay", False)]
+    c.handle_timer(0.4)
+    assert drain(c) == [DialWebRtc(PEER)]
+    c.session_established(PEER, 2, "relay", True, 0.5)  # our own relay dial, late
+    out = drain(c)
+    assert CancelDials(PEER) not in out and CancelDials(PEER, "webrtc") not in out
+    assert out[-1] == SessionAdopted(PEER, 2, "relay", True, "relay")
+    c.handle_timer(0.5)
+    assert DialWebRtc(PEER) not in drain(c)  # the one in flight goes on
+    c.session_established(PEER, 3, "webrtc", True, 0.9)
+    assert drain(c) == [CloseSession(PEER, 2, "replaced by the preferred session"),
+                        SessionAdopted(PEER, 3, "webrtc", True, "relay")]
+
+
+def test_a_webrtc_session_completing_after_its_attempt_was_cancelled_is_ranked_not_dropped():
+    """The peer's tie-break closed our relayed session just before its own relayed one
+    reached us (the relay ending cancels the WebRTC attempt); the attempt completed
+    anyway: a working webrtc session moves us off the new relayed one (seen in the NAT
+    lab: it was closed as "another path won", relay again, a second attempt)."""
+    c = relay_linked()
+    c.handle_timer(1.0)
+    assert drain(c) == [DialWebRtc(PEER)]
+    c.session_ended(PEER, 1, 1.2)
+    assert drain(c) == [CancelDials(PEER, "webrtc")]
+    assert linked(c, PEER, "relay", key=2, now=1.3) == [SessionAdopted(PEER, 2, "relay", False)]
+    c.session_established(PEER, 3, "webrtc", True, 1.4)  # the cancelled attempt's
+    assert drain(c) == [CloseSession(PEER, 2, "replaced by the preferred session"),
+                        SessionAdopted(PEER, 3, "webrtc", True, "relay")]

@@ -10,7 +10,10 @@ PREFIX COUNT` (16 concurrent writers), `wait CURSOR` (until the node's cursor pa
 `ticker PREFIX EVERY` (writes PREFIX0, PREFIX1, ... every EVERY seconds, each with its
 wall-clock write time `t`, until killed; prints `ID T` once written), `arrivals` (prints
 `ID TIME` for every change from now on, TIME the wall clock when the event arrived;
-`ready` first).
+`ready` first), `drive` (one program for a test to watch and drive a node with, until
+killed: prints `peers JSON` at start and whenever the peers' paths or session starts
+change, JSON a compact `[{"path": ..., "since": ...}]`; `event ID TIME` for every change
+from its start; `put ID` once it has put a note for each `put ID JSON` line on stdin).
 """
 
 from __future__ import annotations
@@ -94,6 +97,30 @@ async def _ticker(c: Client, prefix: str, every: float) -> None:
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
 
 
+async def _drive(c: Client) -> None:
+    async def peers() -> None:
+        shown = None
+        while True:
+            now = [{"path": p["path"], "since": p["since"]} for p in (await c.peers()).items]
+            if now != shown:
+                print("peers", json.dumps(now, separators=(",", ":")), flush=True)
+                shown = now
+            await asyncio.sleep(0.05)
+
+    async def events(cursor: int) -> None:
+        async for event in c.events(cursor=cursor):
+            print("event", event.id, time.time(), flush=True)
+
+    async def puts() -> None:
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            _, doc, body = line.split(" ", 2)
+            await c.put("notes", doc, json.loads(body))
+            print("put", doc, flush=True)
+
+    cursor = (await c.node()).cursor
+    await asyncio.gather(peers(), events(cursor), puts())
+
+
 async def _arrivals(c: Client) -> None:
     cursor = (await c.node()).cursor
     print("ready", flush=True)
@@ -139,6 +166,8 @@ async def main(url: str, token: str, op: str, *args: str) -> None:
             await _ticker(c, args[0], float(args[1]))
         elif op == "arrivals":
             await _arrivals(c)
+        elif op == "drive":
+            await _drive(c)
         elif op == "wait":
             while (await c.node()).cursor <= int(args[0]):  # noqa: ASYNC110 (another process)
                 await asyncio.sleep(0.005)
