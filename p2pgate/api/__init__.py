@@ -1,7 +1,6 @@
-"""The local REST + WebSocket API that apps on this device talk to."""
+"""The local REST + WebSocket API that apps on this device talk to.
 
-from p2pgate.api.http import Route, build_application
-from p2pgate.api.routes import ApiServices, DocumentService, DocumentView, api_routes
-
-__all__ = ["ApiServices", "DocumentService", "DocumentView", "Route", "api_routes",
-           "build_application"]
+The server lives in `p2pgate.api.http` (`build_application`) and `p2pgate.api.routes`;
+this package imports none of it, so the SDK and CLI, which need only
+`p2pgate.api.models`, start without loading the server.
+"""
