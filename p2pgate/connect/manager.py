@@ -86,6 +86,7 @@ class ConnectionManager:
         self._loop_task = self._supervisor.spawn("dial loop", self._dial_loop)
         for relay in self._relays:  # a relay (re)connected: peers may be reachable now
             relay.on_connected = self._paths_changed
+        self._trust.on_loaded = self._wake.set  # a newly paired device: dial it now
 
     async def discovered(self, peer: DeviceID, addresses: tuple[str, ...]) -> None:
         """A trusted peer was found (mDNS, DHT): remember where, and dial it now (a

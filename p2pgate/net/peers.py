@@ -76,6 +76,8 @@ class Trust:
         self.client_context: ssl.SSLContext | None = None
         self.sessions: dict[DeviceID, set[Session]] = {}
         self._reload_task: asyncio.Task[None] | None = None
+        self._stale = False  # a change arrived that no finished load has read
+        self.on_loaded: Callable[[], None] | None = None  # a reload after a change ended
         self._closers = Supervisor(logger=log)  # keeps the closing sessions' tasks referenced
         self._unsubscribe = registry.subscribe(self._on_change)
 
@@ -133,8 +135,18 @@ class Trust:
                          change.new_state or "removed")
                 self._closers.fire(f"close session with {change.device_id.short}",
                                    session.close(f"device {change.new_state or 'removed'}"))
+        self._stale = True
         if self._reload_task is None or self._reload_task.done():
-            self._reload_task = asyncio.ensure_future(self.load())
+            self._reload_task = self._closers.fire("reload trusted devices", self._reload())
+
+    async def _reload(self) -> None:
+        """Load until no change is left unread (a load under way may have read the
+        registry before the latest change), then tell `on_loaded`."""
+        while self._stale:
+            self._stale = False
+            await self.load()
+        if self.on_loaded is not None:
+            self.on_loaded()
 
     def track(self, session: Session) -> None:
         """Remember a live session so that revoking its device closes it."""

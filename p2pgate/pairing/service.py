@@ -252,10 +252,9 @@ class PairingService:
                 errors.append(f"{candidate}: {exc}")
                 continue
             try:
-                result = await self._join_over(stream, invitation)
+                result = await self._join_over(stream, invitation, seen_at=candidate)
             finally:
                 await stream.close()
-            await self._registry.record_seen(result.peer.device_id, [candidate])
             return result
         raise PairingFailed("cannot reach the other device: " + "; ".join(errors),
                             "unreachable")
@@ -280,7 +279,8 @@ class PairingService:
         raise PairingFailed("cannot reach the other device: " + "; ".join(errors),
                             "unreachable")
 
-    async def _join_over(self, stream: Stream, invitation: Invitation) -> PairingResult:
+    async def _join_over(self, stream: Stream, invitation: Invitation,
+                         seen_at: str | None = None) -> PairingResult:
         shake = JoinerHandshake(invitation, self._me, self._clock())
         await stream.write(PAIR_MAGIC)
         await self._send(stream, shake.start())
@@ -288,14 +288,17 @@ class PairingService:
         if shake.failure is not None:
             raise shake.failure
         assert shake.result is not None  # noqa: S101 (done means a result)
-        await self._trust(shake.result, repair=True)
+        await self._trust(shake.result, repair=True, seen_at=seen_at)
         log.info("paired with %s; verification %s", shake.result.peer.name,
                  shake.result.verification)
         return shake.result
 
     # -- both ----------------------------------------------------------------------------
 
-    async def _trust(self, result: PairingResult, repair: bool) -> None:
+    async def _trust(self, result: PairingResult, repair: bool,
+                     seen_at: str | None = None) -> None:
+        """Trust the paired device (and where we reached it, before it is trusted: the
+        dialing that trust starts finds the address)."""
         peer = result.peer
         if peer.cert_der == self._identity.cert_der:
             raise PairingFailed("a device cannot pair with itself", "refused")
@@ -308,6 +311,8 @@ class PairingService:
                                 "refused")
         try:
             await self._registry.begin_pairing(peer.cert_der, peer.name, repair=True)
+            if seen_at is not None:
+                await self._registry.record_seen(peer.device_id, [seen_at])
             await self._registry.complete_pairing(peer.device_id, result.k_pair,
                                                   peer.disc_key)
         except IllegalTransition as exc:

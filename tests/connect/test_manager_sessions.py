@@ -130,3 +130,45 @@ async def test_a_silent_path_is_suspect_within_seconds_of_a_write_and_both_sides
     finally:
         if proxy is not None:
             await proxy.stop()
+
+
+async def test_a_device_paired_while_the_managers_run_is_dialed_at_once(devices):
+    phone, desk = await devices("phone"), await devices("desk")
+    async with running(phone) as (at_phone, _, _), \
+            running(desk) as (at_desk, _, desk_listener):
+        await asyncio.sleep(0.3)  # both dial loops ran: their next refresh is 5 s away
+        k_pair = b"k" * 32
+        for me, other, seen_at in ((desk, phone, None),
+                                   (phone, desk, f"127.0.0.1:{desk_listener.port}")):
+            await me.registry.begin_pairing(other.identity.cert_der, other.name)
+            if seen_at is not None:  # the joiner knows where it reached the inviter
+                await me.registry.record_seen(other.identity.device_id, [seen_at])
+            await me.registry.complete_pairing(other.identity.device_id, k_pair, b"d" * 32)
+        paired = asyncio.get_running_loop().time()
+        peer = desk.identity.device_id
+        await until(lambda: at_phone.path_of(peer) == "direct"
+                    and at_desk.path_of(phone.identity.device_id) == "direct")
+        took = asyncio.get_running_loop().time() - paired
+    assert took < 2.5, f"first session {took:.1f} s after pairing (the refresh is 5 s)"
+
+
+async def test_a_trust_change_during_a_reload_is_not_missed(devices):
+    phone, desk, laptop = (await devices("phone"), await devices("desk"),
+                           await devices("laptop"))
+    registry, trust = phone.registry, phone.trust
+    await registry.begin_pairing(desk.identity.cert_der, desk.name)
+    gate, reading = asyncio.Event(), asyncio.Event()
+    trusted = registry.trusted
+
+    async def stalled_read():  # a reload reads the registry, then waits at the gate
+        found = await trusted()
+        reading.set()
+        await gate.wait()
+        return found
+
+    registry.trusted = stalled_read
+    await registry.begin_pairing(laptop.identity.cert_der, laptop.name)  # a reload starts
+    await asyncio.wait_for(reading.wait(), 10)
+    await registry.complete_pairing(desk.identity.device_id, b"k" * 32, b"d" * 32)
+    gate.set()  # the reload under way read the registry before the desk was trusted
+    await until(lambda: trust.key_of(desk.identity.device_id) == b"k" * 32, rounds=150)
