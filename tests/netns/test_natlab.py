@@ -8,30 +8,12 @@ import sys
 
 import pytest
 
-from tests.lab import netns_available
-from tests.natlab import NAT_TYPES, RELAY_IP, SECOND_IP, STUN_PORT, THIRD_IP, NatLab, send_datagram
+from tests.natlab import NAT_TYPES, RELAY_IP, SECOND_IP, STUN_PORT, THIRD_IP, send_datagram
 
 pytestmark = pytest.mark.netns
 
 RELAY = f"{RELAY_IP}:{STUN_PORT}"
 SECOND = f"{SECOND_IP}:{STUN_PORT}"
-
-
-@pytest.fixture
-def natlab(allow_blocking):
-    if not netns_available():
-        pytest.fail("network namespaces are required in CI (root and iproute2)")
-    labs = []
-
-    def make(nat_a, nat_b="port-restricted"):
-        labs.append(NatLab(nat_a, nat_b))
-        return labs[-1]
-
-    try:
-        yield make
-    finally:
-        for lab in labs:
-            lab.close()
 
 
 @pytest.mark.parametrize("nat", NAT_TYPES)

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.lab import make_node_dir, netns_available, wait_for
+from tests.lab import make_node_dir, wait_for
 from tests.natlab import NAT_TYPES, RELAY_IP, NatLab
 from tests.netns.failover import Lines
 
@@ -43,16 +43,6 @@ def expected_path(nat_a: str, nat_b: str) -> str:
     """LAB.md: any NAT × public or full cone, and port-restricted × port-restricted punch
     through; symmetric × symmetric and symmetric × port-restricted cannot."""
     return "relay" if frozenset({nat_a, nat_b}) in UNPUNCHABLE else "webrtc"
-
-
-@pytest.fixture
-def natlab(allow_blocking):
-    if not netns_available():
-        pytest.fail("network namespaces are required in CI (root and iproute2)")
-    labs = []
-    yield lambda a, b: labs.append(NatLab(a, b)) or labs[-1]
-    for lab in labs:
-        lab.close()
 
 
 class Cell:

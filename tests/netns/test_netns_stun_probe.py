@@ -18,22 +18,12 @@ import time
 
 import pytest
 
-from tests.lab import make_node_dir, netns_available, trust_each_other, wait_for
-from tests.natlab import RELAY_IP, STUN_PORT, NatLab
+from tests.lab import make_node_dir, trust_each_other, wait_for
+from tests.natlab import RELAY_IP, STUN_PORT
 
 pytestmark = pytest.mark.netns
 
 RELAY = f"ws://{RELAY_IP}:8443"
-
-
-@pytest.fixture
-def natlab(allow_blocking):
-    if not netns_available():
-        pytest.fail("network namespaces are required in CI (root and iproute2)")
-    labs = []
-    yield lambda a, b: labs.append(NatLab(a, b)) or labs[-1]
-    for lab in labs:
-        lab.close()
 
 
 def notes(host, node, *args):
