@@ -29,6 +29,7 @@ import atexit
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,8 @@ NatType = Literal["public", "port-restricted", "full-cone", "symmetric"]
 NAT_TYPES: tuple[NatType, ...] = ("public", "port-restricted", "full-cone", "symmetric")
 RELAY_IP, SECOND_IP, THIRD_IP = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 STUN_PORT = 3478  # the relay's default
+# a node's INFO line when an attempt it answered ends without a data channel
+ATTEMPT_FAILED = re.compile(r"webrtc (attempt from \S+ failed|offer from \S+ not answered)")
 _counter = itertools.count()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import secrets
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.lab import make_node_dir, wait_for
-from tests.natlab import NAT_TYPES, RELAY_IP, NatLab
+from tests.natlab import ATTEMPT_FAILED, NAT_TYPES, RELAY_IP, NatLab
 from tests.netns.failover import Lines
 
 pytestmark = pytest.mark.netns
@@ -35,8 +34,6 @@ pytestmark = pytest.mark.netns
 RELAY = f"ws://{RELAY_IP}:8443"
 UNPUNCHABLE = {frozenset({"symmetric"}), frozenset({"symmetric", "port-restricted"})}
 STUN_COOKIE = bytes.fromhex("2112a442")  # in every STUN message (RFC 5389)
-# the answering side's INFO line when an attempt ends without a data channel
-ATTEMPT_FAILED = re.compile(r"webrtc (attempt from \S+ failed|offer from \S+ not answered)")
 
 
 def expected_path(nat_a: str, nat_b: str) -> str:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.lab import make_node_dir, trust_each_other, wait_for
-from tests.natlab import RELAY_IP, STUN_PORT
+from tests.natlab import ATTEMPT_FAILED, RELAY_IP, STUN_PORT
 
 pytestmark = pytest.mark.netns
 
@@ -95,6 +95,12 @@ def relayed_within(tmp_path, started, limit):
     return max(took)
 
 
+def attempt_failed(tmp_path):
+    """Wait until one node logs that a WebRTC attempt it answered failed (its deadline)."""
+    wait_for(lambda: any(ATTEMPT_FAILED.search((tmp_path / f"{n}.log").read_text())
+                         for n in "ab"), timeout=40, interval=0.1, what="a failed attempt")
+
+
 def note_arrives_once(a, b, name):
     notes(*a, "put", name, json.dumps({"text": name}))
     wait_for(lambda: notes(*b, "get", name).get("data"), timeout=30, what="the note")
@@ -127,7 +133,7 @@ def test_a_failed_webrtc_attempt_leaves_the_relayed_session_untouched(natlab, tm
     relayed = relayed_within(tmp_path, started, 10)
     wait_for(lambda: path(*a) == path(*b) == "relay", timeout=10, what="the relayed session")
     before = peer(*a), peer(*b)
-    time.sleep(12)  # longer than an attempt's 10 s deadline
+    attempt_failed(tmp_path)
     after = peer(*a), peer(*b)
     for was, now in zip(before, after, strict=True):
         assert now["path"] == "relay" and now["since"] == was["since"]  # the same session
@@ -145,7 +151,7 @@ def test_a_network_change_retries_webrtc_at_once(natlab, tmp_path):
     a, b, _ = start(lab, tmp_path)
     log = tmp_path / "a.log"
     wait_for(lambda: path(*a) == path(*b) == "relay", timeout=30, what="the relayed session")
-    time.sleep(11)  # the first attempts (at once, either side's) fail by their 10 s deadline
+    attempt_failed(tmp_path)  # the first attempt fails by its 10 s deadline
     assert stun_of(*a)["stun"] == "failed"
     assert path(*a) == "relay"
     rules = router.run("nft", "-a", "list", "chain", "inet", "filter", "forward").stdout
