@@ -7,6 +7,7 @@ relay to WebRTC per NAT pair (needs root: everything runs in network namespaces)
       raw      an aiortc data channel set up exactly like ours (`PeerAttempt`), 64 KiB
                messages, `bufferedAmount` backpressure: the baseline (target: stream
                >= 0.9x raw)
+      rawbuf   the same with the UDP socket buffers WebRtcStream asks for
       stream   our `WebRtcStream` over it (the bare byte pipe, 64 KiB writes)
       session  admission + pinned TLS + a `Session` over `WebRtcStream`, as the node uses
                it (64 KiB frames)
@@ -52,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHUNK = 64 << 10
-KINDS = ("raw", "stream", "session", "tcp", "relay")
+KINDS = ("raw", "rawbuf", "stream", "session", "tcp", "relay")
 RELAY_PORT = 8443
 RELAY_CONFIG = """
 session_rate = 10000000000
@@ -124,6 +125,8 @@ async def worker(args: argparse.Namespace) -> None:
         webrtc.MESSAGE_SIZE = args.message
     if args.window:
         webrtc.RECEIVE_WINDOW = args.window
+    if args.socket_buffer >= 0:
+        webrtc.SOCKET_BUFFER = args.socket_buffer
     profile = cProfile.Profile() if args.profile_to else None
     sending = args.worker_role == "send"
     kind, total = args.worker, args.mib << 20
@@ -143,7 +146,7 @@ async def worker(args: argparse.Namespace) -> None:
 
     listener = Listener(trust, lambda: hello, on_session)
     stream: Any = None
-    if kind in ("raw", "stream", "session"):
+    if kind in ("raw", "rawbuf", "stream", "session"):
         if sending:
             attempt = await PeerAttempt.answer((await _hear())["sdp"])
             _say({"sdp": attempt.local_sdp})
@@ -152,8 +155,10 @@ async def worker(args: argparse.Namespace) -> None:
             _say({"sdp": attempt.local_sdp})
             await attempt.accept_answer((await _hear())["sdp"])
         channel = attempt.channel
-        if kind == "raw":
+        if kind in ("raw", "rawbuf"):
             await attempt._open.wait()  # noqa: SLF001 (a bench: the bare channel)
+            if kind == "rawbuf":
+                webrtc.enlarge_socket_buffers(attempt.pc, webrtc.SOCKET_BUFFER)
             if not sending:
                 channel.on("message", lambda m: receiver.count(len(m)))
         else:
@@ -188,10 +193,11 @@ async def worker(args: argparse.Namespace) -> None:
         else:
             _say({})
             await _hear()
+    udp_before = _udp_counters()
     if profile is not None:
         profile.enable()
     if sending:
-        if kind == "raw":
+        if kind in ("raw", "rawbuf"):
             low = asyncio.Event()
             channel.bufferedAmountLowThreshold = webrtc.LOW_WATER
             channel.on("bufferedamountlow", low.set)
@@ -214,14 +220,27 @@ async def worker(args: argparse.Namespace) -> None:
                                      stream=await relay.connect(peer))
             for _ in range(total // CHUNK):
                 await session.send(payload)
-        await asyncio.sleep(3600)  # the bench ends us once the receiver has everything
+        await _hear()  # the receiver has everything
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile_to)
+        _say({})
+        await asyncio.sleep(3600)  # the bench ends us
     rate = await receiver.done
     if profile is not None:
         profile.disable()
         profile.dump_stats(args.profile_to)
-    _say({"rate": rate})
+    _say({"rate": rate, "udp": {k: v - udp_before[k] for k, v in _udp_counters().items()}})
     await asyncio.sleep(3600)
     del db, tasks
+
+
+def _udp_counters() -> dict[str, int]:
+    """This namespace's UDP counters (/proc/net/snmp): drops show up as RcvbufErrors."""
+    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True)
+            if k in ("InDatagrams", "RcvbufErrors", "InErrors")}
 
 
 def _run_worker(args: argparse.Namespace) -> None:
@@ -247,6 +266,8 @@ def _worker_argv(args: argparse.Namespace, kind: str, role: str, node: Any, peer
         argv += ["--window", str(args.window)]
     if args.uvloop:
         argv.append("--uvloop")
+    if args.socket_buffer >= 0:
+        argv += ["--socket-buffer", str(args.socket_buffer)]
     if profile is not None:
         argv += ["--profile-to", str(profile)]
     return argv
@@ -288,8 +309,15 @@ def one_transfer(args: argparse.Namespace, kind: str, hosts: dict[str, Any],
 
         relay("recv", "send")
         relay("send", "recv")
-        line = _readline(procs["recv"], deadline, f"{kind} receiver", logs["send"])
-        return float(json.loads(line)["rate"])
+        line = _readline(procs["recv"], deadline, f"{kind} receiver", logs["recv"])
+        procs["send"].stdin.write("{}\n")  # type: ignore[union-attr]
+        procs["send"].stdin.flush()  # type: ignore[union-attr] (it may write its profile)
+        _readline(procs["send"], time.monotonic() + 30, f"{kind} sender", logs["send"])
+        result = json.loads(line)
+        if result["udp"].get("RcvbufErrors"):
+            print(f"  ({kind}: the receiver's UDP socket dropped {result['udp']['RcvbufErrors']}"
+                  f" of {result['udp']['InDatagrams']} datagrams)", file=sys.stderr)
+        return float(result["rate"])
     finally:
         for proc in procs.values():
             with contextlib.suppress(ProcessLookupError):
@@ -343,7 +371,8 @@ def _print_throughput(args: argparse.Namespace, results: dict[str, list[float]])
     print(f"\nthroughput: {args.mib} MiB between two namespaces on a bridge, median of "
           f"{args.runs} interleaved runs, receiver's first to last byte ({loop}{extra})")
     raw = statistics.median(results["raw"]) if results.get("raw") else None
-    labels = {"raw": "raw aiortc data channel", "stream": "WebRtcStream (bare)",
+    labels = {"raw": "raw aiortc data channel", "rawbuf": "raw, socket buffers as ours",
+              "stream": "WebRtcStream (bare)",
               "session": "session over WebRtcStream", "tcp": "session over direct TCP",
               "relay": "session through the relay"}
     for kind, rates in results.items():
@@ -503,6 +532,8 @@ def main() -> None:
     parser.add_argument("--message", type=int, default=0,
                         help="bytes per data channel message (ours and raw's)")
     parser.add_argument("--window", type=int, default=0, help="WebRtcStream receive window")
+    parser.add_argument("--socket-buffer", type=int, default=-1,
+                        help="WebRtcStream's UDP socket buffers (0: leave the defaults)")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--profile", action="store_true")
     for hidden in ("--worker", "--worker-role", "--dir", "--peer", "--ip", "--url",

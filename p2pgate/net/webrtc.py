@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
     from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
 
 __all__ = [
-    "CONNECT_DEADLINE", "HIGH_WATER", "MESSAGE_SIZE", "RECEIVE_WINDOW", "PeerAttempt",
-    "WebRtcFailed", "WebRtcStream", "load_aiortc", "rtc_configuration",
+    "CONNECT_DEADLINE", "HIGH_WATER", "MESSAGE_SIZE", "RECEIVE_WINDOW", "SOCKET_BUFFER",
+    "PeerAttempt", "WebRtcFailed", "WebRtcStream", "enlarge_socket_buffers", "load_aiortc",
+    "rtc_configuration",
 ]
 
 log = logging.getLogger("p2pgate.net.webrtc")
@@ -50,6 +52,7 @@ MESSAGE_SIZE = 16 << 10  # bytes per data channel message
 HIGH_WATER = 1 << 20  # writes wait while more than this is buffered in the channel
 LOW_WATER = 256 << 10  # ... until it is down to this (`bufferedamountlow`)
 RECEIVE_WINDOW = 4 << 20  # bytes a sender may have in flight beyond what was consumed
+SOCKET_BUFFER = 2 << 20  # SO_RCVBUF/SO_SNDBUF asked for on the ICE sockets (the kernel caps it)
 _CREDIT = "credit "
 
 
@@ -89,6 +92,8 @@ class WebRtcStream:
         self._broken: str | None = None
         self._closed = asyncio.Event()
         self._remote = _selected_remote(pc)
+        if SOCKET_BUFFER:
+            enlarge_socket_buffers(pc, SOCKET_BUFFER)
         channel.bufferedAmountLowThreshold = LOW_WATER
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._update_writable)
@@ -202,6 +207,33 @@ def _has_data_channel(sdp: str) -> bool:
     """Whether `sdp` offers or accepts an SCTP data channel (aiortc takes any text)."""
     return any(line.startswith("m=application ") and "webrtc-datachannel" in line
                for line in sdp.splitlines())
+
+
+def enlarge_socket_buffers(pc: RTCPeerConnection, size: int | None = None) -> int:
+    """Ask for `size` (`SOCKET_BUFFER`) bytes of UDP buffer on the connection's ICE sockets;
+    the number of sockets changed.
+
+    SCTP in aiortc keeps up to 1 MiB in flight, about 900 datagrams; the default
+    receive buffer (208 KiB) holds a fraction of that, so a receiver that loses the CPU
+    for a few milliseconds drops datagrams, and every drop halves SCTP's congestion
+    window. The kernel caps the size at `net.core.rmem_max`/`wmem_max` (no error).
+    """
+    try:
+        ice: Any = pc.sctp.transport.transport  # type: ignore[union-attr]
+        protocols = list(ice._connection._protocols)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 (a different aiortc: keep the defaults)
+        return 0
+    changed = 0
+    for protocol in protocols:
+        sock = getattr(getattr(protocol, "transport", None), "get_extra_info",
+                       lambda _: None)("socket")
+        if sock is None:
+            continue
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size or SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size or SOCKET_BUFFER)
+            changed += 1
+    return changed
 
 
 def _selected_remote(pc: RTCPeerConnection) -> str | None:
