@@ -10,6 +10,13 @@ aiortc has no trickle ICE, so the local SDP after `setLocalDescription` holds
 every candidate: one offer and one answer is the whole exchange. `iceServers` is
 never left to aiortc's default (a public server): `[]`, or the relay's `stun:` URL.
 
+Messages are `MESSAGE_SIZE` bytes, a whole number of SCTP packets: aiortc sends one
+DATA chunk per packet, so a message's short last fragment costs a full packet, and
+the per-packet work in aiortc's Python SCTP (a SACK for every packet) is what limits
+a data channel. The ICE sockets get larger UDP buffers (`enlarge_socket_buffers`):
+with the default ones a receiver that loses the CPU briefly drops datagrams, and
+every drop halves SCTP's congestion window.
+
 Flow control both ways. Sending waits while the channel's `bufferedAmount` is above
 `HIGH_WATER` (until `bufferedamountlow`). aiortc's receiver takes every message at
 once, so the receiver bounds its buffer itself with credit: a sender may have at
@@ -48,7 +55,8 @@ log = logging.getLogger("p2pgate.net.webrtc")
 
 CONNECT_DEADLINE = 10.0  # seconds for gathering, ICE, DTLS and SCTP until the channel opens
 CLOSE_WAIT = 5.0  # seconds close() waits for the channel's reset to complete
-MESSAGE_SIZE = 16 << 10  # bytes per data channel message
+SCTP_PAYLOAD = 1160  # user data in one SCTP packet (aiortc's USERDATA_MAX_LENGTH)
+MESSAGE_SIZE = 56 * SCTP_PAYLOAD  # bytes per message: whole packets, under RFC 8841's 64 KiB
 HIGH_WATER = 1 << 20  # writes wait while more than this is buffered in the channel
 LOW_WATER = 256 << 10  # ... until it is down to this (`bufferedamountlow`)
 RECEIVE_WINDOW = 4 << 20  # bytes a sender may have in flight beyond what was consumed
@@ -209,31 +217,39 @@ def _has_data_channel(sdp: str) -> bool:
                for line in sdp.splitlines())
 
 
-def enlarge_socket_buffers(pc: RTCPeerConnection, size: int | None = None) -> int:
-    """Ask for `size` (`SOCKET_BUFFER`) bytes of UDP buffer on the connection's ICE sockets;
-    the number of sockets changed.
+def enlarge_socket_buffers(pc: RTCPeerConnection, size: int = SOCKET_BUFFER) -> int:
+    """Ask for `size` bytes of UDP buffer both ways on the connection's ICE sockets; the
+    number of sockets changed.
 
     SCTP in aiortc keeps up to 1 MiB in flight, about 900 datagrams; the default
     receive buffer (208 KiB) holds a fraction of that, so a receiver that loses the CPU
-    for a few milliseconds drops datagrams, and every drop halves SCTP's congestion
-    window. The kernel caps the size at `net.core.rmem_max`/`wmem_max` (no error).
+    for a few milliseconds drops datagrams, and each drop halves SCTP's congestion
+    window. The kernel caps `size` at `net.core.rmem_max`/`wmem_max` (no error).
     """
+    changed = 0
+    for sock in _ice_sockets(pc) or ():
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            changed += 1
+    return changed
+
+
+def _ice_sockets(pc: RTCPeerConnection) -> list[socket.socket] | None:
+    """The UDP sockets ICE gathered on, None if this aiortc keeps them elsewhere (aioice
+    exports neither its connection nor its protocols)."""
     try:
         ice: Any = pc.sctp.transport.transport  # type: ignore[union-attr]
         protocols = list(ice._connection._protocols)  # noqa: SLF001
     except Exception:  # noqa: BLE001 (a different aiortc: keep the defaults)
-        return 0
-    changed = 0
+        return None
+    sockets = []
     for protocol in protocols:
-        sock = getattr(getattr(protocol, "transport", None), "get_extra_info",
-                       lambda _: None)("socket")
-        if sock is None:
-            continue
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size or SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size or SOCKET_BUFFER)
-            changed += 1
-    return changed
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sockets.append(sock)
+    return sockets
 
 
 def _selected_remote(pc: RTCPeerConnection) -> str | None:
