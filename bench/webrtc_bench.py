@@ -9,6 +9,7 @@ relay to WebRTC per NAT pair (needs root: everything runs in network namespaces)
                buffers: the baseline (target: stream >= 0.9x raw)
       rawbuf   the same with the UDP socket buffers WebRtcStream asks for
       stream   our `WebRtcStream` over it (the bare byte pipe, 64 KiB writes)
+      stream16 the same as first written (16 KiB messages, default socket buffers)
       session  admission + pinned TLS + a `Session` over `WebRtcStream`, as the node uses
                it (64 KiB frames)
       tcp      a direct session over TCP between the same namespaces
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHUNK = 64 << 10
-KINDS = ("raw", "rawbuf", "stream", "session", "tcp", "relay")
+KINDS = ("raw", "rawbuf", "stream", "stream16", "session", "tcp", "relay")
 RELAY_PORT = 8443
 RELAY_CONFIG = """
 session_rate = 10000000000
@@ -121,8 +122,12 @@ async def worker(args: argparse.Namespace) -> None:
     from p2pgate.net import Listener, PeerHello, dial, webrtc
     from p2pgate.net.webrtc import PeerAttempt, WebRtcStream
 
+    kind, total = args.worker, args.mib << 20
+    raw_message = webrtc.MESSAGE_SIZE
     if args.message:
         webrtc.MESSAGE_SIZE = args.message
+    if kind == "stream16":  # the stream as first written: 16 KiB messages, default buffers
+        kind, webrtc.MESSAGE_SIZE, args.socket_buffer = "stream", 16 << 10, 0
     if args.window:
         webrtc.RECEIVE_WINDOW = args.window
     buffers = webrtc.SOCKET_BUFFER  # what rawbuf asks for, whatever ours are set to
@@ -130,7 +135,6 @@ async def worker(args: argparse.Namespace) -> None:
         webrtc.SOCKET_BUFFER = args.socket_buffer
     profile = cProfile.Profile() if args.profile_to else None
     sending = args.worker_role == "send"
-    kind, total = args.worker, args.mib << 20
     payload = os.urandom(CHUNK)
     identity, trust, db = await _trust(args.dir)
     peer = DeviceID.parse(args.peer)
@@ -202,8 +206,8 @@ async def worker(args: argparse.Namespace) -> None:
             low = asyncio.Event()
             channel.bufferedAmountLowThreshold = webrtc.LOW_WATER
             channel.on("bufferedamountlow", low.set)
-            message = os.urandom(args.message or webrtc.MESSAGE_SIZE)
-            for _ in range(total // len(message)):
+            message = os.urandom(raw_message)
+            for _ in range(-(-total // len(message))):  # at least `total` bytes
                 while channel.bufferedAmount > webrtc.HIGH_WATER:
                     low.clear()
                     await low.wait()
@@ -374,6 +378,7 @@ def _print_throughput(args: argparse.Namespace, results: dict[str, list[float]])
     raw = statistics.median(results["raw"]) if results.get("raw") else None
     labels = {"raw": "raw aiortc data channel", "rawbuf": "raw, socket buffers as ours",
               "stream": "WebRtcStream (bare)",
+              "stream16": "WebRtcStream 16K, def. bufs",
               "session": "session over WebRtcStream", "tcp": "session over direct TCP",
               "relay": "session through the relay"}
     for kind, rates in results.items():
@@ -531,7 +536,7 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--pairs", default="", help="NAT_A:NAT_B,... (default: all)")
     parser.add_argument("--message", type=int, default=0,
-                        help="bytes per data channel message (ours and raw's)")
+                        help="bytes per WebRtcStream message (raw keeps MESSAGE_SIZE)")
     parser.add_argument("--window", type=int, default=0, help="WebRtcStream receive window")
     parser.add_argument("--socket-buffer", type=int, default=-1,
                         help="WebRtcStream's UDP socket buffers (0: leave the defaults)")
