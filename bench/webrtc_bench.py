@@ -457,8 +457,8 @@ def one_connect(lab: Any, tmp: Path, punchable: bool) -> tuple[bool, float | Non
                 if not punchable:
                     return False, None
                 starts = [x["since"] for n in sides for x in lines[n] if x["path"] == "relay"]
-                end = max(x["last_move"]["at"] for n in sides for x in lines[n]
-                          if x["path"] == "webrtc")
+                end = max((x["last_move"] or {}).get("at", x["since"]) for n in sides
+                          for x in lines[n] if x["path"] == "webrtc")
                 return True, (end - max(starts) if starts else None)
             if all("relay" in p for p in paths.values()):
                 relayed_by = min(relayed_by, time.monotonic() + wait)
