@@ -314,7 +314,10 @@ def one_transfer(args: argparse.Namespace, kind: str, hosts: dict[str, Any],
 
         relay("recv", "send")
         relay("send", "recv")
-        line = _readline(procs["recv"], deadline, f"{kind} receiver", logs["recv"])
+        try:
+            line = _readline(procs["recv"], deadline, f"{kind} receiver", logs["recv"])
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\nsender: {logs['send'].read_text()[-2000:]}") from None
         procs["send"].stdin.write("{}\n")  # type: ignore[union-attr]
         procs["send"].stdin.flush()  # type: ignore[union-attr] (it may write its profile)
         _readline(procs["send"], time.monotonic() + 30, f"{kind} sender", logs["send"])
