@@ -37,6 +37,7 @@ import importlib
 import logging
 import socket
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from p2pgate.errors import P2PGateError
@@ -87,7 +88,9 @@ class WebRtcStream:
 
     path = "webrtc"
 
-    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
+    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel,
+                 early: Sequence[bytes | str] = ()) -> None:
+        """`early`: messages that arrived before the stream existed, in order."""
         self._pc, self._channel = pc, channel
         self._inbox: deque[bytes] = deque()
         self._buffered = 0  # bytes in the inbox
@@ -107,6 +110,8 @@ class WebRtcStream:
         channel.on("bufferedamountlow", self._update_writable)
         channel.on("close", self._on_close)
         pc.on("connectionstatechange", self._on_state)
+        for message in early:
+            self._on_message(message)
         if channel.readyState in ("closing", "closed"):
             self._on_close()
 
@@ -269,10 +274,22 @@ class PeerAttempt:
     def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
         self.pc, self.channel = pc, channel
         self._open = asyncio.Event()
+        # the peer may send as soon as its end is open, before our `opened()` resumes:
+        # keep those messages for the stream (aiortc drops what no handler takes)
+        self._early: list[bytes | str] | None = []
+        self._early_bytes, self._early_overrun = 0, False
+        channel.on("message", self._keep_early)
         channel.on("open", self._open.set)
         channel.on("close", self._open.set)
         pc.on("connectionstatechange", self._state_changed)
         self.local_sdp = ""
+
+    def _keep_early(self, message: bytes | str) -> None:
+        if self._early is not None and not self._early_overrun:
+            self._early_bytes += len(message)
+            self._early_overrun = self._early_bytes > RECEIVE_WINDOW  # the stream breaks
+            if not self._early_overrun:
+                self._early.append(message)
 
     def _state_changed(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -353,7 +370,11 @@ class PeerAttempt:
         if self.channel.readyState != "open":
             await self.abort()
             raise WebRtcFailed(f"connection {self.pc.connectionState}")
-        return WebRtcStream(self.pc, self.channel)
+        early, self._early = self._early, None
+        stream = WebRtcStream(self.pc, self.channel, early or ())
+        if self._early_overrun:
+            stream._break("peer overran the receive window")  # noqa: SLF001
+        return stream
 
     async def abort(self) -> None:
         """Give up this connection (nothing is open on it yet)."""

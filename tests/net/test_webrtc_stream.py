@@ -256,3 +256,34 @@ async def test_a_write_goes_out_in_messages_of_whole_sctp_packets():
     ca.auto = True
     ca.flush()
     assert await read_exactly(b, 64 << 10) == b"z" * (64 << 10)
+
+
+def _attempt():
+    log: list[str] = []
+    pc, ca, cb = FakePc(log), FakeChannel(log), FakeChannel(log)
+    ca.peer, cb.peer = cb, ca
+    return webrtc.PeerAttempt(pc, ca), cb
+
+
+async def test_what_the_peer_sends_before_opened_resumes_is_not_lost():
+    attempt, _ = _attempt()
+    attempt.channel.emit("open")  # our end opens; `opened()` has not resumed yet
+    attempt.channel.emit("message", b"admission hello")  # the peer wrote at once
+    attempt.channel.emit("message", "credit 5")
+    stream = await attempt.opened()
+    async with asyncio.timeout(5):
+        assert await stream.read() == b"admission hello"
+    assert stream._credit == RECEIVE_WINDOW + 5
+    attempt.channel.emit("message", b"later")  # once: the early buffer is done with
+    assert await stream.read() == b"later"
+    assert not stream._inbox
+
+
+async def test_a_peer_that_overruns_the_window_before_opened_breaks_the_stream():
+    attempt, _ = _attempt()
+    attempt.channel.emit("open")
+    for _ in range(RECEIVE_WINDOW // MESSAGE_SIZE + 2):
+        attempt.channel.emit("message", b"y" * MESSAGE_SIZE)
+    stream = await attempt.opened()
+    with pytest.raises(StreamClosed, match="overran"):
+        await stream.read()
