@@ -286,4 +286,5 @@ async def test_a_peer_that_overruns_the_window_before_opened_breaks_the_stream()
         attempt.channel.emit("message", b"y" * MESSAGE_SIZE)
     stream = await attempt.opened()
     with pytest.raises(StreamClosed, match="overran"):
-        await stream.read()
+        async with asyncio.timeout(5):
+            await stream.read()
