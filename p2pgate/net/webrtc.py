@@ -10,6 +10,13 @@ aiortc has no trickle ICE, so the local SDP after `setLocalDescription` holds
 every candidate: one offer and one answer is the whole exchange. `iceServers` is
 never left to aiortc's default (a public server): `[]`, or the relay's `stun:` URL.
 
+Messages are `MESSAGE_SIZE` bytes, a whole number of SCTP packets: aiortc sends one
+DATA chunk per packet, so a message's short last fragment costs a full packet, and
+the per-packet work in aiortc's Python SCTP (a SACK for every packet) is what limits
+a data channel. The ICE sockets get larger UDP buffers (`enlarge_socket_buffers`):
+with the default ones a receiver that loses the CPU briefly drops datagrams, and
+every drop halves SCTP's congestion window.
+
 Flow control both ways. Sending waits while the channel's `bufferedAmount` is above
 `HIGH_WATER` (until `bufferedamountlow`). aiortc's receiver takes every message at
 once, so the receiver bounds its buffer itself with credit: a sender may have at
@@ -28,7 +35,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import socket
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from p2pgate.errors import P2PGateError
@@ -38,18 +47,21 @@ if TYPE_CHECKING:
     from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
 
 __all__ = [
-    "CONNECT_DEADLINE", "HIGH_WATER", "MESSAGE_SIZE", "RECEIVE_WINDOW", "PeerAttempt",
-    "WebRtcFailed", "WebRtcStream", "load_aiortc", "rtc_configuration",
+    "CONNECT_DEADLINE", "HIGH_WATER", "MESSAGE_SIZE", "RECEIVE_WINDOW", "SOCKET_BUFFER",
+    "PeerAttempt", "WebRtcFailed", "WebRtcStream", "enlarge_socket_buffers", "load_aiortc",
+    "rtc_configuration",
 ]
 
 log = logging.getLogger("p2pgate.net.webrtc")
 
 CONNECT_DEADLINE = 10.0  # seconds for gathering, ICE, DTLS and SCTP until the channel opens
 CLOSE_WAIT = 5.0  # seconds close() waits for the channel's reset to complete
-MESSAGE_SIZE = 16 << 10  # bytes per data channel message
+SCTP_PAYLOAD = 1160  # user data in one SCTP packet (aiortc's USERDATA_MAX_LENGTH)
+MESSAGE_SIZE = 56 * SCTP_PAYLOAD  # bytes per message: whole packets, under RFC 8841's 64 KiB
 HIGH_WATER = 1 << 20  # writes wait while more than this is buffered in the channel
 LOW_WATER = 256 << 10  # ... until it is down to this (`bufferedamountlow`)
 RECEIVE_WINDOW = 4 << 20  # bytes a sender may have in flight beyond what was consumed
+SOCKET_BUFFER = 2 << 20  # SO_RCVBUF/SO_SNDBUF asked for on the ICE sockets (the kernel caps it)
 _CREDIT = "credit "
 
 
@@ -76,7 +88,9 @@ class WebRtcStream:
 
     path = "webrtc"
 
-    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
+    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel,
+                 early: Sequence[bytes | str] = ()) -> None:
+        """`early`: messages that arrived before the stream existed, in order."""
         self._pc, self._channel = pc, channel
         self._inbox: deque[bytes] = deque()
         self._buffered = 0  # bytes in the inbox
@@ -89,11 +103,15 @@ class WebRtcStream:
         self._broken: str | None = None
         self._closed = asyncio.Event()
         self._remote = _selected_remote(pc)
+        if SOCKET_BUFFER:
+            enlarge_socket_buffers(pc, SOCKET_BUFFER)
         channel.bufferedAmountLowThreshold = LOW_WATER
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._update_writable)
         channel.on("close", self._on_close)
         pc.on("connectionstatechange", self._on_state)
+        for message in early:
+            self._on_message(message)
         if channel.readyState in ("closing", "closed"):
             self._on_close()
 
@@ -204,6 +222,41 @@ def _has_data_channel(sdp: str) -> bool:
                for line in sdp.splitlines())
 
 
+def enlarge_socket_buffers(pc: RTCPeerConnection, size: int = SOCKET_BUFFER) -> int:
+    """Ask for `size` bytes of UDP buffer both ways on the connection's ICE sockets; the
+    number of sockets changed.
+
+    SCTP in aiortc keeps up to 1 MiB in flight, about 900 datagrams; the default
+    receive buffer (208 KiB) holds a fraction of that, so a receiver that loses the CPU
+    for a few milliseconds drops datagrams, and each drop halves SCTP's congestion
+    window. The kernel caps `size` at `net.core.rmem_max`/`wmem_max` (no error).
+    """
+    changed = 0
+    for sock in _ice_sockets(pc) or ():
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            changed += 1
+    return changed
+
+
+def _ice_sockets(pc: RTCPeerConnection) -> list[socket.socket] | None:
+    """The UDP sockets ICE gathered on, None if this aiortc keeps them elsewhere (aioice
+    exports neither its connection nor its protocols)."""
+    try:
+        ice: Any = pc.sctp.transport.transport  # type: ignore[union-attr]
+        protocols = list(ice._connection._protocols)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 (a different aiortc: keep the defaults)
+        return None
+    sockets = []
+    for protocol in protocols:
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sockets.append(sock)
+    return sockets
+
+
 def _selected_remote(pc: RTCPeerConnection) -> str | None:
     """HOST:PORT of the nominated remote candidate (aioice keeps it unexported)."""
     try:
@@ -221,10 +274,22 @@ class PeerAttempt:
     def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
         self.pc, self.channel = pc, channel
         self._open = asyncio.Event()
+        # the peer may send as soon as its end is open, before our `opened()` resumes:
+        # keep those messages for the stream (aiortc drops what no handler takes)
+        self._early: list[bytes | str] | None = []
+        self._early_bytes, self._early_overrun = 0, False
+        channel.on("message", self._keep_early)
         channel.on("open", self._open.set)
         channel.on("close", self._open.set)
         pc.on("connectionstatechange", self._state_changed)
         self.local_sdp = ""
+
+    def _keep_early(self, message: bytes | str) -> None:
+        if self._early is not None and not self._early_overrun:
+            self._early_bytes += len(message)
+            self._early_overrun = self._early_bytes > RECEIVE_WINDOW  # the stream breaks
+            if not self._early_overrun:
+                self._early.append(message)
 
     def _state_changed(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -305,7 +370,11 @@ class PeerAttempt:
         if self.channel.readyState != "open":
             await self.abort()
             raise WebRtcFailed(f"connection {self.pc.connectionState}")
-        return WebRtcStream(self.pc, self.channel)
+        early, self._early = self._early, None
+        stream = WebRtcStream(self.pc, self.channel, early or ())
+        if self._early_overrun:
+            stream._break("peer overran the receive window")  # noqa: SLF001
+        return stream
 
     async def abort(self) -> None:
         """Give up this connection (nothing is open on it yet)."""

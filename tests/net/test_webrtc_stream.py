@@ -199,3 +199,92 @@ def test_aiortc_is_imported_lazily_and_by_the_webrtc_module_only():
     importers = {path.relative_to(root).as_posix() for path in (root / "p2pgate").rglob("*.py")
                  if importing.search(path.read_text())}
     assert importers == {"p2pgate/net/webrtc.py"}
+
+
+def _ice_connection(*socks):
+    """What aiortc and aioice keep: pc.sctp.transport.transport._connection._protocols."""
+    from types import SimpleNamespace
+
+    protocols = [SimpleNamespace(transport=SimpleNamespace(
+        get_extra_info=lambda name, s=s: s if name == "socket" else None)) for s in socks]
+    ice = SimpleNamespace(_connection=SimpleNamespace(_protocols=protocols))
+    return SimpleNamespace(transport=SimpleNamespace(transport=ice))
+
+
+async def test_the_stream_asks_for_large_udp_buffers_on_the_ice_sockets():
+    import socket
+
+    log: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))  # sends nothing
+        before = [sock.getsockopt(socket.SOL_SOCKET, o) for o in (socket.SO_RCVBUF,
+                                                                  socket.SO_SNDBUF)]
+        pc, channel = FakePc(log), FakeChannel(log)
+        pc.sctp = _ice_connection(sock)
+        WebRtcStream(pc, channel)
+        after = [sock.getsockopt(socket.SOL_SOCKET, o) for o in (socket.SO_RCVBUF,
+                                                                 socket.SO_SNDBUF)]
+    # the kernel caps the size at net.core.rmem_max / wmem_max, never below its default
+    assert after[0] > before[0] and after[1] > before[1]
+    assert webrtc.SOCKET_BUFFER >= 1 << 20
+
+
+async def test_the_ice_sockets_are_where_this_aiortc_keeps_them():
+    await webrtc.load_aiortc()
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection(webrtc.rtc_configuration())
+    pc.createDataChannel("p2pgate", negotiated=True, id=0)
+    try:
+        assert webrtc._ice_sockets(pc) == []  # found (nothing gathered yet), not None
+        assert webrtc._ice_sockets(FakePc([])) is None  # another shape: left alone
+    finally:
+        await pc.close()
+
+
+async def test_a_write_goes_out_in_messages_of_whole_sctp_packets():
+    await webrtc.load_aiortc()
+    from aiortc import rtcsctptransport
+
+    a, b, ca, _, _ = stream_pair()
+    ca.auto = False
+    await a.write(b"z" * (64 << 10))
+    # a short last fragment costs a whole packet: only the write's own tail is short
+    assert [len(m) for m in ca.queue] == [MESSAGE_SIZE, (64 << 10) - MESSAGE_SIZE]
+    assert MESSAGE_SIZE % rtcsctptransport.USERDATA_MAX_LENGTH == 0
+    assert MESSAGE_SIZE <= rtcsctptransport.REMOTE_DEFAULT_MAX_MESSAGE_SIZE
+    ca.auto = True
+    ca.flush()
+    assert await read_exactly(b, 64 << 10) == b"z" * (64 << 10)
+
+
+def _attempt():
+    log: list[str] = []
+    pc, ca, cb = FakePc(log), FakeChannel(log), FakeChannel(log)
+    ca.peer, cb.peer = cb, ca
+    return webrtc.PeerAttempt(pc, ca), cb
+
+
+async def test_what_the_peer_sends_before_opened_resumes_is_not_lost():
+    attempt, _ = _attempt()
+    attempt.channel.emit("open")  # our end opens; `opened()` has not resumed yet
+    attempt.channel.emit("message", b"admission hello")  # the peer wrote at once
+    attempt.channel.emit("message", "credit 5")
+    stream = await attempt.opened()
+    async with asyncio.timeout(5):
+        assert await stream.read() == b"admission hello"
+    assert stream._credit == RECEIVE_WINDOW + 5
+    attempt.channel.emit("message", b"later")  # once: the early buffer is done with
+    assert await stream.read() == b"later"
+    assert not stream._inbox
+
+
+async def test_a_peer_that_overruns_the_window_before_opened_breaks_the_stream():
+    attempt, _ = _attempt()
+    attempt.channel.emit("open")
+    for _ in range(RECEIVE_WINDOW // MESSAGE_SIZE + 2):
+        attempt.channel.emit("message", b"y" * MESSAGE_SIZE)
+    stream = await attempt.opened()
+    with pytest.raises(StreamClosed, match="overran"):
+        async with asyncio.timeout(5):
+            await stream.read()
