@@ -10,7 +10,9 @@ AWAITING_HELLO: our Hello (device ID, version vector) is out; it is re-sent on t
 SYNCING: each Hello carries the sender's policy for the receiver. When both
   policies let everything flow both ways, complete replicas reconcile with version
   vectors, as below; otherwise documents are reconciled by state
-  (`sync.statesync`). A policy change sends a new Hello and both sides choose again.
+  (`sync.statesync`). A policy change sends a new Hello and both sides choose again;
+  until the peer has it, it may still send messages of the mode we left: they are
+  dropped (what they carried is reconciled in the new mode).
   With version vectors we send, per origin,
   the logged changes after what the peer is known to have (its Hello, its Acks,
   and the changes it sent us), at most `WINDOW` unacknowledged. We answer every
@@ -34,7 +36,6 @@ from enum import Enum
 
 from sync.codec import (
     CLOSE_NORMAL,
-    CLOSE_UNEXPECTED,
     CLOSE_WRONG_PEER,
     Ack,
     ChangesEncoder,
@@ -117,15 +118,13 @@ class PeerSession:
                 return  # its Hello was lost: ignored, unacknowledged, so sent again later
             elif isinstance(msg, Recon | DocsMessage):
                 if self.by_state is None:
-                    raise RemoteProtocolError("a state message in a version-vector session",
-                                              CLOSE_UNEXPECTED)
+                    return  # sent before the peer heard that we left state mode
                 if isinstance(msg, Recon):
                     self.by_state.on_recon(msg)
                 else:
                     self.by_state.on_docs(msg, now)
             elif self.by_state is not None:
-                if isinstance(msg, ChangesMessage):
-                    raise RemoteProtocolError("changes in a state session", CLOSE_UNEXPECTED)
+                return  # changes or acks sent before the peer heard we left version vectors
             elif isinstance(msg, ChangesMessage):
                 self._on_changes(msg, now)
             elif isinstance(msg, Ack):

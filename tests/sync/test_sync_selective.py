@@ -7,7 +7,7 @@ replicas nothing crosses a direction its policy closes.
 """
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sync_helpers import (
     STORAGES,
@@ -102,6 +102,13 @@ STEP = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(2, 4), st.lists(POLICY, min_size=12, max_size=12),
        st.lists(STEP, min_size=5, max_size=60))
+# found in CI: dev1 drops its filter for dev0 and moves to version vectors while dev0's
+# state messages are still on the way (they closed the session as a protocol error)
+@example(n=2, initial=[{"c": ("both", None), "e": ("both", None)},
+                       {"c": ("both", {"k": 0}), "e": ("both", None)}]
+         + [{"c": ("both", None), "e": ("both", None)}] * 10,
+         steps=[("pump", 0), ("op", 0, "c", "d0", 0, 0), ("heal", 0), ("heal", 0),
+                ("policy", 1, 1, {"c": ("both", None), "e": ("both", None)})])
 def test_replicas_converge_on_what_they_may_hold(kind, n, initial, steps):
     with storages(kind) as storage:
         net = Net(n, storage)
