@@ -71,7 +71,7 @@ class WebRtcPaths:
                 time.monotonic() < theirs.deadline):  # no event for an attempt's end)
             await asyncio.sleep(0.1)
         if self._opened_by.get(peer, float("-inf")) > self._changed_at:
-            raise DialFailed(f"the attempt {peer.short} began opened a channel")
+            raise DialFailed(f"{peer.short}'s own attempt opened a channel: ours is not needed")
 
     async def close(self) -> None:
         """End every attempt under way."""
